@@ -1,0 +1,140 @@
+"""Configuration of the gateway: pydantic models, the SOLLOL_NODES parser and env overrides.
+
+`serve_config.yaml` passes its `args:` to `app.build_app`, which validates them into
+`GatewayConfig`; nodes listed in the `SOLLOL_NODES` environment variable are merged in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NodeKind = Literal["auto", "ollama", "openai"]
+Strategy = Literal["least_busy", "round_robin", "random"]
+
+NODES_ENV = "SOLLOL_NODES"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NodeConfig(_Strict):
+    """One LLM server the gateway routes to."""
+
+    name: str
+    url: str
+    kind: NodeKind = "auto"
+    # Parallel requests the node serves at once (OLLAMA_NUM_PARALLEL / llama-server slots).
+    # None = learn it from the node where it tells (llama-server /props), else assume 1.
+    slots: int | None = Field(default=None, ge=1, le=1024)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"node name {v!r} must be 1-63 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url_ok(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"node url {v!r} must be http(s)://host:port")
+        return v.rstrip("/")
+
+
+class RoutingConfig(_Strict):
+    strategy: Strategy = "least_busy"
+    # How often each router replica refreshes its snapshot of the shared node state.
+    snapshot_interval_s: float = Field(default=0.5, gt=0, le=60)
+    # How often each worker re-reads its node's installed and loaded models.
+    probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
+
+
+class TimeoutConfig(_Strict):
+    connect_s: float = Field(default=3.0, gt=0)
+    # Time allowed until the node sends its response headers / first chunk.
+    first_byte_s: float = Field(default=300.0, gt=0)
+    total_s: float = Field(default=900.0, gt=0)
+
+
+class DeploymentSizing(_Strict):
+    """Concurrency limits per replica. Every deployment on the request path only waits on
+    I/O, so Serve's default of 5 ongoing requests per replica would queue requests inside
+    Serve; these are sized for hundreds of concurrent streams."""
+
+    max_ongoing_requests: int = Field(default=512, ge=1)
+    ingress_replicas: int = Field(default=1, ge=1)
+    router_replicas: int = Field(default=1, ge=1)
+    analyzer_replicas: int = Field(default=1, ge=1)
+
+
+class GatewayConfig(_Strict):
+    nodes: list[NodeConfig] = Field(default_factory=list)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    sizing: DeploymentSizing = Field(default_factory=DeploymentSizing)
+    # Largest accepted request body; larger ones get 413.
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Namespace-unique name of the node state actor, so two gateways on one Ray cluster
+    # don't share state by accident.
+    state_actor_name: str = "sollol_node_state"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "GatewayConfig":
+        names = [n.name for n in self.nodes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate node names: {', '.join(dupes)}")
+        return self
+
+
+def default_node_name(url: str) -> str:
+    """`http://10.0.0.5:11434` -> `10.0.0.5-11434`: a stable name for an unnamed node."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{parsed.hostname}-{port}"
+
+
+def parse_nodes(spec: str) -> list[NodeConfig]:
+    """Parse `[name=]http://host:port[,...]` (the SOLLOL_NODES format)."""
+    nodes = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        if not sep or "://" in name:
+            name, url = "", item
+        url = url.strip()
+        nodes.append(NodeConfig(name=name.strip() or default_node_name(url), url=url))
+    return nodes
+
+
+def merge_nodes(configured: list[NodeConfig], extra: list[NodeConfig]) -> list[NodeConfig]:
+    """Config nodes first; env nodes added unless a node with that name or URL exists."""
+    merged = list(configured)
+    names = {n.name for n in merged}
+    urls = {n.url for n in merged}
+    for node in extra:
+        if node.name not in names and node.url not in urls:
+            merged.append(node)
+            names.add(node.name)
+            urls.add(node.url)
+    return merged
+
+
+def load_config(args: dict | None = None, environ: dict[str, str] | None = None) -> GatewayConfig:
+    """Validate serve_config args and merge nodes from SOLLOL_NODES."""
+    environ = os.environ if environ is None else environ
+    config = GatewayConfig.model_validate(args or {})
+    env_nodes = parse_nodes(environ.get(NODES_ENV, ""))
+    if env_nodes:
+        config = config.model_copy(update={"nodes": merge_nodes(config.nodes, env_nodes)})
+    return config

@@ -1,0 +1,273 @@
+"""The timing model of a simulated LLM node (not a real model: it emits pseudo-words).
+
+A node has `slots` parallel decode slots and a FIFO wait queue (full -> QueueFull, which the
+APIs turn into Ollama's 503). Work costs prefill time (prompt tokens / prefill tokens/s),
+decode time per token (decode tokens/s, slowed mildly by every other active slot) and a cold
+load the first time a model is used or after its keep-alive expires. Faults are injected at
+run time (`Faults`). The HTTP facades (`ollama_api`, `openai_api`) sit on top of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FaultMode = Literal["none", "error", "hang", "slow"]
+
+_WORDS = (
+    "the cluster routes each request to a node that finishes it soonest while queues stay short "
+    "and every model answers with tokens streamed back in order from local hardware without loss "
+    "of work when machines fail or slow down under load across many slots"
+).split()
+
+
+class SimModel(BaseModel):
+    name: str
+    size_bytes: int = 2_000_000_000
+    family: str = "llama"
+    parameter_size: str = "3B"
+    quantization_level: str = "Q4_K_M"
+    context_length: int = 8192
+    embedding_dim: int = 64
+
+
+class SimNodeConfig(BaseModel):
+    name: str = "sim"
+    kind: Literal["ollama", "openai"] = "ollama"
+    models: list[SimModel] = Field(default_factory=lambda: [SimModel(name="llama3.2:latest")])
+    slots: int = Field(default=1, ge=1)
+    max_queue: int = Field(default=512, ge=0)
+    prefill_tps: float = Field(default=400.0, gt=0)
+    decode_tps: float = Field(default=40.0, gt=0)
+    # Each additional active slot slows decoding by this fraction (batching is not free).
+    slot_slowdown: float = Field(default=0.08, ge=0)
+    load_s: float = Field(default=1.0, ge=0)
+    keep_alive_s: float = Field(default=300.0, ge=0)
+    default_output_tokens: tuple[int, int] = (16, 96)
+
+
+class Faults(BaseModel):
+    mode: FaultMode = "none"
+    error_status: int = Field(default=500, ge=400, le=599)
+    slow_factor: float = Field(default=5.0, ge=1)
+    # Break a stream after this many tokens (connection drop mid-stream).
+    break_after_tokens: int | None = Field(default=None, ge=0)
+
+
+class QueueFull(Exception):
+    """The node's wait queue is full (Ollama answers 503)."""
+
+
+class InjectedError(Exception):
+    def __init__(self, status: int):
+        super().__init__(f"simulated failure (HTTP {status})")
+        self.status = status
+
+
+class BrokenStream(Exception):
+    """Injected mid-stream failure: the facade drops the connection."""
+
+
+@dataclass
+class Plan:
+    model: str
+    prompt_tokens: int
+    output_tokens: int
+    seed: int
+    limited: bool  # True when the caller capped the output length
+
+
+@dataclass
+class Stats:
+    load_ns: int = 0
+    prompt_eval_ns: int = 0
+    eval_ns: int = 0
+    total_ns: int = 0
+    tokens: list[str] = field(default_factory=list)
+
+
+def count_tokens(text: str) -> int:
+    """Rough tokenizer: ~4 characters per token, at least one token."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def stable_seed(*parts: object) -> int:
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def embedding_for(model: SimModel, text: str) -> list[float]:
+    """Deterministic unit vector per (model, text), so equal inputs embed equally."""
+    rng = random.Random(stable_seed(model.name, text))
+    vec = [rng.gauss(0, 1) for _ in range(model.embedding_dim)]
+    norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+    return [x / norm for x in vec]
+
+
+class SimEngine:
+    def __init__(self, config: SimNodeConfig):
+        self.config = config
+        self.faults = Faults()
+        self.models = {m.name: m for m in config.models}
+        self.active = 0
+        self.waiting = 0
+        self.served = 0
+        self._slots = asyncio.Semaphore(config.slots)
+        self._loaded: dict[str, float] = {}  # model -> monotonic expiry
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._fault_changed = asyncio.Event()
+
+    # -- models -------------------------------------------------------------------------
+    def resolve(self, name: str) -> SimModel | None:
+        if name in self.models:
+            return self.models[name]
+        if ":" not in name:
+            return self.models.get(f"{name}:latest")
+        return None
+
+    def loaded_models(self) -> dict[str, float]:
+        now = time.monotonic()
+        self._loaded = {m: exp for m, exp in self._loaded.items() if exp > now}
+        return dict(self._loaded)
+
+    def unload(self, model: str) -> None:
+        self._loaded.pop(model, None)
+
+    async def ensure_loaded(self, model: str, keep_alive_s: float | None) -> float:
+        """Load `model` if it is cold; returns the seconds spent loading."""
+        keep = self.config.keep_alive_s if keep_alive_s is None else keep_alive_s
+        lock = self._load_locks.setdefault(model, asyncio.Lock())
+        async with lock:
+            spent = 0.0
+            if model not in self.loaded_models():
+                spent = self.config.load_s * self._slow()
+                await asyncio.sleep(spent)
+            self._loaded[model] = time.monotonic() + max(keep, 0.001)
+        return spent
+
+    # -- faults -------------------------------------------------------------------------
+    def set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+        self._fault_changed.set()
+        self._fault_changed = asyncio.Event()
+
+    def _slow(self) -> float:
+        return self.faults.slow_factor if self.faults.mode == "slow" else 1.0
+
+    async def check_faults(self) -> None:
+        """Applied when a request arrives: fail it, or hold it while the node 'hangs'."""
+        while self.faults.mode == "hang":
+            await self._fault_changed.wait()
+        if self.faults.mode == "error":
+            raise InjectedError(self.faults.error_status)
+
+    # -- slots --------------------------------------------------------------------------
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self.waiting >= self.config.max_queue:
+            raise QueueFull("server busy, please try again.  maximum pending requests exceeded")
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.served += 1
+            self._slots.release()
+
+    # -- work ---------------------------------------------------------------------------
+    def plan(self, model: str, prompt: str, options: dict | None, max_tokens: int | None = None) -> Plan:
+        options = options or {}
+        cap = max_tokens if max_tokens is not None else options.get("num_predict")
+        seed = stable_seed(model, prompt, options.get("seed", ""))
+        if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
+            output, limited = cap, True
+        else:
+            lo, hi = self.config.default_output_tokens
+            output, limited = random.Random(seed).randint(lo, hi), False
+        return Plan(model, count_tokens(prompt), output, seed, limited)
+
+    async def prefill(self, tokens: int) -> int:
+        seconds = tokens / self.config.prefill_tps * self._slow()
+        await asyncio.sleep(seconds)
+        return int(seconds * 1e9)
+
+    def _token_interval(self) -> float:
+        others = max(self.active - 1, 0)
+        tps = self.config.decode_tps / (1 + self.config.slot_slowdown * others)
+        return self._slow() / tps
+
+    async def decode(self, plan: Plan, stats: Stats) -> AsyncIterator[str]:
+        """Yield the plan's tokens at the node's current decode speed."""
+        rng = random.Random(plan.seed)
+        start = time.monotonic()
+        due = start
+        for i in range(plan.output_tokens):
+            breaker = self.faults.break_after_tokens
+            if breaker is not None and i >= breaker:
+                raise BrokenStream(f"simulated connection drop after {i} tokens")
+            due += self._token_interval()
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            word = rng.choice(_WORDS)
+            token = word if i == 0 else " " + word
+            stats.tokens.append(token)
+            yield token
+        stats.eval_ns = int((time.monotonic() - start) * 1e9)
+
+    async def run(self, plan: Plan, keep_alive_s: float | None, stats: Stats) -> AsyncIterator[str]:
+        """Wait for a slot, load, prefill, then decode. Errors raise before the first token."""
+        await self.check_faults()
+        started = time.monotonic()
+        async with self.slot():
+            stats.load_ns = int(await self.ensure_loaded(plan.model, keep_alive_s) * 1e9)
+            stats.prompt_eval_ns = await self.prefill(plan.prompt_tokens)
+            async for token in self.decode(plan, stats):
+                yield token
+        stats.total_ns = int((time.monotonic() - started) * 1e9)
+
+    async def embed(self, model: SimModel, texts: list[str], keep_alive_s: float | None) -> tuple[list[list[float]], Stats, int]:
+        await self.check_faults()
+        stats = Stats()
+        started = time.monotonic()
+        tokens = sum(count_tokens(t) for t in texts)
+        async with self.slot():
+            stats.load_ns = int(await self.ensure_loaded(model.name, keep_alive_s) * 1e9)
+            stats.prompt_eval_ns = await self.prefill(tokens)
+        stats.total_ns = int((time.monotonic() - started) * 1e9)
+        return [embedding_for(model, t) for t in texts], stats, tokens
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """Ollama's keep_alive: seconds as a number, or a duration like '5m', '30s', '1h'.
+    Negative means forever. None means the node's default."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+        for suffix in sorted(units, key=len, reverse=True):
+            if text.endswith(suffix):
+                seconds = float(text[: -len(suffix)]) * units[suffix]
+                break
+        else:
+            seconds = float(text)
+    return 10 * 365 * 86400.0 if seconds < 0 else seconds

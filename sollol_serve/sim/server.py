@@ -1,0 +1,110 @@
+"""`sollol sim-node`: run one simulated node (Ollama or llama-server flavoured) on a port.
+
+It is a simulator for demos, tests and benchmarks and says so on `/` and `/api/version`.
+Faults are injected at run time with `POST /_sim/faults {"mode": "error"|"hang"|"slow"|"none", ...}`;
+`GET /_sim/state` shows slots in use, queue length and requests served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import uvicorn
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sollol_serve.sim.engine import Faults, SimEngine, SimModel, SimNodeConfig
+from sollol_serve.sim.ollama_api import OllamaSim
+from sollol_serve.sim.openai_api import OpenAISim
+
+
+def parse_models(spec: str) -> list[SimModel]:
+    """`llama3.2:3b,nomic-embed-text@0.3` -> models; `@N` is the size in GB."""
+    models = []
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, size = item.partition("@")
+        if ":" not in name:
+            name += ":latest"
+        fields: dict = {"name": name}
+        if size:
+            fields["size_bytes"] = int(float(size) * 1e9)
+        if "embed" in name:
+            fields.update(family="bert", parameter_size="137M")
+        models.append(SimModel(**fields))
+    return models
+
+
+def build_sim_app(config: SimNodeConfig) -> Starlette:
+    engine = SimEngine(config)
+    facade = OllamaSim(engine) if config.kind == "ollama" else OpenAISim(engine)
+
+    async def get_state(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "simulator": True,
+                "name": config.name,
+                "kind": config.kind,
+                "slots": config.slots,
+                "active": engine.active,
+                "waiting": engine.waiting,
+                "served": engine.served,
+                "loaded": sorted(engine.loaded_models()),
+                "faults": engine.faults.model_dump(),
+            }
+        )
+
+    async def set_faults(request: Request) -> Response:
+        try:
+            engine.set_faults(Faults.model_validate_json(await request.body() or b"{}"))
+        except ValidationError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(engine.faults.model_dump())
+
+    routes = facade.routes() + [
+        Route("/_sim/state", get_state, methods=["GET"]),
+        Route("/_sim/faults", set_faults, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sollol sim-node", description="Run a simulated LLM node (no real model).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=11434)
+    p.add_argument("--name", default="sim")
+    p.add_argument("--kind", choices=["ollama", "openai"], default="ollama")
+    p.add_argument("--models", default="llama3.2:latest,nomic-embed-text:latest@0.3")
+    p.add_argument("--slots", type=int, default=1)
+    p.add_argument("--max-queue", type=int, default=512)
+    p.add_argument("--prefill-tps", type=float, default=400.0)
+    p.add_argument("--decode-tps", type=float, default=40.0)
+    p.add_argument("--slot-slowdown", type=float, default=0.08)
+    p.add_argument("--load-s", type=float, default=1.0)
+    p.add_argument("--keep-alive-s", type=float, default=300.0)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimNodeConfig:
+    return SimNodeConfig(
+        name=args.name,
+        kind=args.kind,
+        models=parse_models(args.models),
+        slots=args.slots,
+        max_queue=args.max_queue,
+        prefill_tps=args.prefill_tps,
+        decode_tps=args.decode_tps,
+        slot_slowdown=args.slot_slowdown,
+        load_s=args.load_s,
+        keep_alive_s=args.keep_alive_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arg_parser().parse_args(argv)
+    app = build_sim_app(config_from_args(args))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False))
+    asyncio.run(server.serve())
