@@ -25,3 +25,7 @@ def main(argv: list[str] | None = None) -> None:
         from sollol_serve.demo import main as demo_main
 
         demo_main(rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,12 +22,13 @@ from sollol_serve.sim.ollama_api import OllamaSim
 from sollol_serve.sim.openai_api import OpenAISim
 
 
-def parse_models(spec: str) -> list[SimModel]:
-    """`llama3.2:3b,nomic-embed-text@0.3` -> models; `@N` is the size in GB."""
+def parse_models(spec: str, tagged: bool = True) -> list[SimModel]:
+    """`llama3.2:3b,nomic-embed-text@0.3` -> models; `@N` is the size in GB.
+    `tagged`: Ollama names carry a tag (`:latest` by default); llama-server ids don't."""
     models = []
     for item in filter(None, (p.strip() for p in spec.split(","))):
         name, _, size = item.partition("@")
-        if ":" not in name:
+        if tagged and ":" not in name:
             name += ":latest"
         fields: dict = {"name": name}
         if size:
@@ -92,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> SimNodeConfig:
     return SimNodeConfig(
         name=args.name,
         kind=args.kind,
-        models=parse_models(args.models),
+        models=parse_models(args.models, tagged=args.kind == "ollama"),
         slots=args.slots,
         max_queue=args.max_queue,
         prefill_tps=args.prefill_tps,

@@ -1,0 +1,283 @@
+"""The Ingress deployment: the Ollama and OpenAI HTTP APIs of the gateway.
+
+It parses and validates, asks the Analyzer for a profile, hands the request to the Router and
+writes the answer out: JSON, NDJSON (Ollama streams) or SSE (OpenAI streams), chunk by chunk
+as they arrive. Errors are written in the API's own format.
+"""
+
+
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from sollol_serve import __version__
+from sollol_serve.analysis.profile import parse_priority
+from sollol_serve.api import schemas
+from sollol_serve.api.errors import error_response
+from sollol_serve.api.middleware import PoweredByHeader
+from sollol_serve.config import GatewayConfig
+from sollol_serve.protocol import Api, BadRequest, GatewayError, NodeRequest, Operation, StreamEnd, StreamStart
+from sollol_serve.routing.router import unwrap
+
+app = FastAPI(title="sollol_serve", version=__version__, docs_url="/docs", redoc_url=None)
+app.add_middleware(PoweredByHeader)
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    return error_response(request.url.path, exc.status_code, str(exc.detail))
+
+
+def _dumps(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _gateway_error(request: Request, exc: BaseException) -> Response:
+    error = unwrap(exc)
+    if isinstance(error, GatewayError):
+        return error_response(request.url.path, error.status, error.message, error.code)
+    raise exc
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return f"invalid request: {where}: {first.get('msg')}"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, config: dict):
+        self.analyzer = analyzer
+        self.router = router
+        self.config = GatewayConfig.model_validate(config)
+
+    # -- request plumbing --------------------------------------------------------------
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _json(self, request: Request, schema: type[BaseModel]) -> dict:
+        raw = await self._read_body(request)
+        try:
+            body = json.loads(raw)
+        except UnicodeDecodeError:
+            raise BadRequest("request body is not valid UTF-8") from None
+        except json.JSONDecodeError as exc:
+            raise BadRequest(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        try:
+            schema.model_validate(body)
+        except ValidationError as exc:
+            raise BadRequest(_validation_message(exc)) from None
+        return body
+
+    async def _guard(self, request: Request, handler: Callable[[], Awaitable[Response]]) -> Response:
+        try:
+            return await handler()
+        except Exception as exc:
+            return _gateway_error(request, exc)
+
+    async def _routed(self, request: Request, api: Api, op: Operation, schema: type[BaseModel]) -> Response:
+        async def handle() -> Response:
+            body = await self._json(request, schema)
+            priority = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
+            streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
+            profile = await self.analyzer.profile.remote(api, op, body, priority)
+            req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
+            if not streams:
+                routed = await self.router.call.remote(profile, req)
+                payload = {**routed.body, "_sollol_routing": routed.routing}
+                return JSONResponse(payload, headers={"X-SOLLOL-Node": routed.node})
+            items = self.router.stream.options(stream=True).remote(profile, req)
+            start = await items.__anext__()  # errors before the first byte surface here
+            assert isinstance(start, StreamStart)
+            if api == "ollama":
+                return StreamingResponse(self._ndjson(items), media_type="application/x-ndjson",
+                                         headers={"X-SOLLOL-Node": start.node})
+            return StreamingResponse(self._sse(items), media_type="text/event-stream",
+                                     headers={"X-SOLLOL-Node": start.node, "Cache-Control": "no-cache"})
+
+        return await self._guard(request, handle)
+
+    async def _ndjson(self, items) -> AsyncIterator[str]:
+        """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing`."""
+        final: dict | None = None
+        try:
+            async for item in items:
+                if isinstance(item, StreamEnd):
+                    if final is not None:
+                        yield _dumps({**final, "_sollol_routing": item.routing}) + "\n"
+                    return
+                if item.get("done"):
+                    final = item  # held only until the StreamEnd that follows at once
+                else:
+                    yield _dumps(item) + "\n"
+        except Exception as exc:
+            error = unwrap(exc)
+            message = error.message if isinstance(error, GatewayError) else str(error)
+            yield _dumps({"error": message, "done": True, "done_reason": "error"}) + "\n"
+        finally:
+            items.cancel()
+
+    async def _sse(self, items) -> AsyncIterator[str]:
+        """OpenAI stream: `data:` events; a last chunk carries `_sollol_routing`, then [DONE]."""
+        last: dict = {}
+        try:
+            async for item in items:
+                if isinstance(item, StreamEnd):
+                    tail = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
+                    yield f"data: {_dumps({**tail, 'choices': [], '_sollol_routing': item.routing})}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                last = item
+                yield f"data: {_dumps(item)}\n\n"
+        except Exception as exc:
+            error = unwrap(exc)
+            message = error.message if isinstance(error, GatewayError) else str(error)
+            yield f"data: {_dumps({'error': {'message': message, 'type': 'server_error', 'code': 'stream_broken'}})}\n\n"
+        finally:
+            items.cancel()
+
+    # -- Ollama API --------------------------------------------------------------------
+    @app.get("/")
+    async def root(self) -> Response:
+        return PlainTextResponse("Ollama is running")
+
+    @app.head("/")
+    async def root_head(self) -> Response:
+        return PlainTextResponse("")
+
+    @app.get("/api/version")
+    async def version(self, request: Request) -> Response:
+        async def handle() -> Response:
+            versions = await self.router.versions.remote()
+            # The oldest node bounds which features a client may rely on.
+            oldest = min(versions, key=_version_key) if versions else "0.0.0"
+            return JSONResponse({"version": oldest, "sollol_serve": __version__})
+
+        return await self._guard(request, handle)
+
+    @app.get("/api/tags")
+    async def tags(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.router.tags.remote(), "models"))
+
+    @app.get("/api/ps")
+    async def ps(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.router.ps.remote(), "models"))
+
+    async def _json_of(self, pending, key: str) -> Response:
+        return JSONResponse({key: await pending})
+
+    @app.post("/api/show")
+    async def show(self, request: Request) -> Response:
+        async def handle() -> Response:
+            body = await self._json(request, schemas.OllamaShow)
+            model = body.get("model") or body.get("name")
+            if not model:
+                raise BadRequest("model is required")
+            return JSONResponse(await self.router.show.remote(body, model))
+
+        return await self._guard(request, handle)
+
+    @app.post("/api/chat")
+    async def chat(self, request: Request) -> Response:
+        return await self._routed(request, "ollama", "chat", schemas.OllamaChat)
+
+    @app.post("/api/generate")
+    async def generate(self, request: Request) -> Response:
+        return await self._routed(request, "ollama", "generate", schemas.OllamaGenerate)
+
+    @app.post("/api/embed")
+    async def embed(self, request: Request) -> Response:
+        return await self._routed(request, "ollama", "embed", schemas.OllamaEmbed)
+
+    @app.post("/api/embeddings")
+    async def embeddings(self, request: Request) -> Response:
+        return await self._routed(request, "ollama", "embeddings", schemas.OllamaEmbeddings)
+
+    # -- OpenAI API --------------------------------------------------------------------
+    @app.get("/v1/models")
+    async def models(self, request: Request) -> Response:
+        async def handle() -> Response:
+            created = int(time.time())
+            data = [{"id": m.get("name") or m.get("model"), "object": "model", "created": created,
+                     "owned_by": "sollol"} for m in await self.router.tags.remote()]
+            return JSONResponse({"object": "list", "data": data})
+
+        return await self._guard(request, handle)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._routed(request, "openai", "chat", schemas.OpenAIChat)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._routed(request, "openai", "generate", schemas.OpenAICompletion)
+
+    @app.post("/v1/embeddings")
+    async def openai_embeddings(self, request: Request) -> Response:
+        return await self._routed(request, "openai", "embed", schemas.OpenAIEmbeddings)
+
+    # -- operations --------------------------------------------------------------------
+    @app.get("/api/nodes")
+    async def nodes(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.router.nodes.remote(), "nodes"))
+
+    @app.get("/health")
+    async def health(self, request: Request) -> Response:
+        async def handle() -> Response:
+            nodes = await self.router.nodes.remote()
+            healthy = sum(1 for n in nodes if n["healthy"])
+            status = 200 if healthy else 503
+            return JSONResponse({"status": "ok" if healthy else "no healthy node", "nodes": len(nodes),
+                                 "healthy": healthy}, status_code=status)
+
+        return await self._guard(request, handle)
+
+    @app.get("/dashboard")
+    async def dashboard(self) -> Response:
+        return HTMLResponse(_DASHBOARD_PLACEHOLDER)
+
+
+def _version_key(version: str) -> tuple:
+    parts = []
+    for piece in version.split("-", 1)[0].split("."):
+        parts.append(int(piece) if piece.isdigit() else 0)
+    return tuple(parts)
+
+
+_DASHBOARD_PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>sollol_serve</title></head>
+<body style="font-family:sans-serif"><h1>sollol_serve</h1>
+<p>The live dashboard is not built yet. Node state as JSON: <a href="/api/nodes">/api/nodes</a>.</p>
+<pre id="nodes">loading...</pre>
+<script>
+async function refresh() {
+  const r = await fetch('/api/nodes');
+  document.getElementById('nodes').textContent = JSON.stringify(await r.json(), null, 2);
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>"""

@@ -1,0 +1,94 @@
+"""Request schemas of both APIs, for validation only.
+
+The gateway validates the fields it must understand and forwards the client's body itself,
+so every other field (`options`, `format`, `tools`, `keep_alive`, `images`, `think`, ...)
+reaches the node untouched. `extra="allow"` keeps unknown fields; types are strict enough
+to reject what a node would choke on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr = Field(min_length=1, max_length=512)
+    priority: StrictInt | None = Field(default=None, ge=1, le=10)
+
+
+class OllamaMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: StrictStr = Field(min_length=1)
+    content: StrictStr | None = None
+    images: list[StrictStr] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class OllamaChat(_Open):
+    # Ollama: an empty list only loads the model.
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    stream: StrictBool = True
+    options: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class OllamaGenerate(_Open):
+    prompt: StrictStr = ""
+    system: StrictStr | None = None
+    suffix: StrictStr | None = None
+    images: list[StrictStr] | None = None
+    stream: StrictBool = True
+    options: dict[str, Any] | None = None
+
+
+class OllamaEmbed(_Open):
+    input: StrictStr | list[StrictStr]
+    options: dict[str, Any] | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("input must not be an empty list")
+        return v
+
+
+class OllamaEmbeddings(_Open):
+    prompt: StrictStr
+    options: dict[str, Any] | None = None
+
+
+class OllamaShow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: StrictStr | None = Field(default=None, min_length=1)
+    name: StrictStr | None = Field(default=None, min_length=1)  # older clients send `name`
+
+
+class OpenAIMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: StrictStr = Field(min_length=1)
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+
+class OpenAIChat(_Open):
+    messages: list[OpenAIMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    max_tokens: StrictInt | None = Field(default=None, ge=0)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=0)
+
+
+class OpenAICompletion(_Open):
+    prompt: StrictStr | list[StrictStr]
+    stream: StrictBool = False
+    max_tokens: StrictInt | None = Field(default=None, ge=0)
+
+
+class OpenAIEmbeddings(_Open):
+    input: StrictStr | list[StrictStr] = Field(min_length=1)

@@ -1,0 +1,49 @@
+"""`build_app(args)`: the Serve application that `serve_config.yaml` imports.
+
+Ingress -> Analyzer -> Router (state in a named actor) -> one OllamaWorker per node.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve import Application
+
+from sollol_serve.analysis.deployment import Analyzer
+from sollol_serve.api.ingress import Ingress
+from sollol_serve.config import GatewayConfig, load_config
+from sollol_serve.nodes.worker import OllamaWorker
+from sollol_serve.routing.router import Router
+
+
+def worker_deployment_name(node_name: str) -> str:
+    return f"OllamaWorker-{node_name}"
+
+
+def build_gateway(config: GatewayConfig) -> Application:
+    sizing = config.sizing
+    dumped = config.model_dump(mode="json")
+    workers = {
+        node.name: OllamaWorker.options(
+            name=worker_deployment_name(node.name),
+            max_ongoing_requests=sizing.max_ongoing_requests,
+        ).bind(node.model_dump(mode="json"), config.timeouts.model_dump(), config.routing.probe_interval_s,
+               config.state_actor_name)
+        for node in config.nodes
+    }
+    router = Router.options(
+        num_replicas=sizing.router_replicas, max_ongoing_requests=sizing.max_ongoing_requests
+    ).bind(dumped, workers)
+    analyzer = Analyzer.options(
+        num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests
+    ).bind()
+    return Ingress.options(
+        num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests
+    ).bind(analyzer, router, dumped)
+
+
+def build_app(args: dict) -> Application:
+    """Application builder for `serve run` / `serve deploy` (args from serve_config.yaml)."""
+    config = load_config(args)
+    if not config.nodes:
+        raise ValueError("no nodes configured: list them under args.nodes in serve_config.yaml or in SOLLOL_NODES")
+    return build_gateway(config)

@@ -1,0 +1,112 @@
+"""Messages passed between the deployments (Ingress -> Router -> OllamaWorker).
+
+They are plain dataclasses: they cross a Ray hop on every request, and pickling a
+dataclass is several times cheaper than a pydantic model. Chunks themselves travel as
+plain dicts already in the client's API format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Api = Literal["ollama", "openai"]
+# chat: /api/chat, /v1/chat/completions; generate: /api/generate, /v1/completions;
+# embed: /api/embed, /v1/embeddings; embeddings: legacy /api/embeddings.
+Operation = Literal["chat", "generate", "embed", "embeddings"]
+
+
+@dataclass(slots=True)
+class NodeRequest:
+    api: Api
+    op: Operation
+    body: dict
+    stream: bool
+    model: str
+
+
+@dataclass(slots=True)
+class Usage:
+    """What a finished request tells about the node: the learning signal."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float | None = None
+    decode_s: float | None = None
+    load_s: float | None = None
+    total_s: float = 0.0
+
+
+@dataclass(slots=True)
+class StreamStart:
+    """First event of a routed stream: the node that is answering (sent before any chunk)."""
+
+    node: str
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    """Last event of a routed stream: how it was routed."""
+
+    routing: dict
+
+
+@dataclass(slots=True)
+class Routed:
+    """A routed non-streamed response."""
+
+    body: dict
+    node: str
+    routing: dict = field(default_factory=dict)
+
+
+class GatewayError(Exception):
+    """An error with an HTTP status, shown to the client in its API's error format."""
+
+    status = 500
+    code = "server_error"
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.status))
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "invalid_request_error"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    code = "model_not_found"
+
+
+class NoNodeAvailable(GatewayError):
+    status = 503
+    code = "no_node_available"
+
+
+class NodeError(GatewayError):
+    """The node answered with an error status, or could not be reached."""
+
+    status = 502
+    code = "node_error"
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = True):
+        super().__init__(message, status)
+        self.retryable = retryable
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.status, self.retryable))
+
+
+class StreamBroken(GatewayError):
+    """A stream failed after chunks were already sent to the client."""
+
+    status = 502
+    code = "stream_broken"

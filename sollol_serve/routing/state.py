@@ -1,0 +1,109 @@
+"""The shared picture of the cluster: what each node has and how busy it is.
+
+`ClusterState` is plain data and logic; `state_actor.NodeStateActor` holds one instance for
+the whole app. Workers report inventories into it, routers sync their in-flight counts with
+it and read back a snapshot of `NodeView`s.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+def normalize_model(name: str) -> str:
+    """Ollama's aliasing: `llama3.2` is `llama3.2:latest`."""
+    name = name.strip()
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def _entry_name(entry: dict) -> str:
+    return entry.get("name") or entry.get("model") or ""
+
+
+@dataclass(slots=True)
+class NodeReport:
+    """What a worker last learned about its node."""
+
+    name: str
+    url: str
+    kind: str | None
+    healthy: bool
+    models: list[dict] = field(default_factory=list)  # /api/tags entries
+    loaded: list[dict] = field(default_factory=list)  # /api/ps entries
+    slots: int | None = None
+    version: str | None = None
+    error: str | None = None
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class NodeView:
+    """A router's view of one node."""
+
+    name: str
+    url: str
+    kind: str | None
+    healthy: bool
+    models: dict[str, str]  # normalized name -> the name the node uses
+    loaded: frozenset[str]
+    slots: int
+    in_flight_elsewhere: int  # requests other router replicas have on this node
+    error: str | None = None
+
+    def has_model(self, model: str) -> bool:
+        return normalize_model(model) in self.models
+
+    def node_model(self, model: str) -> str:
+        """The node's own name for `model` (OpenAI-compatible servers want it exactly)."""
+        return self.models.get(normalize_model(model), model)
+
+
+@dataclass
+class ClusterState:
+    configured_slots: dict[str, int | None] = field(default_factory=dict)
+    reports: dict[str, NodeReport] = field(default_factory=dict)
+    # router replica id -> node -> in-flight requests
+    in_flight: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def register(self, name: str, url: str, slots: int | None) -> None:
+        self.configured_slots[name] = slots
+        self.reports.setdefault(name, NodeReport(name=name, url=url, kind=None, healthy=False, error="not probed yet"))
+
+    def report(self, report: NodeReport) -> None:
+        self.reports[report.name] = report
+
+    def sync(self, router_id: str, in_flight: dict[str, int]) -> dict[str, NodeView]:
+        self.in_flight[router_id] = dict(in_flight)
+        return self.snapshot(exclude_router=router_id)
+
+    def snapshot(self, exclude_router: str | None = None) -> dict[str, NodeView]:
+        views = {}
+        for name, r in self.reports.items():
+            others = sum(v.get(name, 0) for rid, v in self.in_flight.items() if rid != exclude_router)
+            slots = self.configured_slots.get(name) or r.slots or 1
+            views[name] = NodeView(
+                name=name,
+                url=r.url,
+                kind=r.kind,
+                healthy=r.healthy,
+                models={normalize_model(_entry_name(m)): _entry_name(m) for m in r.models},
+                loaded=frozenset(normalize_model(_entry_name(m)) for m in r.loaded),
+                slots=slots,
+                in_flight_elsewhere=others,
+                error=r.error,
+            )
+        return views
+
+    def tags(self) -> list[dict]:
+        """Union of the healthy nodes' installed models, one entry per model name."""
+        seen: dict[str, dict] = {}
+        for r in self.reports.values():
+            if not r.healthy:
+                continue
+            for entry in r.models:
+                seen.setdefault(normalize_model(_entry_name(entry)), entry)
+        return sorted(seen.values(), key=lambda e: e.get("name", ""))
+
+    def forget_router(self, router_id: str) -> None:
+        self.in_flight.pop(router_id, None)

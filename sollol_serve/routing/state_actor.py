@@ -1,0 +1,47 @@
+"""The named actor that holds the one `ClusterState` of the app.
+
+Detached and fetched by name, so it outlives any Router, Ingress or worker replica that
+restarts; every replica gets it with `state_actor(name)`.
+"""
+
+from __future__ import annotations
+
+import ray
+from ray.actor import ActorHandle
+
+from sollol_serve.routing.state import ClusterState, NodeReport, NodeView
+
+NAMESPACE = "sollol"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class NodeStateActor:
+    def __init__(self) -> None:
+        self.state = ClusterState()
+
+    def register(self, name: str, url: str, slots: int | None) -> None:
+        self.state.register(name, url, slots)
+
+    def report(self, report: NodeReport) -> None:
+        self.state.report(report)
+
+    def sync(self, router_id: str, in_flight: dict[str, int]) -> dict[str, NodeView]:
+        return self.state.sync(router_id, in_flight)
+
+    def snapshot(self) -> dict[str, NodeView]:
+        return self.state.snapshot()
+
+    def reports(self) -> dict[str, NodeReport]:
+        return dict(self.state.reports)
+
+    def tags(self) -> list[dict]:
+        return self.state.tags()
+
+    def forget_router(self, router_id: str) -> None:
+        self.state.forget_router(router_id)
+
+
+def state_actor(name: str) -> ActorHandle:
+    return NodeStateActor.options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote()
