@@ -45,6 +45,10 @@ class NodeConfig(_Strict):
     @classmethod
     def _url_ok(cls, v: str) -> str:
         parsed = urlparse(v)
+        try:
+            parsed.port  # raises on a non-numeric or out-of-range port
+        except ValueError:
+            raise ValueError(f"node url {v!r} has an invalid port") from None
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"node url {v!r} must be http(s)://host:port")
         return v.rstrip("/")
@@ -97,10 +101,15 @@ class GatewayConfig(_Strict):
 
 
 def default_node_name(url: str) -> str:
-    """`http://10.0.0.5:11434` -> `10.0.0.5-11434`: a stable name for an unnamed node."""
+    """`http://10.0.0.5:11434` -> `10.0.0.5-11434`: a stable name for an unnamed node.
+    A URL that doesn't parse keeps a placeholder name; NodeConfig then rejects the URL."""
     parsed = urlparse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    return f"{parsed.hostname}-{port}"
+    try:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except ValueError:
+        return "invalid"
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", parsed.hostname or "node").strip("-") or "node"
+    return f"{host}-{port}"
 
 
 def parse_nodes(spec: str) -> list[NodeConfig]:

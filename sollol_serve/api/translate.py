@@ -272,6 +272,8 @@ def openai_to_ollama_request(op: Operation, body: dict) -> dict:
         return out
     out["stream"] = bool(body.get("stream", False))
     options = {_OPENAI_TO_OPTION[k]: v for k, v in body.items() if k in _OPENAI_TO_OPTION and v is not None}
+    if body.get("max_completion_tokens") is not None:  # the newer name wins over max_tokens
+        options["num_predict"] = body["max_completion_tokens"]
     if options:
         out["options"] = options
     fmt = _ollama_format(body.get("response_format"))
@@ -364,6 +366,7 @@ class OllamaToOpenAIStream:
         self.id = new_id("chatcmpl" if op == "chat" else "cmpl")
         self.created = int(time.time())
         self.started = False
+        self.tool_calls_sent = 0  # numbering runs across chunks; also decides the finish reason
 
     def _event(self, choices: list[dict], **extra: object) -> dict:
         obj = "chat.completion.chunk" if self.op == "chat" else "text_completion"
@@ -385,12 +388,14 @@ class OllamaToOpenAIStream:
         text = (chunk.get("message") or {}).get("content") if self.op == "chat" else chunk.get("response")
         calls = (chunk.get("message") or {}).get("tool_calls") if self.op == "chat" else None
         if calls:
-            out.append(self._event([self._choice(None, tool_calls=[
-                {"index": i, **c} for i, c in enumerate(_openai_tool_calls(calls))])]))
+            numbered = [{"index": self.tool_calls_sent + i, **c} for i, c in enumerate(_openai_tool_calls(calls))]
+            self.tool_calls_sent += len(numbered)
+            out.append(self._event([self._choice(None, tool_calls=numbered)]))
         if text:
             out.append(self._event([self._choice(text)]))
         if chunk.get("done"):
-            out.append(self._event([self._choice(None, _openai_finish_reason(chunk.get("done_reason"), bool(calls)))]))
+            finish = _openai_finish_reason(chunk.get("done_reason"), self.tool_calls_sent > 0)
+            out.append(self._event([self._choice(None, finish)]))
             if self.include_usage and usage is not None:
                 out.append(self._event([], usage=openai_usage(usage)))
         return out

@@ -58,10 +58,13 @@ class Chooser:
         """All candidates, best first."""
         scored = [score_least_busy(n, in_flight.get(n.name, 0) + n.in_flight_elsewhere, model) for n in nodes]
         if self.strategy == "least_busy":
-            # Ties go round-robin so that an idle cluster still spreads work.
-            turn = next(self._turn)
-            order = {s.node.name: (i - turn) % len(scored) for i, s in enumerate(scored)} if scored else {}
-            return sorted(scored, key=lambda s: (s.score, order[s.node.name]))
+            ranked = sorted(scored, key=lambda s: s.score)
+            # Nodes tied for best take turns, so that an idle cluster still spreads work.
+            tied = [s for s in ranked if s.score == ranked[0].score] if ranked else []
+            if len(tied) > 1:
+                turn = next(self._turn) % len(tied)
+                ranked = tied[turn:] + tied[:turn] + ranked[len(tied):]
+            return ranked
         if self.strategy == "round_robin":
             turn = next(self._turn) % max(len(scored), 1)
             return scored[turn:] + scored[:turn]

@@ -60,6 +60,13 @@ def _prompt_of_chat(body: dict) -> str:
     return "\n".join(parts)
 
 
+def _keep_alive(body: dict) -> float | None:
+    try:
+        return parse_keep_alive(body.get("keep_alive"))
+    except ValueError as exc:
+        raise BadRequest(f"invalid keep_alive: {exc}") from exc
+
+
 def _timing_fields(stats: Stats, prompt_tokens: int) -> dict:
     return {
         "total_duration": stats.total_ns,
@@ -180,10 +187,7 @@ class OllamaSim:
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise BadRequest("options must be an object")
-        try:
-            keep_alive = parse_keep_alive(body.get("keep_alive"))
-        except ValueError as exc:
-            raise BadRequest(f"invalid keep_alive: {exc}") from exc
+        keep_alive = _keep_alive(body)
         if keep_alive == 0 and (not prompt or chat and not body.get("messages")):
             self.engine.unload(m.name)
             return JSONResponse(self._final(m, chat, Stats(), 0, "unload", ""))
@@ -245,7 +249,7 @@ class OllamaSim:
             texts = [raw] if isinstance(raw, str) else raw
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise BadRequest("input must be a string or a list of strings")
-            vectors, stats, tokens = await self.engine.embed(m, texts, parse_keep_alive(body.get("keep_alive")))
+            vectors, stats, tokens = await self.engine.embed(m, texts, _keep_alive(body))
             return JSONResponse(
                 {
                     "model": m.name,
@@ -264,7 +268,7 @@ class OllamaSim:
             prompt = body.get("prompt", "")
             if not isinstance(prompt, str):
                 raise BadRequest("prompt must be a string")
-            vectors, _, _ = await self.engine.embed(m, [prompt], parse_keep_alive(body.get("keep_alive")))
+            vectors, _, _ = await self.engine.embed(m, [prompt], _keep_alive(body))
             return JSONResponse({"embedding": vectors[0]})
 
         return await self._guarded(request, handle)

@@ -1,0 +1,128 @@
+"""Added latency of the gateway versus calling the node directly.
+
+    python benchmarks/overhead.py [--requests 400] [--out benchmarks/results]
+
+One simulated Ollama node (64 slots, no cold load, fixed 8-token answers so the node's own
+time is constant), the whole gateway on a local Ray (Ingress -> Analyzer -> Router ->
+OllamaWorker), and the same bounded workload sent directly and through the gateway, at
+concurrency 1 and 32, non-streamed (full latency) and streamed (time to first chunk).
+Added latency = gateway percentile - direct percentile, measured in one run, on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import httpx
+
+from sollol_serve.config import GatewayConfig, NodeConfig
+from sollol_serve.local import start_local_gateway, stop_local_gateway, wait_for_nodes
+from sollol_serve.sim.process import SimProcess, free_port
+
+NODE_ARGS = ["--models", "llama3.2", "--slots", "64", "--decode-tps", "400", "--prefill-tps", "100000",
+             "--load-s", "0", "--slot-slowdown", "0"]
+BODY = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello"}], "options": {"num_predict": 8}}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def one(client: httpx.AsyncClient, url: str, stream: bool) -> float:
+    """Seconds to the full answer (non-streamed) or to the first chunk (streamed)."""
+    body = {**BODY, "stream": stream}
+    started = time.perf_counter()
+    if not stream:
+        response = await client.post(url + "/api/chat", json=body)
+        response.raise_for_status()
+        return time.perf_counter() - started
+    async with client.stream("POST", url + "/api/chat", json=body) as response:
+        response.raise_for_status()
+        first = None
+        async for line in response.aiter_lines():
+            if line and first is None:
+                first = time.perf_counter() - started
+        return first
+
+
+async def run_cell(url: str, stream: bool, concurrency: int, requests: int) -> list[float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits, trust_env=False) as client:
+        for _ in range(min(20, requests)):  # warm connections and code paths
+            await one(client, url, stream)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(requests):
+            queue.put_nowait(i)
+        samples: list[float] = []
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                samples.append(await one(client, url, stream))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return samples
+
+
+def summarize(samples: list[float]) -> dict:
+    ms = [s * 1000 for s in samples]
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
+            "mean_ms": round(statistics.fmean(ms), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="requests per cell at concurrency 32")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+
+    node = SimProcess("bench", NODE_ARGS).start()
+    rows = []
+    try:
+        gateway = start_local_gateway(GatewayConfig(nodes=[NodeConfig(name="bench", url=node.url)]), port=free_port())
+        wait_for_nodes(gateway, 1)
+        for stream in (False, True):
+            for concurrency in (1, 32):
+                n = args.requests if concurrency > 1 else max(50, args.requests // 4)
+                direct = summarize(asyncio.run(run_cell(node.url, stream, concurrency, n)))
+                via = summarize(asyncio.run(run_cell(gateway, stream, concurrency, n)))
+                row = {
+                    "measure": "time to first chunk" if stream else "full response",
+                    "concurrency": concurrency,
+                    "direct": direct,
+                    "gateway": via,
+                    "added_p50_ms": round(via["p50_ms"] - direct["p50_ms"], 2),
+                    "added_p99_ms": round(via["p99_ms"] - direct["p99_ms"], 2),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    finally:
+        stop_local_gateway()
+        node.stop()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, "
+            f"{os.cpu_count()} cores", "node": " ".join(NODE_ARGS), "requests": args.requests}
+    (out / "overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = ["| measure | concurrency | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 | added p99 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['measure']} | {r['concurrency']} | {r['direct']['p50_ms']} / {r['direct']['p99_ms']} | "
+                     f"{r['gateway']['p50_ms']} / {r['gateway']['p99_ms']} | {r['added_p50_ms']} ms | "
+                     f"{r['added_p99_ms']} ms |")
+    (out / "overhead.md").write_text(f"Measured {meta['when']} on {meta['machine']}.\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

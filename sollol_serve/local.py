@@ -1,0 +1,47 @@
+"""Start and stop the whole gateway on a local Ray instance (demo, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import ray
+from ray import serve
+
+from sollol_serve.app import build_gateway
+from sollol_serve.config import GatewayConfig
+
+APP_NAME = "sollol"
+
+
+def start_local_gateway(config: GatewayConfig, port: int, num_cpus: int = 2, include_dashboard: bool = False,
+                        host: str = "127.0.0.1") -> str:
+    """Start a Ray instance owned by this process, deploy the app, return its URL."""
+    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_gateway(config), name=APP_NAME, route_prefix="/")
+    return f"http://{host}:{port}"
+
+
+def wait_for_nodes(url: str, expected: int, timeout: float = 120.0) -> list[dict]:
+    """Block until `expected` nodes are healthy (workers probe them at start)."""
+    deadline = time.monotonic() + timeout
+    nodes: list[dict] = []
+    while time.monotonic() < deadline:
+        try:
+            nodes = httpx.get(url + "/api/nodes", timeout=5, trust_env=False).json()["nodes"]
+            if sum(1 for n in nodes if n["healthy"]) >= expected:
+                return nodes
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"only {sum(1 for n in nodes if n.get('healthy'))} of {expected} nodes healthy: {nodes}")
+
+
+def stop_local_gateway() -> None:
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,270 @@
+"""sollol_serve.routing.state and sollol_serve.routing.policy."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from sollol_serve.routing.policy import Chooser, candidates, model_known, model_loaded, score_least_busy
+from sollol_serve.routing.state import ClusterState, NodeReport, NodeView, normalize_model
+
+
+def view(name: str, *, models=("llama3.2:latest",), loaded=None, kind="ollama", healthy=True,
+         slots=1, elsewhere=0) -> NodeView:
+    models = {normalize_model(m): m for m in models}
+    loaded = frozenset(normalize_model(m) for m in (models if loaded is None else loaded))
+    return NodeView(name=name, url=f"http://{name}:1", kind=kind, healthy=healthy, models=models,
+                    loaded=loaded, slots=slots, in_flight_elsewhere=elsewhere)
+
+
+def names(items) -> list[str]:
+    return [getattr(i, "node", i).name for i in items]
+
+
+# =======================================================================================
+# state
+# =======================================================================================
+@pytest.mark.parametrize(
+    ("name", "normalized"),
+    [
+        ("llama3.2", "llama3.2:latest"),
+        ("llama3.2:latest", "llama3.2:latest"),
+        ("  qwen2.5:0.5b  ", "qwen2.5:0.5b"),
+        ("hf.co/org/model", "hf.co/org/model:latest"),
+        ("hf.co/org/model:Q4_K_M", "hf.co/org/model:Q4_K_M"),
+        ("localhost:5000/library/model", "localhost:5000/library/model:latest"),
+        ("tiny-llama", "tiny-llama:latest"),
+    ],
+)
+def test_normalize_model(name, normalized):
+    assert normalize_model(name) == normalized
+
+
+def _report(name: str, *, healthy=True, models=(), loaded=(), kind="ollama", slots=None, error=None) -> NodeReport:
+    return NodeReport(name=name, url=f"http://{name}:1", kind=kind, healthy=healthy,
+                      models=[{"name": m, "model": m} for m in models],
+                      loaded=[{"name": m} for m in loaded], slots=slots, error=error)
+
+
+def test_register_creates_unhealthy_unprobed_node():
+    state = ClusterState()
+    state.register("a", "http://a:1", slots=None)
+    snap = state.snapshot()
+    assert list(snap) == ["a"]
+    v = snap["a"]
+    assert (v.url, v.kind, v.healthy, v.models, v.loaded, v.slots, v.in_flight_elsewhere, v.error) == (
+        "http://a:1", None, False, {}, frozenset(), 1, 0, "not probed yet")
+
+
+def test_register_keeps_existing_report():
+    state = ClusterState()
+    state.register("a", "http://a:1", slots=None)
+    state.report(_report("a", models=["llama3.2:latest"]))
+    state.register("a", "http://a:1", slots=3)
+    v = state.snapshot()["a"]
+    assert v.healthy is True
+    assert v.slots == 3
+
+
+def test_report_becomes_view_with_normalized_models():
+    state = ClusterState()
+    state.register("a", "http://a:1", slots=None)
+    state.report(_report("a", models=["llama3.2:latest", "tiny-llama"], loaded=["llama3.2"], kind="ollama", slots=4))
+    v = state.snapshot()["a"]
+    assert v.healthy is True
+    assert v.kind == "ollama"
+    assert v.models == {"llama3.2:latest": "llama3.2:latest", "tiny-llama:latest": "tiny-llama"}
+    assert v.loaded == frozenset({"llama3.2:latest"})
+    assert v.slots == 4  # reported slots used when none configured
+    assert v.error is None
+
+
+def test_configured_slots_win_over_reported():
+    state = ClusterState()
+    state.register("a", "http://a:1", slots=2)
+    state.report(_report("a", slots=8))
+    assert state.snapshot()["a"].slots == 2
+
+
+def test_report_entries_named_by_model_key():
+    state = ClusterState()
+    state.report(NodeReport(name="a", url="http://a:1", kind="openai", healthy=True, models=[{"model": "m1"}]))
+    assert state.snapshot()["a"].models == {"m1:latest": "m1"}
+
+
+def test_sync_counts_other_routers_in_flight_and_excludes_own():
+    state = ClusterState()
+    for n in ("a", "b"):
+        state.register(n, f"http://{n}:1", None)
+    v1 = state.sync("r1", {"a": 2, "b": 1})
+    assert (v1["a"].in_flight_elsewhere, v1["b"].in_flight_elsewhere) == (0, 0)
+    v2 = state.sync("r2", {"a": 3})
+    assert (v2["a"].in_flight_elsewhere, v2["b"].in_flight_elsewhere) == (2, 1)
+    v3 = state.sync("r3", {"b": 5})
+    assert (v3["a"].in_flight_elsewhere, v3["b"].in_flight_elsewhere) == (5, 1)
+    v1 = state.sync("r1", {"a": 0})  # r1's counts replaced, not added
+    assert (v1["a"].in_flight_elsewhere, v1["b"].in_flight_elsewhere) == (3, 5)
+    assert state.snapshot()["a"].in_flight_elsewhere == 3  # no exclusion: everyone counted
+    state.forget_router("r2")
+    assert state.snapshot()["a"].in_flight_elsewhere == 0
+    state.forget_router("never-seen")  # no error
+
+
+def test_sync_copies_the_in_flight_dict():
+    state = ClusterState()
+    state.register("a", "http://a:1", None)
+    mine = {"a": 4}
+    state.sync("r1", mine)
+    mine["a"] = 100
+    assert state.sync("r2", {})["a"].in_flight_elsewhere == 4
+
+
+def test_tags_union_of_healthy_nodes_only():
+    state = ClusterState()
+    state.report(_report("a", models=["llama3.2:latest", "qwen2.5:0.5b"]))
+    state.report(_report("b", models=["llama3.2", "mistral:7b"]))  # llama3.2 == llama3.2:latest
+    state.report(_report("c", healthy=False, models=["phi3:mini", "mistral:7b"]))
+    tags = state.tags()
+    assert [t["name"] for t in tags] == ["llama3.2:latest", "mistral:7b", "qwen2.5:0.5b"]
+    state.report(_report("a", healthy=False, models=["llama3.2:latest", "qwen2.5:0.5b"]))
+    assert [t["name"] for t in state.tags()] == ["llama3.2", "mistral:7b"]
+
+
+def test_node_view_node_model_and_has_model():
+    v = view("a", models=["llama3.2:latest", "tiny-llama", "qwen2.5:0.5b"])
+    assert v.node_model("llama3.2") == "llama3.2:latest"
+    assert v.node_model("tiny-llama:latest") == "tiny-llama"
+    assert v.node_model("tiny-llama") == "tiny-llama"
+    assert v.node_model("unknown") == "unknown"
+    assert v.has_model("llama3.2") and v.has_model("qwen2.5:0.5b")
+    assert not v.has_model("qwen2.5")
+
+
+# =======================================================================================
+# policy: candidates
+# =======================================================================================
+def test_candidates_healthy_with_model_minus_excluded():
+    snap = {v.name: v for v in [
+        view("a"),
+        view("b", healthy=False),
+        view("c", models=["mistral:7b"]),
+        view("d", models=["llama3.2"]),
+        view("e"),
+    ]}
+    assert names(candidates(snap, "llama3.2")) == ["a", "d", "e"]
+    assert names(candidates(snap, "llama3.2:latest", exclude={"a", "e"})) == ["d"]
+    assert names(candidates(snap, "mistral:7b")) == ["c"]
+    assert candidates(snap, "phi3") == []
+
+
+def test_model_known_includes_unhealthy_nodes():
+    snap = {"a": view("a", healthy=False, models=["phi3:mini"]), "b": view("b")}
+    assert model_known(snap, "phi3:mini")
+    assert model_known(snap, "llama3.2")
+    assert not model_known(snap, "phi3")
+    assert not model_known({}, "llama3.2")
+
+
+# =======================================================================================
+# policy: scoring and Chooser
+# =======================================================================================
+def test_score_least_busy():
+    warm = score_least_busy(view("a", slots=4), 2, "llama3.2")
+    assert (warm.score, warm.busy, warm.reason) == (0.5, 2, "2 in flight / 4 slots")
+    cold = score_least_busy(view("b", loaded=(), slots=2), 1, "llama3.2")
+    assert (cold.score, cold.reason) == (0.75, "1 in flight / 2 slots, model not loaded")
+    openai = score_least_busy(view("c", kind="openai", loaded=(), slots=2), 1, "llama3.2")
+    assert openai.score == 0.5  # only Ollama nodes cold-load
+    unknown_kind = score_least_busy(view("d", kind=None, loaded=(), slots=1), 0, "llama3.2")
+    assert unknown_kind.score == 0.0
+    assert cold.as_dict() == {"node": "b", "score": 0.75, "in_flight": 1, "slots": 2, "predicted_s": None,
+                              "reason": "1 in flight / 2 slots, model not loaded"}
+
+
+def test_model_loaded_normalizes():
+    v = view("a", loaded=["llama3.2"])
+    assert model_loaded(v, "llama3.2:latest")
+    assert not model_loaded(v, "qwen2.5:0.5b")
+
+
+def test_least_busy_picks_lowest_in_flight_per_slot():
+    nodes = [view("a", slots=1), view("b", slots=4), view("c", slots=2)]
+    ranked = Chooser("least_busy").rank(nodes, {"a": 1, "b": 2, "c": 2}, "llama3.2")
+    # b: 2/4 = 0.5; a: 1/1 = 1.0 and c: 2/2 = 1.0 tie, first turn keeps list order.
+    assert [(s.node.name, s.score) for s in ranked] == [("b", 0.5), ("a", 1.0), ("c", 1.0)]
+
+
+def test_least_busy_counts_in_flight_elsewhere():
+    nodes = [view("a", elsewhere=3), view("b")]
+    ranked = Chooser("least_busy").rank(nodes, {"b": 1}, "llama3.2")
+    assert names(ranked) == ["b", "a"]
+    assert [(s.busy, s.score) for s in ranked] == [(1, 1.0), (3, 3.0)]
+    ranked = Chooser("least_busy").rank([view("a", elsewhere=1, slots=2), view("b", slots=2)], {"b": 2}, "llama3.2")
+    assert names(ranked) == ["a", "b"]
+
+
+def test_least_busy_cold_model_counts_half_busy():
+    warm_busy = view("warm", slots=1)
+    cold_idle = view("cold", loaded=(), slots=1)
+    # idle cold (0.5) beats busy warm (1.0) ...
+    assert names(Chooser("least_busy").rank([warm_busy, cold_idle], {"warm": 1}, "llama3.2")) == ["cold", "warm"]
+    # ... but idle warm (0.0) beats idle cold (0.5), whatever the turn.
+    chooser = Chooser("least_busy")
+    for _ in range(4):
+        assert names(chooser.rank([cold_idle, warm_busy], {}, "llama3.2")) == ["warm", "cold"]
+    # With 4 slots the cold penalty is 0.5 / 4: one in flight warm (0.25) loses to idle cold (0.125).
+    w4, c4 = view("w4", slots=4), view("c4", loaded=(), slots=4)
+    ranked = Chooser("least_busy").rank([w4, c4], {"w4": 1}, "llama3.2")
+    assert [(s.node.name, s.score) for s in ranked] == [("c4", 0.125), ("w4", 0.25)]
+
+
+def test_least_busy_breaks_ties_by_rotating():
+    nodes = [view("a"), view("b"), view("c")]
+    chooser = Chooser("least_busy")
+    firsts = [names(chooser.rank(nodes, {}, "llama3.2"))[0] for _ in range(6)]
+    assert firsts == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_least_busy_rotation_only_among_ties():
+    nodes = [view("a"), view("b"), view("busy")]
+    chooser = Chooser("least_busy")
+    results = [names(chooser.rank(nodes, {"busy": 1}, "llama3.2")) for _ in range(4)]
+    assert [r[-1] for r in results] == ["busy"] * 4
+    assert {r[0] for r in results} == {"a", "b"}
+    assert results[0] == ["a", "b", "busy"]
+    assert results[1] == ["b", "a", "busy"]
+
+
+def test_chooser_empty_candidates():
+    for strategy in ("least_busy", "round_robin", "random"):
+        assert Chooser(strategy).rank([], {}, "llama3.2") == []
+
+
+def test_round_robin_rotates_ignoring_load():
+    nodes = [view("a"), view("b"), view("c")]
+    chooser = Chooser("round_robin")
+    orders = [names(chooser.rank(nodes, {"a": 100}, "llama3.2")) for _ in range(4)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+
+
+def test_random_is_reproducible_with_seed():
+    nodes = [view(n) for n in "abcdef"]
+    seq1 = [names(Chooser("random", seed=42).rank(nodes, {}, "m")) for _ in range(1)]
+    c1, c2 = Chooser("random", seed=42), Chooser("random", seed=42)
+    run1 = [names(c1.rank(nodes, {}, "llama3.2")) for _ in range(10)]
+    run2 = [names(c2.rank(nodes, {}, "llama3.2")) for _ in range(10)]
+    assert run1 == run2
+    assert run1[0] == seq1[0]
+    assert all(sorted(r) == list("abcdef") for r in run1)
+    assert len({tuple(r) for r in run1}) > 1  # it does shuffle
+    # Exactly random.Random(seed).shuffle of the candidate order.
+    rng = random.Random(42)
+    expected = []
+    for _ in range(10):
+        order = list("abcdef")
+        rng.shuffle(order)
+        expected.append(order)
+    assert run1 == expected
+    c3 = Chooser("random", seed=7)
+    assert [names(c3.rank(nodes, {}, "llama3.2")) for _ in range(10)] != run1
