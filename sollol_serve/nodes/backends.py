@@ -13,9 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
-
 from sollol_serve.api import translate
+from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.protocol import NodeError, NodeRequest, StreamBroken, Usage
 
 
@@ -30,37 +29,10 @@ class NodeInventory:
     slots: int | None = None
 
 
-def _error_message(response: httpx.Response, text: str) -> str:
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        return text.strip()[:500] or response.reason_phrase
-    err = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(err, dict):
-        return str(err.get("message") or err)
-    return str(err or payload)[:500]
-
-
-async def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    text = (await response.aread()).decode("utf-8", "replace")
-    status = response.status_code
-    # A 404 means the node lost the model since we last listed it: another node may have it.
-    retryable = status >= 500 or status in (404, 408, 429)
-    raise NodeError(_error_message(response, text), status=status, retryable=retryable)
-
-
-def _transport_error(exc: httpx.HTTPError, url: str) -> NodeError:
-    if isinstance(exc, httpx.TimeoutException):
-        return NodeError(f"node {url} timed out ({type(exc).__name__})", status=504)
-    return NodeError(f"cannot reach node {url}: {type(exc).__name__}: {exc}", status=503)
-
-
 class NodeBackend(ABC):
     kind = "?"
 
-    def __init__(self, url: str, http: httpx.AsyncClient):
+    def __init__(self, url: str, http: NodeHTTP):
         self.url = url
         self.http = http
 
@@ -74,28 +46,10 @@ class NodeBackend(ABC):
     async def inventory(self) -> NodeInventory: ...
 
     async def _post_json(self, path: str, body: dict) -> dict:
-        try:
-            response = await self.http.post(self.url + path, json=body)
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.url) from exc
-        await _raise_for_status(response)
-        return response.json()
+        return await self.http.post_json(self.url + path, body)
 
-    async def _lines(self, path: str, body: dict) -> AsyncIterator[str]:
-        """POST and yield the response's lines as they arrive. Errors before the first line
-        are NodeError (retryable elsewhere); after it, StreamBroken."""
-        started = False
-        try:
-            async with self.http.stream("POST", self.url + path, json=body) as response:
-                await _raise_for_status(response)
-                async for line in response.aiter_lines():
-                    if line:
-                        started = True
-                        yield line
-        except httpx.HTTPError as exc:
-            if started:
-                raise StreamBroken(f"node {self.url} broke the stream: {type(exc).__name__}") from exc
-            raise _transport_error(exc, self.url) from exc
+    def _lines(self, path: str, body: dict) -> AsyncIterator[str]:
+        return self.http.post_lines(self.url + path, body)
 
 
 class OllamaBackend(NodeBackend):
@@ -145,17 +99,17 @@ class OllamaBackend(NodeBackend):
         yield usage
 
     async def inventory(self) -> NodeInventory:
-        try:
-            version = (await self.http.get(self.url + "/api/version")).json().get("version")
-            tags = await self.http.get(self.url + "/api/tags")
-            ps = await self.http.get(self.url + "/api/ps")
-            tags.raise_for_status()
-            ps.raise_for_status()
-            return NodeInventory("ollama", version, tags.json().get("models", []), ps.json().get("models", []))
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, self.url) from exc
-        except ValueError as exc:
-            raise NodeError(f"bad answer from {self.url}: {exc}", status=502) from exc
+        _, version = await self.http.get_json(self.url + "/api/version")
+        tags = await self._get_object("/api/tags")
+        ps = await self._get_object("/api/ps")
+        return NodeInventory("ollama", (version or {}).get("version") if isinstance(version, dict) else None,
+                             tags.get("models") or [], ps.get("models") or [])
+
+    async def _get_object(self, path: str) -> dict:
+        status, payload = await self.http.get_json(self.url + path)
+        if status != 200 or not isinstance(payload, dict):
+            raise NodeError(f"node {self.url}{path} answered {status}", status=503)
+        return payload
 
 
 class OpenAIBackend(NodeBackend):
@@ -207,47 +161,38 @@ class OpenAIBackend(NodeBackend):
         yield usage
 
     async def inventory(self) -> NodeInventory:
-        try:
-            response = await self.http.get(self.url + "/v1/models")
-            response.raise_for_status()
-            ids = [m["id"] for m in response.json().get("data", [])]
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            raise NodeError(f"cannot list models of {self.url}: {exc}", status=503) from exc
-        slots = await self._slots()
+        status, payload = await self.http.get_json(self.url + "/v1/models")
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if status != 200 or not isinstance(data, list):
+            raise NodeError(f"cannot list models of {self.url}: HTTP {status}", status=503)
+        ids = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
         entries = [{"name": i, "model": i, "modified_at": translate.now_iso(), "size": 0, "digest": "",
                     "details": {"format": "gguf"}} for i in ids]
-        return NodeInventory("openai", None, entries, entries, slots)
+        return NodeInventory("openai", None, entries, entries, await self._slots())
 
     async def _slots(self) -> int | None:
         """llama-server tells its parallel slots on /props; other servers don't."""
         try:
-            response = await self.http.get(self.url + "/props")
-            if response.status_code == 200:
-                value = response.json().get("total_slots")
-                return int(value) if value else None
-        except (httpx.HTTPError, ValueError):
-            pass
-        return None
+            status, payload = await self.http.get_json(self.url + "/props")
+        except NodeError:
+            return None
+        value = payload.get("total_slots") if status == 200 and isinstance(payload, dict) else None
+        return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def translate_error(err: object) -> str:
     return str(err.get("message", err)) if isinstance(err, dict) else str(err)
 
 
-async def detect_kind(http: httpx.AsyncClient, url: str) -> str | None:
+async def detect_kind(http: NodeHTTP, url: str) -> str | None:
     """'ollama' if the node answers Ollama's /api/version, 'openai' if it answers /v1/models."""
-    try:
-        response = await http.get(url + "/api/version")
-        if response.status_code == 200 and "version" in response.json():
-            return "ollama"
-    except (httpx.HTTPError, ValueError):
-        pass
-    try:
-        response = await http.get(url + "/v1/models")
-        if response.status_code == 200 and "data" in response.json():
-            return "openai"
-    except (httpx.HTTPError, ValueError):
-        pass
+    for kind, path, key in (("ollama", "/api/version", "version"), ("openai", "/v1/models", "data")):
+        try:
+            status, payload = await http.get_json(url + path)
+        except NodeError:
+            return None  # unreachable: try again at the next probe
+        if status == 200 and isinstance(payload, dict) and key in payload:
+            return kind
     return None
 
 

@@ -10,11 +10,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 from ray import serve
 
 from sollol_serve.config import NodeConfig, TimeoutConfig
 from sollol_serve.nodes.backends import BACKENDS, NodeBackend, NodeInventory, detect_kind
+from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.protocol import NodeError, NodeRequest, Usage
 from sollol_serve.routing.state import NodeReport
 from sollol_serve.routing.state_actor import state_actor
@@ -22,20 +22,11 @@ from sollol_serve.routing.state_actor import state_actor
 logger = logging.getLogger("ray.serve")
 
 
-def http_client(timeouts: TimeoutConfig) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=timeouts.connect_s, read=timeouts.first_byte_s, write=30.0,
-                              pool=timeouts.first_byte_s),
-        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-        trust_env=False,  # nodes are addressed directly, never through a proxy from the env
-    )
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class OllamaWorker:
     async def __init__(self, node: dict, timeouts: dict, probe_interval_s: float, state_actor_name: str):
         self.node = NodeConfig.model_validate(node)
-        self.http = http_client(TimeoutConfig.model_validate(timeouts))
+        self.http = NodeHTTP(TimeoutConfig.model_validate(timeouts))
         self.backend: NodeBackend | None = None
         self.probe_interval_s = probe_interval_s
         self.state = state_actor(state_actor_name)
@@ -105,10 +96,5 @@ class OllamaWorker:
             model = body.get("model") or body.get("name")
             return {"modelfile": "", "parameters": "", "template": "", "details": {"format": "gguf"},
                     "model_info": {}, "capabilities": ["completion"], "model": model, "node": self.node.name}
-        try:
-            response = await self.http.post(self.node.url + "/api/show", json=body)
-        except httpx.HTTPError as exc:
-            raise NodeError(f"cannot reach node {self.node.url}: {exc}", 503) from exc
-        if response.status_code >= 400:
-            raise NodeError(response.json().get("error", response.text), response.status_code, retryable=False)
-        return {**response.json(), "node": self.node.name}
+        shown = await self.http.post_json(self.node.url + "/api/show", body)
+        return {**shown, "node": self.node.name}

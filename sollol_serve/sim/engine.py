@@ -210,33 +210,37 @@ class SimEngine:
         tps = self.config.decode_tps / (1 + self.config.slot_slowdown * others)
         return self._slow() / tps
 
-    async def decode(self, plan: Plan, stats: Stats) -> AsyncIterator[str]:
-        """Yield the plan's tokens at the node's current decode speed."""
+    async def decode(self, plan: Plan, stats: Stats, stream: bool = True) -> AsyncIterator[str]:
+        """Yield the plan's tokens at the node's current decode speed. Unstreamed work sleeps
+        once for the whole answer: same timing, far fewer wake-ups under load."""
         rng = random.Random(plan.seed)
         start = time.monotonic()
         due = start
+        breaker = self.faults.break_after_tokens
+        if not stream:
+            await asyncio.sleep(self._token_interval() * plan.output_tokens)
         for i in range(plan.output_tokens):
-            breaker = self.faults.break_after_tokens
             if breaker is not None and i >= breaker:
                 raise BrokenStream(f"simulated connection drop after {i} tokens")
-            due += self._token_interval()
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            if stream:
+                due += self._token_interval()
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
             word = rng.choice(_WORDS)
             token = word if i == 0 else " " + word
             stats.tokens.append(token)
             yield token
         stats.eval_ns = int((time.monotonic() - start) * 1e9)
 
-    async def run(self, plan: Plan, keep_alive_s: float | None, stats: Stats) -> AsyncIterator[str]:
+    async def run(self, plan: Plan, keep_alive_s: float | None, stats: Stats, stream: bool = True) -> AsyncIterator[str]:
         """Wait for a slot, load, prefill, then decode. Errors raise before the first token."""
         await self.check_faults()
         started = time.monotonic()
         async with self.slot():
             stats.load_ns = int(await self.ensure_loaded(plan.model, keep_alive_s) * 1e9)
             stats.prompt_eval_ns = await self.prefill(plan.prompt_tokens)
-            async for token in self.decode(plan, stats):
+            async for token in self.decode(plan, stats, stream):
                 yield token
         stats.total_ns = int((time.monotonic() - started) * 1e9)
 

@@ -199,7 +199,7 @@ class OllamaSim:
 
         plan = self.engine.plan(m.name, prompt, options)
         stats = Stats()
-        tokens = self.engine.run(plan, keep_alive, stats)
+        tokens = self.engine.run(plan, keep_alive, stats, stream=body.get("stream", True) is not False)
         first: str | None
         try:
             first = await anext(tokens)

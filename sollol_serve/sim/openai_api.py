@@ -105,7 +105,7 @@ class OpenAISim:
         options = {"seed": body["seed"]} if "seed" in body else {}
         plan = self.engine.plan(m.name, prompt, options, max_tokens=max_tokens)
         stats = Stats()
-        tokens = self.engine.run(plan, None, stats)
+        tokens = self.engine.run(plan, None, stats, stream=bool(body.get("stream", False)))
         try:
             first: str | None = await anext(tokens)
         except StopAsyncIteration:

@@ -1,0 +1,105 @@
+"""The HTTP client a worker uses to talk to its node.
+
+aiohttp rather than httpx on this path: measured here at 32 concurrent requests, httpx's
+client spent ~6 ms of CPU per request against ~0.3 ms for aiohttp, and on a 2-core machine
+that CPU is the gateway's latency. Errors come out as `NodeError` / `StreamBroken`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from sollol_serve.config import TimeoutConfig
+from sollol_serve.protocol import NodeError, StreamBroken
+
+
+def error_message(text: str, reason: str) -> str:
+    """The message inside an Ollama (`{"error": str}`) or OpenAI (`{"error": {...}}`) error."""
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return text.strip()[:500] or reason
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or err)
+    return str(err or payload)[:500]
+
+
+def _transport_error(exc: BaseException, url: str) -> NodeError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return NodeError(f"node {url} timed out", status=504)
+    return NodeError(f"cannot reach node {url}: {type(exc).__name__}: {exc}", status=503)
+
+
+async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
+    if response.status < 400:
+        return
+    text = (await response.read()).decode("utf-8", "replace")
+    # A 404 means the node lost the model since we last listed it: another node may have it.
+    retryable = response.status >= 500 or response.status in (404, 408, 429)
+    raise NodeError(error_message(text, response.reason or ""), status=response.status, retryable=retryable)
+
+
+class NodeHTTP:
+    def __init__(self, timeouts: TimeoutConfig):
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect_s, sock_read=timeouts.first_byte_s),
+            connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60),
+            trust_env=False,  # nodes are addressed directly, never through a proxy from the env
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def get_json(self, url: str) -> tuple[int, object]:
+        """(status, parsed body or None) of a GET; transport failures raise NodeError."""
+        try:
+            async with self.session.get(url) as response:
+                raw = await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _transport_error(exc, url) from exc
+        try:
+            return response.status, json.loads(raw)
+        except ValueError:
+            return response.status, None
+
+    async def post_json(self, url: str, body: dict) -> dict:
+        try:
+            async with self.session.post(url, json=body) as response:
+                await _raise_for_status(response)
+                raw = await response.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _transport_error(exc, url) from exc
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            raise NodeError(f"node {url} answered with invalid JSON", status=502) from exc
+        if not isinstance(payload, dict):
+            raise NodeError(f"node {url} answered with a non-object", status=502)
+        return payload
+
+    async def post_lines(self, url: str, body: dict) -> AsyncIterator[str]:
+        """POST and yield non-empty response lines as they arrive. Failures before the first
+        line are NodeError (another node may serve it); after it, StreamBroken."""
+        started = False
+        try:
+            async with self.session.post(url, json=body) as response:
+                await _raise_for_status(response)
+                buffer = b""
+                async for piece in response.content.iter_any():
+                    buffer += piece
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            started = True
+                            yield line.decode("utf-8", "replace")
+                if buffer.strip():
+                    yield buffer.decode("utf-8", "replace")
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if started:
+                raise StreamBroken(f"node {url} broke the stream: {type(exc).__name__}") from exc
+            raise _transport_error(exc, url) from exc
