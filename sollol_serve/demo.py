@@ -27,6 +27,10 @@ DEMO_NODES: dict[str, list[str]] = {
 }
 
 
+def _slots(flags: list[str]) -> int:
+    return int(flags[flags.index("--slots") + 1])
+
+
 def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sollol demo", description=__doc__)
     p.add_argument("--port", type=int, default=8000, help="gateway port")
@@ -40,13 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     args = arg_parser().parse_args(argv)
     sims = [SimProcess(name, flags, port=args.node_port + i) for i, (name, flags) in enumerate(DEMO_NODES.items())]
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         for sim in sims:
             sim.start()
             print(f"simulated node {sim.name:<10} {sim.url}  ({' '.join(DEMO_NODES[sim.name][2:])})", flush=True)
-        config = GatewayConfig(nodes=[NodeConfig(name=s.name, url=s.url) for s in sims])
+        # Ollama doesn't report its parallel slots: a real deployment configures them too.
+        config = GatewayConfig(nodes=[NodeConfig(name=s.name, url=s.url, slots=_slots(DEMO_NODES[s.name]))
+                                      for s in sims])
         url = start_local_gateway(config, port=args.port, num_cpus=args.num_cpus, include_dashboard=True)
+        # After ray.init, which installs a SIGTERM handler of its own that aborts the process.
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         wait_for_nodes(url, len(sims))
         print(
             "\nsollol_serve is running (simulated nodes, not real models):\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import httpx
@@ -31,6 +32,13 @@ FAST_SERVE_ENV = {
 def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
     for key, value in FAST_SERVE_ENV.items():
         environ.setdefault(key, value)
+    # HAProxy's files default to fixed paths under /tmp; give each local gateway its own so
+    # that two of them (a demo and a test run) never share a config or admin socket.
+    state = tempfile.mkdtemp(prefix="sollol-haproxy-")
+    environ.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", f"{state}/haproxy.cfg")
+    environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", f"{state}/admin.sock")
+    environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", state)
+    environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", f"{state}/server-state")
 
 
 def start_local_gateway(config: GatewayConfig, port: int, num_cpus: int = 2, include_dashboard: bool = False,

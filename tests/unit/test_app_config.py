@@ -1,0 +1,46 @@
+"""serve_config.yaml is a valid Serve config and builds the deployment graph the design names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from sollol_serve.app import build_app, worker_deployment_name
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _deployment_names(app) -> set[str]:
+    names: set[str] = set()
+
+    def walk(deployment) -> None:
+        names.add(deployment.name)
+        for arg in [*deployment.init_args, *deployment.init_kwargs.values()]:
+            for value in arg.values() if isinstance(arg, dict) else [arg]:
+                if hasattr(value, "_bound_deployment"):
+                    walk(value._bound_deployment)
+
+    walk(app._bound_deployment)
+    return names
+
+
+def test_serve_config_is_valid_for_serve():
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
+    assert [a.import_path for a in config.applications] == ["sollol_serve.app:build_app"]
+
+
+def test_build_app_makes_the_graph_with_env_nodes(monkeypatch):
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    monkeypatch.setenv("SOLLOL_NODES", "gpu-1=http://10.0.0.2:11434, http://10.0.0.3:8080")
+    names = _deployment_names(build_app(args))
+    assert names == {"Ingress", "Analyzer", "Router", worker_deployment_name("local"),
+                     worker_deployment_name("gpu-1"), worker_deployment_name("10.0.0.3-8080")}
+
+
+def test_build_app_without_nodes_says_so(monkeypatch):
+    monkeypatch.delenv("SOLLOL_NODES", raising=False)
+    with pytest.raises(ValueError, match="no nodes configured"):
+        build_app({})
