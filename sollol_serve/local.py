@@ -12,6 +12,7 @@ from ray import serve
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
+from sollol_serve.sim.process import free_port
 
 APP_NAME = "sollol"
 
@@ -39,6 +40,7 @@ def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
     environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", f"{state}/admin.sock")
     environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", state)
     environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", f"{state}/server-state")
+    environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
 
 
 def start_local_gateway(config: GatewayConfig, port: int, num_cpus: int = 2, include_dashboard: bool = False,
