@@ -35,7 +35,7 @@ def build_gateway(config: GatewayConfig) -> Application:
     ).bind(dumped, workers)
     analyzer = Analyzer.options(
         num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests
-    ).bind()
+    ).bind(config.state_actor_name)
     return Ingress.options(
         num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests
     ).bind(analyzer, router, dumped)

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NodeKind = Literal["auto", "ollama", "openai"]
-Strategy = Literal["least_busy", "round_robin", "random"]
+Strategy = Literal["intelligent", "least_busy", "round_robin", "random"]
 
 NODES_ENV = "SOLLOL_NODES"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -55,11 +55,17 @@ class NodeConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    strategy: Strategy = "least_busy"
+    strategy: Strategy = "intelligent"
     # How often each router replica refreshes its snapshot of the shared node state.
     snapshot_interval_s: float = Field(default=0.5, gt=0, le=60)
     # How often each worker re-reads its node's installed and loaded models.
     probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # The priority queue that holds requests while every eligible node is full.
+    queue_max: int = Field(default=1000, ge=0)
+    # A waiting request gains one priority level per `aging_s` seconds: nothing starves.
+    aging_s: float = Field(default=10.0, gt=0)
+    # Longest time a request may wait in the queue before it is answered 503.
+    queue_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class TimeoutConfig(_Strict):

@@ -65,6 +65,7 @@ class GatewayError(Exception):
 
     status = 500
     code = "server_error"
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
@@ -73,7 +74,14 @@ class GatewayError(Exception):
             self.status = status
 
     def __reduce__(self):
-        return (type(self), (self.message, self.status))
+        return (_rebuild, (type(self), self.message, self.status, self.__dict__))
+
+
+def _rebuild(cls: type, message: str, status: int, attrs: dict) -> "GatewayError":
+    error = cls.__new__(cls)
+    GatewayError.__init__(error, message, status)
+    error.__dict__.update(attrs)
+    return error
 
 
 class BadRequest(GatewayError):
@@ -91,6 +99,17 @@ class NoNodeAvailable(GatewayError):
     code = "no_node_available"
 
 
+class QueueFull(GatewayError):
+    """The cluster is saturated and the priority queue is full."""
+
+    status = 429
+    code = "queue_full"
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NodeError(GatewayError):
     """The node answered with an error status, or could not be reached."""
 
@@ -100,9 +119,6 @@ class NodeError(GatewayError):
     def __init__(self, message: str, status: int | None = None, retryable: bool = True):
         super().__init__(message, status)
         self.retryable = retryable
-
-    def __reduce__(self):
-        return (type(self), (self.message, self.status, self.retryable))
 
 
 class StreamBroken(GatewayError):

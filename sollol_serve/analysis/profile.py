@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from typing import Literal
 
 from sollol_serve.protocol import Api, BadRequest, Operation
+from sollol_serve.routing.state import normalize_model
 
 TaskType = Literal["generation", "embedding", "classification", "extraction", "summarization", "analysis"]
 
@@ -112,9 +114,13 @@ def parse_priority(body_value: object, header_value: str | None) -> int:
 
 
 def profile_request(api: Api, op: Operation, body: dict, priority: int,
-                    learned_output_tokens: int | None = None) -> RequestProfile:
+                    learned_output: Mapping[tuple[str, str], int] | None = None) -> RequestProfile:
+    """`learned_output`: typical answer length per (model, task), used when the request sets
+    no limit."""
     text, task_text = prompt_text(op, body)
     task = classify_task(op, task_text)
+    model = str(body.get("model", ""))
+    learned_output_tokens = (learned_output or {}).get((normalize_model(model), task))
     tokens_in = estimate_tokens(text)
     cap = output_cap(api, body)
     if task == "embedding":
@@ -131,6 +137,6 @@ def profile_request(api: Api, op: Operation, body: dict, priority: int,
         tokens_out_est=tokens_out,
         output_capped=cap is not None and task != "embedding",
         requires_gpu=complexity == "high" and task != "embedding",
-        model=str(body.get("model", "")),
+        model=model,
         priority=priority,
     )

@@ -47,7 +47,8 @@ def _dumps(payload: dict) -> str:
 def _gateway_error(request: Request, exc: BaseException) -> Response:
     error = unwrap(exc)
     if isinstance(error, GatewayError):
-        return error_response(request.url.path, error.status, error.message, error.code)
+        headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
+        return error_response(request.url.path, error.status, error.message, error.code, headers)
     raise exc
 
 

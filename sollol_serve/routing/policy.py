@@ -1,7 +1,9 @@
-"""Choosing a node: candidate filtering and the simple strategies.
+"""Choosing a node: candidate filtering and the strategies.
 
-Pure functions over a snapshot of `NodeView`s and the router's own in-flight counts.
-A candidate is healthy and has the model; among candidates the strategy decides.
+Pure functions over a snapshot of `NodeView`s, in-flight counts and predictions.
+A candidate is healthy and has the model; among candidates the strategy decides:
+`intelligent` by predicted completion time, `least_busy` by in-flight per slot,
+`round_robin` and `random` by turn and by chance.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from itertools import count
 
 from sollol_serve.config import Strategy
+from sollol_serve.routing.predict import Prediction
 from sollol_serve.routing.state import NodeView, normalize_model
 
 
@@ -20,10 +23,19 @@ class Scored:
     score: float  # lower is better
     busy: int  # in flight on the node, all routers
     reason: str
+    slots: int = 1
+    prediction: Prediction | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.busy < self.slots
 
     def as_dict(self) -> dict:
-        return {"node": self.node.name, "score": round(self.score, 4), "in_flight": self.busy,
-                "slots": self.node.slots, "predicted_s": None, "reason": self.reason}
+        out = {"node": self.node.name, "score": round(self.score, 4), "in_flight": self.busy,
+               "slots": self.slots, "predicted_s": None, "reason": self.reason}
+        if self.prediction is not None:
+            out.update(self.prediction.as_dict())
+        return out
 
 
 def candidates(snapshot: dict[str, NodeView], model: str, exclude: set[str] = frozenset()) -> list[NodeView]:
@@ -34,16 +46,29 @@ def model_known(snapshot: dict[str, NodeView], model: str) -> bool:
     return any(v.has_model(model) for v in snapshot.values())
 
 
-def score_least_busy(node: NodeView, busy: int, model: str) -> Scored:
+def score_least_busy(node: NodeView, busy: int, slots: int, resident: bool) -> Scored:
     """In-flight per slot; a node that must cold-load the model counts as half a slot busier."""
-    cold = 0.0 if node.kind != "ollama" or model_loaded(node, model) else 0.5
-    score = (busy + cold) / node.slots
-    reason = f"{busy} in flight / {node.slots} slots" + (", model not loaded" if cold else "")
-    return Scored(node, score, busy, reason)
+    cold = 0.0 if resident else 0.5
+    score = (busy + cold) / slots
+    reason = f"{busy} in flight / {slots} slots" + (", model not loaded" if cold else "")
+    return Scored(node, score, busy, reason, slots)
+
+
+def score_predicted(node: NodeView, busy: int, slots: int, prediction: Prediction) -> Scored:
+    p = prediction
+    reason = (f"predicted {p.total_s:.2f} s = wait {p.wait_s:.2f} + load {p.load_s:.2f} + prefill "
+              f"{p.prefill_s:.2f} + decode {p.decode_s:.2f}")
+    if p.factors.get("failure_inflation", 1.0) > 1.001:
+        reason += f", x{p.factors['failure_inflation']:.2f} for recent failures"
+    if p.factors.get("risk_s"):
+        reason += f", +{p.factors['risk_s']:.2f} s speed uncertainty"
+    if p.factors.get("unmeasured"):
+        reason += ", not measured yet (cluster prior)"
+    return Scored(node, p.total_s, busy, reason, slots, p)
 
 
 def model_loaded(node: NodeView, model: str) -> bool:
-    return normalize_model(model) in node.loaded
+    return node.kind != "ollama" or normalize_model(model) in node.loaded
 
 
 class Chooser:
@@ -54,9 +79,10 @@ class Chooser:
         self._turn = count()
         self._rng = random.Random(seed)
 
-    def rank(self, nodes: list[NodeView], in_flight: dict[str, int], model: str) -> list[Scored]:
-        """All candidates, best first."""
-        scored = [score_least_busy(n, in_flight.get(n.name, 0) + n.in_flight_elsewhere, model) for n in nodes]
+    def rank(self, scored: list[Scored]) -> list[Scored]:
+        """All candidates, best first (`scored` by prediction for intelligent, else by load)."""
+        if self.strategy == "intelligent":
+            return sorted(scored, key=lambda s: s.score)
         if self.strategy == "least_busy":
             ranked = sorted(scored, key=lambda s: s.score)
             # Nodes tied for best take turns, so that an idle cluster still spreads work.

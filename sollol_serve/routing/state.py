@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from sollol_serve.routing.learning import Observation, PerfBook
+
 
 def normalize_model(name: str) -> str:
     """Ollama's aliasing: `llama3.2` is `llama3.2:latest`."""
@@ -48,6 +50,7 @@ class NodeView:
     models: dict[str, str]  # normalized name -> the name the node uses
     loaded: frozenset[str]
     slots: int
+    slots_known: bool  # configured, or reported by the node (llama-server); else learned
     in_flight_elsewhere: int  # requests other router replicas have on this node
     error: str | None = None
 
@@ -65,6 +68,8 @@ class ClusterState:
     reports: dict[str, NodeReport] = field(default_factory=dict)
     # router replica id -> node -> in-flight requests
     in_flight: dict[str, dict[str, int]] = field(default_factory=dict)
+    # what every router has learned, merged
+    book: PerfBook = field(default_factory=PerfBook)
 
     def register(self, name: str, url: str, slots: int | None) -> None:
         self.configured_slots[name] = slots
@@ -73,15 +78,19 @@ class ClusterState:
     def report(self, report: NodeReport) -> None:
         self.reports[report.name] = report
 
-    def sync(self, router_id: str, in_flight: dict[str, int]) -> dict[str, NodeView]:
+    def sync(self, router_id: str, in_flight: dict[str, int],
+             observations: list[Observation] = ()) -> tuple[dict[str, NodeView], PerfBook]:
+        """A router's periodic exchange: its in-flight counts and what it learned go in;
+        the cluster as others see it and everything learned come back."""
         self.in_flight[router_id] = dict(in_flight)
-        return self.snapshot(exclude_router=router_id)
+        self.book.merge_from(list(observations))
+        return self.snapshot(exclude_router=router_id), self.book
 
     def snapshot(self, exclude_router: str | None = None) -> dict[str, NodeView]:
         views = {}
         for name, r in self.reports.items():
             others = sum(v.get(name, 0) for rid, v in self.in_flight.items() if rid != exclude_router)
-            slots = self.configured_slots.get(name) or r.slots or 1
+            known = self.configured_slots.get(name) or r.slots
             views[name] = NodeView(
                 name=name,
                 url=r.url,
@@ -89,7 +98,8 @@ class ClusterState:
                 healthy=r.healthy,
                 models={normalize_model(_entry_name(m)): _entry_name(m) for m in r.models},
                 loaded=frozenset(normalize_model(_entry_name(m)) for m in r.loaded),
-                slots=slots,
+                slots=known or 1,
+                slots_known=known is not None,
                 in_flight_elsewhere=others,
                 error=r.error,
             )

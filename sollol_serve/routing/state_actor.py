@@ -9,6 +9,7 @@ from __future__ import annotations
 import ray
 from ray.actor import ActorHandle
 
+from sollol_serve.routing.learning import Observation, PerfBook
 from sollol_serve.routing.state import ClusterState, NodeReport, NodeView
 
 NAMESPACE = "sollol"
@@ -25,8 +26,12 @@ class NodeStateActor:
     def report(self, report: NodeReport) -> None:
         self.state.report(report)
 
-    def sync(self, router_id: str, in_flight: dict[str, int]) -> dict[str, NodeView]:
-        return self.state.sync(router_id, in_flight)
+    def sync(self, router_id: str, in_flight: dict[str, int],
+             observations: list[Observation]) -> tuple[dict[str, NodeView], PerfBook]:
+        return self.state.sync(router_id, in_flight, observations)
+
+    def output_lengths(self) -> dict[tuple[str, str], int]:
+        return {key: round(e.mean) for key, e in self.state.book.output_tokens.items() if e.n}
 
     def snapshot(self) -> dict[str, NodeView]:
         return self.state.snapshot()

@@ -151,7 +151,7 @@ def test_merge_nodes_does_not_mutate_inputs():
 def test_load_config_defaults_with_empty_environ():
     config = load_config(None, environ={})
     assert config.nodes == []
-    assert config.routing.strategy == "least_busy"
+    assert config.routing.strategy == "intelligent"
     assert config.routing.snapshot_interval_s == 0.5
     assert config.routing.probe_interval_s == 5.0
     assert config.timeouts.connect_s == 3.0
