@@ -43,15 +43,27 @@ def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
     environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
 
 
-def start_local_gateway(config: GatewayConfig, port: int, num_cpus: int = 2, include_dashboard: bool = False,
-                        host: str = "127.0.0.1") -> str:
-    """Start a Ray instance owned by this process, deploy the app, return its URL."""
+def start_local_serve(port: int, num_cpus: int = 2, include_dashboard: bool = False,
+                      host: str = "127.0.0.1") -> str:
+    """Start a Ray instance owned by this process and Serve's HTTP ingress; return the URL."""
     apply_fast_serve_env()
     ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
              log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_gateway(config), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
+
+
+def deploy_gateway(config: GatewayConfig) -> None:
+    """Deploy (or redeploy, replacing) the gateway app on the running Serve instance."""
+    serve.run(build_gateway(config), name=APP_NAME, route_prefix="/")
+
+
+def start_local_gateway(config: GatewayConfig, port: int, num_cpus: int = 2, include_dashboard: bool = False,
+                        host: str = "127.0.0.1") -> str:
+    """Start a Ray instance owned by this process, deploy the app, return its URL."""
+    url = start_local_serve(port, num_cpus, include_dashboard, host)
+    deploy_gateway(config)
+    return url
 
 
 def wait_for_nodes(url: str, expected: int, timeout: float = 120.0) -> list[dict]:

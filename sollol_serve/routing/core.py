@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sollol_serve.analysis.profile import RequestProfile
 from sollol_serve.config import RoutingConfig
-from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
+from sollol_serve.protocol import GatewayError, ModelNotFound, NoNodeAvailable
 from sollol_serve.routing.admission import PriorityQueue, retry_after
 from sollol_serve.routing.learning import Observation, PerfBook
 from sollol_serve.routing.policy import Chooser, Scored, candidates, model_known, model_loaded, score_least_busy, \
@@ -28,6 +28,9 @@ MAX_PROBED_SLOTS = 16
 ELSEWHERE_REMAINING_S = 1.0
 # A request past its predicted end still holds its slot for at least this long.
 MIN_REMAINING_S = 0.05
+# A model this router used on a node this recently is taken as still loaded there (Ollama
+# keeps a model 5 minutes by default; /api/ps is only polled now and then).
+RECENT_USE_S = 240.0
 
 
 @dataclass(slots=True)
@@ -41,6 +44,15 @@ class Flight:
     concurrent: int
 
 
+@dataclass(slots=True)
+class Grant:
+    """A routing decision with its slot reserved."""
+
+    ranked: list[Scored]
+    choice: Scored
+    flight_id: int
+
+
 class RoutingCore:
     def __init__(self, config: RoutingConfig, seed: int | None = None):
         self.config = config
@@ -51,6 +63,10 @@ class RoutingCore:
         self.flights: dict[str, dict[int, Flight]] = defaultdict(dict)
         self.queue: PriorityQueue = PriorityQueue(config.queue_max, config.aging_s)
         self._ids = itertools.count()
+        self.last_used: dict[tuple[str, str], float] = {}  # (node, model) -> monotonic time
+        # Per node: predicted seconds of work that queued requests plan to put there, so that
+        # one waiter's plan is part of the next one's prediction (filled during `plan`).
+        self._planned: dict[str, list[float]] = {}
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -70,20 +86,20 @@ class RoutingCore:
 
     def remaining(self, view: NodeView, now: float) -> list[float]:
         own = [max(f.predicted_end - now, MIN_REMAINING_S) for f in self.flights.get(view.name, {}).values()]
-        return own + [ELSEWHERE_REMAINING_S] * view.in_flight_elsewhere
+        return own + [ELSEWHERE_REMAINING_S] * view.in_flight_elsewhere + self._planned.get(view.name, [])
 
-    def resident(self, view: NodeView, model: str) -> bool:
-        """Loaded on the node, or a request of ours is already loading it there."""
+    def resident(self, view: NodeView, model: str, now: float) -> bool:
+        """Loaded on the node, or recently used (or being loaded) there by this router."""
         if model_loaded(view, model):
             return True
-        wanted = normalize_model(model)
-        return any(normalize_model(f.model) == wanted for f in self.flights.get(view.name, {}).values())
+        used = self.last_used.get((view.name, normalize_model(model)))
+        return used is not None and now - used < RECENT_USE_S
 
     # -- ranking -----------------------------------------------------------------------
     def predict(self, view: NodeView, profile: RequestProfile, priors: Priors, now: float) -> Prediction:
         perf = self.book.perf(view.name, normalize_model(profile.model))
         return predict(view.name, self.slots(view), profile, perf, priors, self.remaining(view, now),
-                       self.resident(view, profile.model))
+                       self.resident(view, profile.model, now))
 
     def rank(self, profile: RequestProfile, exclude: set[str], now: float) -> list[Scored]:
         """Every candidate, best first. Raises when no node can take the model."""
@@ -101,7 +117,7 @@ class RoutingCore:
             if self.strategy == "intelligent":
                 scored.append(score_predicted(view, self.busy(view), self.slots(view), prediction))
             else:
-                item = score_least_busy(view, self.busy(view), self.slots(view), self.resident(view, model))
+                item = score_least_busy(view, self.busy(view), self.slots(view), self.resident(view, model, now))
                 item.prediction = prediction
                 scored.append(item)
         return self.chooser.rank(scored)
@@ -109,14 +125,42 @@ class RoutingCore:
     def pick(self, ranked: list[Scored]) -> Scored | None:
         """The candidate to send to now, or None if the request should wait for a slot.
         `intelligent` waits for its best node rather than take a free but slower one (the
-        wait is part of the prediction); the other strategies take their first free node."""
-        if self.strategy == "intelligent":
-            return ranked[0] if ranked[0].free else None
-        return next((s for s in ranked if s.free), None)
+        wait is part of the prediction), except to measure a node it has no numbers for yet;
+        the other strategies take their first free node."""
+        if self.strategy != "intelligent":
+            return next((s for s in ranked if s.free), None)
+        if ranked[0].free:
+            return ranked[0]
+        return next((s for s in ranked if s.free and s.prediction and s.prediction.factors.get("unmeasured")), None)
+
+    def plan(self, requests: list[tuple[RequestProfile, set[str]]], now: float) -> list[Grant | GatewayError | None]:
+        """Decide for queued requests, given most urgent first: a Grant (slot reserved), an
+        error, or None (keep waiting). A request that keeps waiting books its predicted work
+        on the node it waits for, so the ones behind it see the longer wait there and may
+        take another node instead."""
+        decisions: list[Grant | GatewayError | None] = []
+        self._planned = {}
+        try:
+            for profile, exclude in requests:
+                try:
+                    ranked = self.rank(profile, exclude, now)
+                except GatewayError as exc:
+                    decisions.append(exc)
+                    continue
+                choice = self.pick(ranked)
+                if choice is None:
+                    self._planned.setdefault(ranked[0].node.name, []).append(ranked[0].score)
+                    decisions.append(None)
+                else:
+                    decisions.append(Grant(ranked, choice, self.start(choice, profile, now)))
+        finally:
+            self._planned = {}
+        return decisions
 
     # -- flights -----------------------------------------------------------------------
     def start(self, choice: Scored, profile: RequestProfile, now: float) -> int:
         flight_id = next(self._ids)
+        self.last_used[(choice.node.name, normalize_model(profile.model))] = now
         predicted = choice.prediction.total_s if choice.prediction else 0.0
         self.flights[choice.node.name][flight_id] = Flight(
             choice.node.name, profile.model, now, now + predicted, self.busy(choice.node) + 1)

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -31,9 +32,9 @@ from sollol_serve.protocol import (
     StreamStart,
     Usage,
 )
-from sollol_serve.routing.core import Flight, RoutingCore
+from sollol_serve.routing.core import Flight, Grant, RoutingCore
 from sollol_serve.routing.learning import Observation
-from sollol_serve.routing.policy import Scored, candidates
+from sollol_serve.routing.policy import candidates
 from sollol_serve.routing.state import normalize_model
 from sollol_serve.routing.state_actor import state_actor
 
@@ -82,22 +83,40 @@ def observation(flight: Flight, profile: RequestProfile, ok: bool, usage: Usage 
     )
 
 
-def routing_info(profile: RequestProfile, strategy: str, ranked: list[Scored], chosen: Scored,
-                 attempts: list[dict], queue_wait_ms: float, routing_ms: float) -> dict:
-    return {
-        "node": chosen.node.name,
-        "host": chosen.node.url,
-        "strategy": strategy,
-        "task_type": profile.task_type,
-        "complexity": profile.complexity,
-        "priority": profile.priority,
-        "score": round(chosen.score, 4),
-        "reasoning": f"{chosen.node.name}: {chosen.reason} (best of {len(ranked)} by {strategy})",
-        "candidates": [s.as_dict() for s in ranked],
-        "attempts": attempts,
-        "queue_wait_ms": round(queue_wait_ms, 3),
-        "routing_ms": round(routing_ms, 3),
-    }
+@dataclass
+class Attempts:
+    """One request's way through the router: nodes tried, time queued, what happened."""
+
+    started: float = field(default_factory=time.perf_counter)
+    log: list[dict] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+    waited_s: float = 0.0
+    routing_ms: float = 0.0
+
+    def admitted(self, grant: Grant, queued_s: float) -> None:
+        self.waited_s += queued_s
+        self.routing_ms = (time.perf_counter() - self.started - self.waited_s) * 1000
+        self.tried.add(grant.choice.node.name)
+
+    def routing(self, profile: RequestProfile, strategy: str, grant: Grant) -> dict:
+        """`_sollol_routing`: the choice, every candidate with its prediction, the attempts."""
+        chosen = grant.choice
+        return {
+            "node": chosen.node.name,
+            "host": chosen.node.url,
+            "strategy": strategy,
+            "task_type": profile.task_type,
+            "complexity": profile.complexity,
+            "priority": profile.priority,
+            "tokens_in": profile.tokens_in,
+            "tokens_out_est": profile.tokens_out_est,
+            "score": round(chosen.score, 4),
+            "reasoning": f"{chosen.node.name}: {chosen.reason} (best of {len(grant.ranked)} by {strategy})",
+            "candidates": [s.as_dict() for s in grant.ranked],
+            "attempts": self.log,
+            "queue_wait_ms": round(self.waited_s * 1000, 3),
+            "routing_ms": round(self.routing_ms, 3),
+        }
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -128,18 +147,19 @@ class Router:
             self._pump()
 
     # -- admission: a slot now, or a place in the priority queue -------------------------
-    async def _admit(self, profile: RequestProfile, exclude: set[str]) -> tuple[list[Scored], Scored, int, float]:
-        """(ranking, choice, flight id, seconds waited). The chosen slot is reserved."""
+    async def _admit(self, profile: RequestProfile, exclude: set[str]) -> tuple[Grant, float]:
+        """A reserved slot and the seconds waited for it in the queue."""
         now = time.monotonic()
-        ranked = self.core.rank(profile, exclude, now)
-        choice = self.core.pick(ranked)
-        if choice is not None:
-            return ranked, choice, self.core.start(choice, profile, now), 0.0
+        if not len(self.core.queue):  # nobody waiting: no one to overtake
+            ranked = self.core.rank(profile, exclude, now)
+            choice = self.core.pick(ranked)
+            if choice is not None:
+                return Grant(ranked, choice, self.core.start(choice, profile, now)), 0.0
         granted: asyncio.Future = asyncio.get_running_loop().create_future()
         waiter = self.core.queue.push((profile, exclude, granted), profile.priority, now, self.core.retry_after_s())
+        self._pump()
         try:
-            ranked, choice, flight_id = await asyncio.wait_for(asyncio.shield(granted),
-                                                               self.config.routing.queue_timeout_s)
+            grant = await asyncio.wait_for(asyncio.shield(granted), self.config.routing.queue_timeout_s)
         except asyncio.TimeoutError:
             self.core.queue.remove(waiter, time.monotonic(), served=False)
             raise NoNodeAvailable(f"no slot for '{profile.model}' within "
@@ -147,13 +167,13 @@ class Router:
         except asyncio.CancelledError:
             self._abandon(waiter, granted)
             raise
-        return ranked, choice, flight_id, time.monotonic() - now
+        return grant, time.monotonic() - now
 
     def _abandon(self, waiter, granted: asyncio.Future) -> None:
         """The caller went away while queued: give back its place, or its slot."""
         if granted.done() and not granted.cancelled() and granted.exception() is None:
-            _, choice, flight_id = granted.result()
-            self.core.finish(flight_id, choice.node.name)
+            grant = granted.result()
+            self.core.finish(grant.flight_id, grant.choice.node.name)
             self._pump()
         elif waiter in self.core.queue:
             self.core.queue.remove(waiter, time.monotonic(), served=False)
@@ -163,22 +183,22 @@ class Router:
         if not len(self.core.queue):
             return
         now = time.monotonic()
+        waiters = []
         for waiter in self.core.queue.ordered(now):
-            profile, exclude, granted = waiter.item
-            if granted.done():
+            if waiter.item[2].done():  # its caller gave up
                 self.core.queue.remove(waiter, now, served=False)
+            else:
+                waiters.append(waiter)
+        decisions = self.core.plan([(w.item[0], w.item[1]) for w in waiters], now)
+        for waiter, decision in zip(waiters, decisions):
+            if decision is None:
                 continue
-            try:
-                ranked = self.core.rank(profile, exclude, now)
-            except GatewayError as exc:
-                self.core.queue.remove(waiter, now, served=False)
-                granted.set_exception(exc)
-                continue
-            choice = self.core.pick(ranked)
-            if choice is None:
-                continue
-            self.core.queue.remove(waiter, now)
-            granted.set_result((ranked, choice, self.core.start(choice, profile, now)))
+            self.core.queue.remove(waiter, now, served=isinstance(decision, Grant))
+            granted = waiter.item[2]
+            if isinstance(decision, Grant):
+                granted.set_result(decision)
+            else:
+                granted.set_exception(decision)
 
     def _release(self, flight_id: int, node: str, profile: RequestProfile, ok: bool,
                  usage: Usage | None) -> None:
@@ -188,74 +208,64 @@ class Router:
         self._pump()
 
     # -- the request path --------------------------------------------------------------
+    async def _attempt(self, profile: RequestProfile, attempts: Attempts) -> Grant:
+        grant, queued = await self._admit(profile, attempts.tried)
+        attempts.admitted(grant, queued)
+        return grant
+
     async def call(self, profile: RequestProfile, req: NodeRequest) -> Routed:
-        started = time.perf_counter()
-        attempts: list[dict] = []
-        tried: set[str] = set()
-        waited = 0.0
+        attempts = Attempts()
         while True:
-            ranked, choice, flight_id, queued = await self._admit(profile, tried)
-            waited += queued
-            routing_ms = (time.perf_counter() - started) * 1000 - queued * 1000
-            name = choice.node.name
-            tried.add(name)
+            grant = await self._attempt(profile, attempts)
+            node = grant.choice.node
             usage, ok = None, False
             try:
-                body, usage = await self.workers[name].call.remote(req, choice.node.node_model(req.model))
+                body, usage = await self.workers[node.name].call.remote(req, node.node_model(req.model))
                 ok = True
             except Exception as exc:
-                self._failed_attempt(exc, name, attempts, tried, profile.model)
+                self._failed_attempt(exc, node.name, attempts, profile.model)
                 continue
             finally:
-                self._release(flight_id, name, profile, ok, usage)
-            attempts.append({"node": name, "ok": True})
-            info = routing_info(profile, self.core.strategy, ranked, choice, attempts, waited * 1000, routing_ms)
-            return Routed(body=body, node=name, routing=info)
+                self._release(grant.flight_id, node.name, profile, ok, usage)
+            attempts.log.append({"node": node.name, "ok": True})
+            return Routed(body=body, node=node.name, routing=attempts.routing(profile, self.core.strategy, grant))
 
-    def _failed_attempt(self, exc: BaseException, node: str, attempts: list[dict], tried: set[str],
-                        model: str) -> None:
+    def _failed_attempt(self, exc: BaseException, node: str, attempts: Attempts, model: str) -> None:
         """Record a failed attempt; raise unless another node may succeed."""
         error = unwrap(exc)
         if not isinstance(error, NodeError):
             if isinstance(error, GatewayError):
                 raise error
             error = NodeError(f"worker for {node} failed: {type(error).__name__}: {error}", 502)
-        attempts.append({"node": node, "ok": False, "status": error.status, "error": error.message})
+        attempts.log.append({"node": node, "ok": False, "status": error.status, "error": error.message})
         if not error.retryable:
             raise error
-        if not candidates(self.core.snapshot, model, tried):
+        if not candidates(self.core.snapshot, model, attempts.tried):
             raise NoNodeAvailable(f"every node that has '{model}' failed; last error: {error.message}")
 
     async def stream(self, profile: RequestProfile, req: NodeRequest) -> AsyncIterator[object]:
-        started = time.perf_counter()
-        attempts: list[dict] = []
-        tried: set[str] = set()
-        waited = 0.0
+        attempts = Attempts()
         while True:
-            ranked, choice, flight_id, queued = await self._admit(profile, tried)
-            waited += queued
-            routing_ms = (time.perf_counter() - started) * 1000 - queued * 1000
-            name = choice.node.name
-            tried.add(name)
-            items = self.workers[name].stream.options(stream=True).remote(req, choice.node.node_model(req.model))
-            relay = Relay(name)
+            grant = await self._attempt(profile, attempts)
+            node = grant.choice.node
+            items = self.workers[node.name].stream.options(stream=True).remote(req, node.node_model(req.model))
+            relay = Relay(node.name)
             try:
                 try:
                     first = await items.__anext__()
                 except StopAsyncIteration:
                     first = Usage()
                 except Exception as exc:
-                    self._failed_attempt(exc, name, attempts, tried, profile.model)
+                    self._failed_attempt(exc, node.name, attempts, profile.model)
                     continue
-                attempts.append({"node": name, "ok": True})
-                yield StreamStart(node=name)
+                attempts.log.append({"node": node.name, "ok": True})
+                yield StreamStart(node=node.name)
                 async for item in relay.chunks(first, items):
                     yield item
-                yield StreamEnd(routing_info(profile, self.core.strategy, ranked, choice, attempts,
-                                             waited * 1000, routing_ms))
+                yield StreamEnd(attempts.routing(profile, self.core.strategy, grant))
                 return
             finally:
-                self._release(flight_id, name, profile, relay.usage is not None, relay.usage)
+                self._release(grant.flight_id, node.name, profile, relay.usage is not None, relay.usage)
                 if relay.usage is None:
                     items.cancel()  # the client went away or the stream broke: stop the node's work
 
