@@ -28,7 +28,11 @@ SIM_NODES = {
             "--decode-tps", "200", "--prefill-tps", "2000", "--load-s", "0.05"],
     "llamacpp": ["--kind", "openai", "--models", "tiny-llama", "--slots", "2",
                  "--decode-tps", "300", "--prefill-tps", "3000", "--load-s", "0"],
+    # The only node with `slowpoke`, one slot: the priority-queue tests saturate it.
+    "solo": ["--kind", "ollama", "--models", "slowpoke", "--slots", "1", "--decode-tps", "25",
+             "--prefill-tps", "5000", "--load-s", "0"],
 }
+QUEUE_MAX = 6
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +43,9 @@ def gateway():
     nodes = {name: SimProcess(name, args).start() for name, args in SIM_NODES.items()}
     try:
         config = GatewayConfig.model_validate({
-            "nodes": [{"name": n.name, "url": n.url} for n in nodes.values()],
-            "routing": {"probe_interval_s": 1.0, "snapshot_interval_s": 0.2},
+            "nodes": [{"name": n.name, "url": n.url, **({"slots": 1} if n.name == "solo" else {})}
+                      for n in nodes.values()],
+            "routing": {"probe_interval_s": 1.0, "snapshot_interval_s": 0.2, "queue_max": QUEUE_MAX},
         })
         url = start_local_gateway(config, port=free_port())
         wait_for_nodes(url, len(nodes))

@@ -89,10 +89,13 @@ class RoutingCore:
         return own + [ELSEWHERE_REMAINING_S] * view.in_flight_elsewhere + self._planned.get(view.name, [])
 
     def resident(self, view: NodeView, model: str, now: float) -> bool:
-        """Loaded on the node, or recently used (or being loaded) there by this router."""
+        """Loaded on the node, in use there by one of our requests, or used there recently."""
         if model_loaded(view, model):
             return True
-        used = self.last_used.get((view.name, normalize_model(model)))
+        wanted = normalize_model(model)
+        if any(normalize_model(f.model) == wanted for f in self.flights.get(view.name, {}).values()):
+            return True
+        used = self.last_used.get((view.name, wanted))
         return used is not None and now - used < RECENT_USE_S
 
     # -- ranking -----------------------------------------------------------------------
@@ -149,7 +152,9 @@ class RoutingCore:
                     continue
                 choice = self.pick(ranked)
                 if choice is None:
-                    self._planned.setdefault(ranked[0].node.name, []).append(ranked[0].score)
+                    best = ranked[0]
+                    booked = best.prediction.total_s if best.prediction else 0.0
+                    self._planned.setdefault(best.node.name, []).append(booked)
                     decisions.append(None)
                 else:
                     decisions.append(Grant(ranked, choice, self.start(choice, profile, now)))
@@ -166,8 +171,11 @@ class RoutingCore:
             choice.node.name, profile.model, now, now + predicted, self.busy(choice.node) + 1)
         return flight_id
 
-    def finish(self, flight_id: int, node: str) -> Flight | None:
-        return self.flights.get(node, {}).pop(flight_id, None)
+    def finish(self, flight_id: int, node: str, now: float) -> Flight | None:
+        flight = self.flights.get(node, {}).pop(flight_id, None)
+        if flight is not None:  # the model stays loaded for its keep-alive from now on
+            self.last_used[(node, normalize_model(flight.model))] = now
+        return flight
 
     def learn(self, observation: Observation) -> None:
         self.book.observe(observation)

@@ -173,7 +173,7 @@ class Router:
         """The caller went away while queued: give back its place, or its slot."""
         if granted.done() and not granted.cancelled() and granted.exception() is None:
             grant = granted.result()
-            self.core.finish(grant.flight_id, grant.choice.node.name)
+            self.core.finish(grant.flight_id, grant.choice.node.name, time.monotonic())
             self._pump()
         elif waiter in self.core.queue:
             self.core.queue.remove(waiter, time.monotonic(), served=False)
@@ -202,7 +202,7 @@ class Router:
 
     def _release(self, flight_id: int, node: str, profile: RequestProfile, ok: bool,
                  usage: Usage | None) -> None:
-        flight = self.core.finish(flight_id, node)
+        flight = self.core.finish(flight_id, node, time.monotonic())
         if flight is not None:
             self.core.learn(observation(flight, profile, ok, usage, time.monotonic() - flight.started))
         self._pump()

@@ -227,16 +227,29 @@ def test_profile_request_uses_cap():
 
 
 def test_profile_request_learned_output_tokens_used_without_cap():
-    p = profile_request("ollama", "generate", {"model": "m", "prompt": "abcd"}, 5, learned_output_tokens=300)
+    learned = {("m:latest", "generation"): 300}  # keyed by (normalized model, task)
+    p = profile_request("ollama", "generate", {"model": "m", "prompt": "abcd"}, 5, learned)
     assert (p.tokens_in, p.tokens_out_est, p.output_capped, p.complexity) == (1, 300, False, "medium")
     p = profile_request("ollama", "generate", {"model": "m", "prompt": "abcd", "options": {"num_predict": 10}}, 5,
-                        learned_output_tokens=300)
+                        learned)
     assert p.tokens_out_est == 10  # the cap wins over what was learned
+
+
+def test_profile_request_learned_output_is_per_model_and_task():
+    learned = {("m:latest", "generation"): 300, ("m:latest", "summarization"): 40, ("other:latest", "generation"): 7}
+    p = profile_request("ollama", "generate", {"model": "m:latest", "prompt": "summarize this"}, 5, learned)
+    assert (p.task_type, p.tokens_out_est) == ("summarization", 40)
+    p = profile_request("ollama", "generate", {"model": "m", "prompt": "classify this text"}, 5, learned)
+    assert (p.task_type, p.tokens_out_est) == ("classification", DEFAULT_OUTPUT_TOKENS)  # nothing learned
+    p = profile_request("ollama", "generate", {"model": "unknown", "prompt": "hi"}, 5, learned)
+    assert p.tokens_out_est == DEFAULT_OUTPUT_TOKENS
+    p = profile_request("ollama", "generate", {"model": "m", "prompt": "hi"}, 5, None)
+    assert p.tokens_out_est == DEFAULT_OUTPUT_TOKENS
 
 
 def test_profile_request_embedding_has_no_output():
     body = {"model": "nomic-embed-text", "input": ["a" * 4000, "b" * 3999]}  # 8000 chars -> 2000 tokens
-    p = profile_request("openai", "embed", body, 5, learned_output_tokens=500)
+    p = profile_request("openai", "embed", body, 5, {("nomic-embed-text:latest", "embedding"): 500})
     assert p.task_type == "embedding"
     assert p.tokens_in == 2000
     assert p.tokens_out_est == 0

@@ -1,0 +1,424 @@
+"""sollol_serve.routing.core.RoutingCore: ranking, picking, slot reservation, learning."""
+
+from __future__ import annotations
+
+import pytest
+
+from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.config import RoutingConfig
+from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
+from sollol_serve.routing.core import (
+    ELSEWHERE_REMAINING_S,
+    MAX_PROBED_SLOTS,
+    MIN_REMAINING_S,
+    RECENT_USE_S,
+    Flight,
+    Grant,
+    RoutingCore,
+)
+from sollol_serve.routing.learning import Observation, PerfBook
+from sollol_serve.routing.state import ClusterState, NodeReport, NodeView, normalize_model
+
+M = "llama3.2:latest"
+
+
+def nv(name: str, *, models=(M,), loaded=None, kind="ollama", healthy=True, slots=1, slots_known=True,
+       elsewhere=0) -> NodeView:
+    models = {normalize_model(m): m for m in models}
+    loaded = frozenset(normalize_model(m) for m in (models if loaded is None else loaded))
+    return NodeView(name=name, url=f"http://{name}:1", kind=kind, healthy=healthy, models=models, loaded=loaded,
+                    slots=slots, slots_known=slots_known, in_flight_elsewhere=elsewhere)
+
+
+def prof(tokens_in: int = 10, tokens_out: int = 100, *, model: str = "llama3.2", priority: int = 5,
+         task: str = "generation") -> RequestProfile:
+    return RequestProfile(task_type=task, complexity="low", tokens_in=tokens_in, tokens_out_est=tokens_out,
+                          output_capped=True, requires_gpu=False, model=model, priority=priority)
+
+
+def speed(node: str, prefill_tps: float, decode_tps: float, model: str = M) -> Observation:
+    """A timed, unqueued response showing the node's speeds (400 tokens in, 400 out)."""
+    prefill_s, decode_s = 400 / prefill_tps, 400 / decode_tps
+    return Observation(node=node, model=model, task_type="generation", ok=True, prompt_tokens=400,
+                       completion_tokens=400, prefill_s=prefill_s, decode_s=decode_s, load_s=0.0,
+                       wall_s=prefill_s + decode_s)
+
+
+def book_of(*observations: Observation) -> PerfBook:
+    book = PerfBook()
+    book.merge_from(list(observations))
+    return book
+
+
+def core_with(strategy: str, *views: NodeView, book: PerfBook | None = None) -> RoutingCore:
+    core = RoutingCore(RoutingConfig(strategy=strategy), seed=0)
+    core.snapshot = {v.name: v for v in views}
+    if book is not None:
+        core.book = book
+    return core
+
+
+def names(ranked) -> list[str]:
+    return [s.node.name for s in ranked]
+
+
+def fill(core: RoutingCore, node: str, n: int, predicted_end: float, model: str = "llama3.2") -> None:
+    for i in range(n):
+        core.flights[node][1000 + i] = Flight(node, model, started=predicted_end - 1.0, predicted_end=predicted_end,
+                                              concurrent=i + 1)
+
+
+# fast: 4000 prefill / 400 decode tok/s, 4 slots; slow: 8x slower, 1 slot.
+FAST_SLOW_BOOK = (speed("fast", 4000, 400), speed("slow", 500, 50))
+
+
+def test_construction_from_config():
+    core = RoutingCore(RoutingConfig(strategy="least_busy", queue_max=3, aging_s=2.5))
+    assert core.strategy == "least_busy" and core.chooser.strategy == "least_busy"
+    assert (core.queue.max_size, core.queue.aging_s) == (3, 2.5)
+    assert core.snapshot == {} and core.pending == [] and core.in_flight_counts() == {}
+    assert RoutingCore(RoutingConfig()).strategy == "intelligent"
+
+
+# =======================================================================================
+# rank: errors
+# =======================================================================================
+@pytest.mark.parametrize("strategy", ["intelligent", "least_busy", "round_robin", "random"])
+def test_rank_unknown_model_raises_model_not_found(strategy):
+    core = core_with(strategy, nv("a"), nv("b", healthy=False, models=["phi3:mini"]))
+    with pytest.raises(ModelNotFound) as info:
+        core.rank(prof(model="mistral:7b"), set(), now=0.0)
+    assert info.value.status == 404
+    assert "mistral:7b" in info.value.message
+    with pytest.raises(ModelNotFound):
+        core_with(strategy).rank(prof(), set(), now=0.0)  # empty snapshot
+
+
+@pytest.mark.parametrize("strategy", ["intelligent", "least_busy"])
+def test_rank_model_only_on_unhealthy_nodes_raises_no_node_available(strategy):
+    core = core_with(strategy, nv("a"), nv("b", healthy=False, models=["phi3:mini"]),
+                     nv("c", healthy=False, models=["phi3:mini"]))
+    with pytest.raises(NoNodeAvailable) as info:
+        core.rank(prof(model="phi3:mini"), set(), now=0.0)
+    assert info.value.status == 503
+    assert "(nodes with it: b, c)" in info.value.message
+    # All healthy holders excluded (tried already): also no node available, not "not found".
+    with pytest.raises(NoNodeAvailable):
+        core.rank(prof(), {"a"}, now=0.0)
+
+
+def test_rank_returns_only_healthy_candidates_not_excluded():
+    core = core_with("intelligent", nv("a"), nv("b"), nv("c", healthy=False), nv("d", models=["phi3:mini"]))
+    assert sorted(names(core.rank(prof(), set(), now=0.0))) == ["a", "b"]
+    assert names(core.rank(prof(), {"a"}, now=0.0)) == ["b"]
+
+
+# =======================================================================================
+# intelligent vs least_busy: the fast busy node and the slow free one
+# =======================================================================================
+def test_intelligent_waits_for_busy_fast_node_rather_than_take_idle_slow_one():
+    now = 100.0
+    core = core_with("intelligent", nv("fast", slots=4), nv("slow", slots=1), book=book_of(*FAST_SLOW_BOOK))
+    fill(core, "fast", 4, predicted_end=now + 0.5)
+    ranked = core.rank(prof(10, 100), set(), now)
+    assert names(ranked) == ["fast", "slow"]
+    fast, slow = ranked
+    # fast: wait .5 (all 4 slots end in .5 s) + 10/4000 + 100/400 = .7525; slow: 10/500 + 100/50 = 2.02
+    assert fast.score == pytest.approx(0.7525)
+    assert slow.score == pytest.approx(2.02)
+    assert (fast.busy, fast.slots, fast.free) == (4, 4, False)
+    assert (slow.busy, slow.slots, slow.free) == (0, 1, True)
+    assert fast.prediction.wait_s == pytest.approx(0.5) and fast.prediction.load_s == 0.0
+    assert fast.prediction.free_slot is False
+    assert core.pick(ranked) is None  # wait for the fast node
+
+
+def test_intelligent_takes_slow_node_when_the_fast_one_is_busy_for_long():
+    now = 100.0
+    core = core_with("intelligent", nv("fast", slots=4), nv("slow", slots=1), book=book_of(*FAST_SLOW_BOOK))
+    fill(core, "fast", 4, predicted_end=now + 5.0)
+    ranked = core.rank(prof(10, 100), set(), now)
+    assert names(ranked) == ["slow", "fast"]
+    assert ranked[1].score == pytest.approx(5.2525)
+    assert core.pick(ranked).node.name == "slow"
+
+
+def test_least_busy_takes_free_slow_node():
+    now = 100.0
+    core = core_with("least_busy", nv("fast", slots=4), nv("slow", slots=1), book=book_of(*FAST_SLOW_BOOK))
+    fill(core, "fast", 4, predicted_end=now + 0.5)
+    ranked = core.rank(prof(10, 100), set(), now)
+    assert [(s.node.name, s.score) for s in ranked] == [("slow", 0.0), ("fast", 1.0)]
+    # Predictions are attached for reporting even when they don't decide.
+    assert ranked[0].prediction.total_s == pytest.approx(2.02)
+    assert core.pick(ranked).node.name == "slow"
+
+
+def test_intelligent_takes_a_free_unmeasured_node_to_measure_it_while_the_best_is_busy():
+    now = 100.0
+    # new: no numbers yet and cold (prior load 5 s) -> 5 + .2525 = 5.2525, ranked last.
+    core = core_with("intelligent", nv("fast", slots=4), nv("slow", slots=1), nv("new", loaded=()),
+                     book=book_of(*FAST_SLOW_BOOK))
+    fill(core, "fast", 4, predicted_end=now + 0.5)
+    ranked = core.rank(prof(10, 100), set(), now)
+    assert names(ranked) == ["fast", "slow", "new"]
+    assert ranked[2].score == pytest.approx(5.0 + 10 / 2250 + 100 / 225)  # priors: medians of fast and slow
+    assert core.pick(ranked).node.name == "new"  # not the measured, free, slow one
+    # Busy too: wait.
+    fill(core, "new", 1, predicted_end=now + 1.0)  # its one slot taken
+    assert core.pick(core.rank(prof(10, 100), set(), now)) is None
+
+
+def test_pick_non_intelligent_none_when_all_full():
+    core = core_with("least_busy", nv("a", slots=1), nv("b", slots=2))
+    fill(core, "a", 1, predicted_end=1.0)
+    fill(core, "b", 2, predicted_end=1.0)
+    ranked = core.rank(prof(), set(), now=0.0)
+    assert core.pick(ranked) is None
+
+
+def test_intelligent_prefers_faster_idle_node_and_unmeasured_node_gets_cluster_prior():
+    book = book_of(speed("fast", 4000, 400), speed("slow", 500, 50))
+    core = core_with("intelligent", nv("slow"), nv("fast"), nv("new"), book=book)
+    ranked = core.rank(prof(10, 100), set(), now=0.0)
+    # new: median prefill of (4000, 500) = 2250, decode (400, 50) = 225 -> 10/2250 + 100/225 = .4489
+    assert names(ranked) == ["fast", "new", "slow"]
+    new = ranked[1]
+    assert new.score == pytest.approx(10 / 2250 + 100 / 225)
+    assert new.prediction.factors["unmeasured"] == 1.0
+    assert "not measured yet" in new.reason
+    assert core.pick(ranked).node.name == "fast"
+
+
+def test_intelligent_cold_node_pays_learned_load_time():
+    book = book_of(speed("a", 4000, 400), speed("b", 4000, 400))
+    cold = Observation(node="b", model=M, task_type="generation", ok=True, prompt_tokens=400, completion_tokens=400,
+                       prefill_s=0.1, decode_s=1.0, load_s=3.0, wall_s=4.1)
+    book.observe(cold)
+    core = core_with("intelligent", nv("b", loaded=()), nv("a", loaded=()), book=book)
+    ranked = core.rank(prof(10, 100), set(), now=0.0)
+    # a never cold-loaded: the cluster's load time (b's 3 s) is its prior too; both pay 3 s.
+    assert [round(s.prediction.load_s, 6) for s in ranked] == [3.0, 3.0]
+    core.snapshot["a"] = nv("a")  # now resident on a
+    ranked = core.rank(prof(10, 100), set(), now=0.0)
+    assert names(ranked) == ["a", "b"]
+    assert ranked[0].prediction.load_s == 0.0
+
+
+# =======================================================================================
+# flights: start / finish / busy / remaining / resident
+# =======================================================================================
+def test_start_reserves_and_finish_releases():
+    now = 10.0
+    view = nv("a", slots=2, elsewhere=1)
+    core = core_with("intelligent", view, book=book_of(speed("a", 4000, 400)))
+    assert core.busy(view) == 1  # the other routers' request
+    assert core.remaining(view, now) == [ELSEWHERE_REMAINING_S]
+    ranked = core.rank(prof(10, 100), set(), now)
+    choice = core.pick(ranked)
+    total = choice.prediction.total_s
+    assert total == pytest.approx(0.2525)
+    fid = core.start(choice, prof(10, 100), now)
+    assert core.busy(view) == 2
+    assert core.in_flight_counts() == {"a": 1}
+    flight = core.flights["a"][fid]
+    assert (flight.node, flight.model, flight.started, flight.concurrent) == ("a", "llama3.2", now, 2)
+    assert flight.predicted_end == pytest.approx(now + total)
+    assert sorted(core.remaining(view, now)) == pytest.approx(sorted([total, ELSEWHERE_REMAINING_S]))
+    assert core.remaining(view, now + 0.1)[0] == pytest.approx(total - 0.1)
+    assert core.remaining(view, now + 60.0)[0] == MIN_REMAINING_S  # overdue: still holds its slot
+    # Now full (2 slots): the next ranking sees it.
+    ranked = core.rank(prof(10, 100), set(), now)
+    assert (ranked[0].busy, ranked[0].free) == (2, False)
+    assert core.pick(ranked) is None
+    # finish releases
+    assert core.finish(fid, "a", now) is flight
+    assert core.busy(view) == 1
+    assert core.in_flight_counts() == {}
+    assert core.remaining(view, now) == [ELSEWHERE_REMAINING_S]
+    assert core.finish(fid, "a", now) is None  # twice: nothing
+    assert core.finish(fid, "nowhere", now) is None
+    assert core.pick(core.rank(prof(10, 100), set(), now)) is not None
+
+
+def test_start_ids_unique_and_concurrency_counts_up():
+    core = core_with("least_busy", nv("a", slots=3))
+    ids, concurrency = [], []
+    for _ in range(3):
+        choice = core.pick(core.rank(prof(), set(), now=0.0))
+        fid = core.start(choice, prof(), now=0.0)
+        ids.append(fid)
+        concurrency.append(core.flights["a"][fid].concurrent)
+    assert len(set(ids)) == 3
+    assert concurrency == [1, 2, 3]
+    assert core.in_flight_counts() == {"a": 3}
+
+
+def test_start_without_prediction_ends_now():
+    from sollol_serve.routing.policy import score_least_busy
+    core = core_with("least_busy", nv("a"))
+    fid = core.start(score_least_busy(nv("a"), 0, 1, True), prof(), now=5.0)
+    assert core.flights["a"][fid].predicted_end == 5.0
+
+
+def test_resident_when_same_model_already_in_flight():
+    view = nv("a", models=[M, "qwen2.5:0.5b"], loaded=())
+    other = nv("b", loaded=())
+    core = core_with("least_busy", view, other)
+    assert not core.resident(view, "llama3.2", now=10.0)
+    core.start(core.rank(prof(model="qwen2.5:0.5b"), set(), now=10.0)[0], prof(model="qwen2.5:0.5b"), now=10.0)
+    assert not core.resident(view, "llama3.2", now=10.0)  # another model doesn't make it resident
+    choice = next(s for s in core.rank(prof(), set(), now=10.0) if s.node.name == "a")
+    fid = core.start(choice, prof(model="llama3.2"), now=10.0)  # unnormalized name
+    assert core.resident(view, "llama3.2:latest", now=10.0)
+    assert core.resident(view, "llama3.2", now=10.0)
+    assert not core.resident(other, "llama3.2", now=10.0)  # other node
+    # Used recently: still taken as loaded after the request is done (keep-alive counts from the end) ...
+    core.finish(fid, "a", 50.0)
+    assert core.resident(view, "llama3.2", now=50.0 + RECENT_USE_S - 1.0)
+    # ... but not once Ollama has likely unloaded it.
+    assert not core.resident(view, "llama3.2", now=50.0 + RECENT_USE_S + 1.0)
+    assert core.resident(nv("c", kind="openai", loaded=()), "llama3.2", now=0.0)  # not Ollama: always resident
+    assert core.resident(nv("d", loaded=["llama3.2"]), "llama3.2:latest", now=0.0)
+
+
+def test_resident_while_a_long_flight_is_still_on_the_node():
+    view = nv("a", loaded=())
+    core = core_with("least_busy", view)
+    core.start(core.rank(prof(), set(), now=0.0)[0], prof(), now=0.0)
+    assert core.in_flight_counts() == {"a": 1}
+    assert core.resident(view, "llama3.2", now=300.0)
+
+
+def test_resident_flight_removes_cold_penalty_and_load_time():
+    view = nv("a", loaded=(), slots=4)
+    core = core_with("least_busy", view, book=book_of(speed("a", 4000, 400)))
+    first = core.rank(prof(10, 100), set(), now=0.0)[0]
+    assert first.score == pytest.approx(0.5 / 4)
+    assert first.prediction.load_s == 5.0  # the default prior: nobody has measured a cold load
+    core.start(first, prof(10, 100), now=0.0)
+    second = core.rank(prof(10, 100), set(), now=0.0)[0]
+    assert second.score == pytest.approx(1 / 4)  # 1 in flight, no cold penalty
+    assert second.prediction.load_s == 0.0
+
+
+# =======================================================================================
+# plan: deciding for the queue
+# =======================================================================================
+def test_plan_waiters_book_their_work_so_later_ones_go_elsewhere():
+    now = 50.0
+    # fast: 1 slot, busy .1 s more; slow: 2x slower (service .505 s for the request), idle.
+    core = core_with("intelligent", nv("fast"), nv("slow"), book=book_of(speed("fast", 4000, 400),
+                                                                          speed("slow", 2000, 200)))
+    fill(core, "fast", 1, predicted_end=now + 0.1)
+    requests = [(prof(10, 100), set()), (prof(10, 100), set()), (prof(10, 100), set())]
+    decisions = core.plan(requests, now)
+    # 1st: fast .1 + .2525 = .3525 < slow .505 -> waits for fast (booking .3525 there)
+    # 2nd: fast waits for the 2nd to finish: .3525 + .2525 = .605 > .505 -> slow, granted
+    # 3rd: fast .605 < slow (.505 wait + .505) -> waits
+    assert decisions[0] is None and decisions[2] is None
+    grant = decisions[1]
+    assert isinstance(grant, Grant)
+    assert grant.choice.node.name == "slow"
+    assert names(grant.ranked) == ["slow", "fast"]
+    assert grant.ranked[1].score == pytest.approx(0.605)
+    assert core.flights["slow"][grant.flight_id].predicted_end == pytest.approx(now + 0.505)
+    assert core.in_flight_counts() == {"fast": 1, "slow": 1}
+    # The bookings last only for the plan.
+    assert core.remaining(core.snapshot["fast"], now) == pytest.approx([0.1])
+
+
+def test_plan_reports_errors_per_request_and_keeps_going():
+    core = core_with("least_busy", nv("a", slots=1), nv("b", healthy=False, models=["phi3:mini"]))
+    decisions = core.plan([(prof(model="nope"), set()), (prof(model="phi3:mini"), set()), (prof(), set()),
+                           (prof(), set())], now=0.0)
+    assert isinstance(decisions[0], ModelNotFound)
+    assert isinstance(decisions[1], NoNodeAvailable)
+    assert isinstance(decisions[2], Grant) and decisions[2].choice.node.name == "a"
+    assert decisions[3] is None  # a's only slot went to the one before
+    assert core.plan([], now=0.0) == []
+
+
+# =======================================================================================
+# slots
+# =======================================================================================
+def test_slots_known_used_as_is():
+    core = core_with("intelligent")
+    core.book.slots_ok["a"] = 10
+    assert core.slots(nv("a", slots=3, slots_known=True)) == 3
+    assert core.slots(nv("a", slots=1, slots_known=True)) == 1
+
+
+@pytest.mark.parametrize(("learned", "slots"), [(None, 2), (1, 2), (5, 6), (MAX_PROBED_SLOTS - 1, MAX_PROBED_SLOTS),
+                                                (MAX_PROBED_SLOTS, MAX_PROBED_SLOTS), (100, MAX_PROBED_SLOTS)])
+def test_slots_unknown_probe_one_above_learned(learned, slots):
+    assert MAX_PROBED_SLOTS == 16
+    core = core_with("intelligent")
+    if learned is not None:
+        core.book.slots_ok["a"] = learned
+    assert core.slots(nv("a", slots=1, slots_known=False)) == slots
+
+
+def test_unknown_slots_learned_from_observations_reach_ranking():
+    view = nv("a", slots=1, slots_known=False)
+    core = core_with("least_busy", view)
+    fill(core, "a", 2, predicted_end=1.0)
+    assert core.pick(core.rank(prof(), set(), now=0.0)) is None  # 2 in flight of 1 + 1 probed
+    obs = speed("a", 4000, 400)
+    obs.concurrent = 3
+    core.learn(obs)  # served 3 at once without queueing
+    ranked = core.rank(prof(), set(), now=0.0)
+    assert (ranked[0].slots, ranked[0].free) == (4, True)
+
+
+# =======================================================================================
+# learning hand-off and adopt
+# =======================================================================================
+def test_learn_appends_pending_and_take_pending_empties():
+    core = core_with("intelligent", nv("a"))
+    o1, o2 = speed("a", 4000, 400), speed("a", 2000, 200)
+    core.learn(o1)
+    assert core.book.perf("a", M).decode_tps.mean == pytest.approx(400.0)  # learned locally at once
+    core.learn(o2)
+    assert core.pending == [o1, o2]
+    assert core.take_pending() == [o1, o2]
+    assert core.pending == []
+    assert core.take_pending() == []
+
+
+def test_adopt_replaces_snapshot_and_book():
+    core = core_with("intelligent", nv("old"), book=book_of(speed("old", 1, 1)))
+    snapshot = {"new": nv("new")}
+    book = book_of(speed("new", 4000, 400))
+    core.adopt(snapshot, book)
+    assert core.snapshot is snapshot
+    assert core.book is book
+    assert names(core.rank(prof(), set(), now=0.0)) == ["new"]
+    assert core.book.perf("old", M) is None
+
+
+def test_adopt_from_cluster_state_sync():
+    state = ClusterState()
+    state.register("a", "http://a:1", slots=None)
+    state.report(NodeReport(name="a", url="http://a:1", kind="ollama", healthy=True, models=[{"name": M}],
+                            loaded=[{"name": M}]))
+    core = RoutingCore(RoutingConfig(strategy="intelligent"))
+    o = speed("a", 4000, 400)
+    o.concurrent = 2
+    core.adopt(*state.sync("r1", core.in_flight_counts(), [o]))
+    assert core.snapshot["a"].slots_known is False
+    assert core.slots(core.snapshot["a"]) == 3  # learned 2 + 1
+    assert core.rank(prof(10, 100), set(), now=0.0)[0].score == pytest.approx(0.2525)
+
+
+# =======================================================================================
+# retry_after_s
+# =======================================================================================
+def test_retry_after_s():
+    core = core_with("intelligent", nv("fast", slots=4), nv("slow", slots=1), nv("down", healthy=False, slots=8))
+    assert core.retry_after_s() == 1  # empty queue, default 5 s service over 5 slots
+    for i in range(9):
+        core.queue.push(i, 5, now=0.0)
+    assert core.retry_after_s() == 10  # (9 + 1) x 5 s / 5 slots
+    core.book = book_of(*FAST_SLOW_BOOK)  # 128 tokens: .32 s and 2.56 s -> mean 1.44 s
+    assert core.retry_after_s() == 3  # ceil(10 x 1.44 / 5) = ceil(2.88)
