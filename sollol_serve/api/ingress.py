@@ -248,6 +248,10 @@ class Ingress:
     async def nodes(self, request: Request) -> Response:
         return await self._guard(request, lambda: self._json_of(self.router.nodes.remote(), "nodes"))
 
+    @app.get("/api/queue")
+    async def queue(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.router.queue_stats.remote(), "queue"))
+
     @app.get("/health")
     async def health(self, request: Request) -> Response:
         async def handle() -> Response:

@@ -278,6 +278,13 @@ class Router:
             for v in self.core.snapshot.values()
         ]
 
+    async def queue_stats(self) -> dict:
+        """Requests waiting now, and how long served requests waited, per priority."""
+        stats = self.core.queue.wait_stats
+        return {"router": self.router_id, "waiting": len(self.core.queue), "max": self.core.queue.max_size,
+                "aging_s": self.core.queue.aging_s,
+                "waited_by_priority": {str(p): stats[p].as_dict() for p in sorted(stats)}}
+
     async def tags(self) -> list[dict]:
         return await self.state.tags.remote()
 

@@ -47,6 +47,11 @@ def test_urgent_request_overtakes_queued_ones(gateway):
              for r in responses}
     assert waits[10] > 0  # it did queue
     assert waits[1] > waits[10]
+    stats = httpx.get(gateway.url + "/api/queue").json()["queue"]
+    assert stats["waiting"] == 0
+    recorded = stats["waited_by_priority"]
+    assert recorded["10"]["count"] >= 1 and recorded["1"]["count"] >= 3
+    assert recorded["1"]["max_ms"] > recorded["10"]["max_ms"] > 0
 
 
 def test_full_queue_answers_429_with_retry_after(gateway):
