@@ -88,6 +88,8 @@ class Ingress:
             raise BadRequest("request body is not valid UTF-8") from None
         except json.JSONDecodeError as exc:
             raise BadRequest(f"invalid JSON: {exc.msg} at position {exc.pos}") from None
+        except RecursionError:
+            raise BadRequest("invalid JSON: nested too deeply") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
         try:
