@@ -72,6 +72,34 @@ async def run_cell(url: str, stream: bool, concurrency: int, requests: int) -> l
         return samples
 
 
+def cpu_seconds_by_process() -> dict[str, tuple[float, str]]:
+    """pid -> (user+system CPU seconds, command line) for every process we can read."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        out[stat.parent.name] = ((int(fields[11]) + int(fields[12])) / tick, cmd[:60])
+    return out
+
+
+def cpu_per_request(url: str, requests: int) -> list[dict]:
+    """CPU milliseconds per request spent by each process while the gateway serves
+    `requests` non-streamed requests at concurrency 32."""
+    before = cpu_seconds_by_process()
+    asyncio.run(run_cell(url, False, 32, requests))
+    after = cpu_seconds_by_process()
+    rows = []
+    for pid, (seconds, cmd) in after.items():
+        spent = seconds - before.get(pid, (seconds, cmd))[0]
+        if spent > 0:
+            rows.append({"process": cmd, "cpu_ms_per_request": round(spent * 1000 / requests, 2)})
+    return sorted(rows, key=lambda r: -r["cpu_ms_per_request"])[:10]
+
+
 def summarize(samples: list[float]) -> dict:
     ms = [s * 1000 for s in samples]
     return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 2), "p99_ms": round(percentile(ms, 99), 2),
@@ -87,7 +115,9 @@ def main() -> None:
     node = SimProcess("bench", NODE_ARGS).start()
     rows = []
     try:
-        gateway = start_local_gateway(GatewayConfig(nodes=[NodeConfig(name="bench", url=node.url)]), port=free_port())
+        # Slots configured as a user would: this measures overhead, not slot learning.
+        config = GatewayConfig(nodes=[NodeConfig(name="bench", url=node.url, slots=64)])
+        gateway = start_local_gateway(config, port=free_port())
         wait_for_nodes(gateway, 1)
         for stream in (False, True):
             for concurrency in (1, 32):
@@ -104,6 +134,7 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+        cpu = cpu_per_request(gateway, args.requests)
     finally:
         stop_local_gateway()
         node.stop()
@@ -112,13 +143,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()}, "
             f"{os.cpu_count()} cores", "node": " ".join(NODE_ARGS), "requests": args.requests}
-    (out / "overhead.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out / "overhead.json").write_text(json.dumps({"meta": meta, "rows": rows, "cpu": cpu}, indent=2) + "\n")
     lines = ["| measure | concurrency | direct p50 / p99 (ms) | gateway p50 / p99 (ms) | added p50 | added p99 |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['measure']} | {r['concurrency']} | {r['direct']['p50_ms']} / {r['direct']['p99_ms']} | "
                      f"{r['gateway']['p50_ms']} / {r['gateway']['p99_ms']} | {r['added_p50_ms']} ms | "
                      f"{r['added_p99_ms']} ms |")
+    lines += ["", "CPU per request by process (non-streamed, concurrency 32; includes the load generator):", "",
+              "| process | CPU ms / request |", "|---|---|"]
+    lines += [f"| `{r['process']}` | {r['cpu_ms_per_request']} |" for r in cpu]
     (out / "overhead.md").write_text(f"Measured {meta['when']} on {meta['machine']}.\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
