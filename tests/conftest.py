@@ -32,7 +32,7 @@ SIM_NODES = {
     "solo": ["--kind", "ollama", "--models", "slowpoke", "--slots", "1", "--decode-tps", "25",
              "--prefill-tps", "5000", "--load-s", "0"],
 }
-QUEUE_MAX = 6
+QUEUE_MAX = 20
 
 
 @pytest.fixture(scope="session")
