@@ -5,7 +5,6 @@ Ingress -> Analyzer -> Router (state in a named actor) -> one OllamaWorker per n
 
 from __future__ import annotations
 
-from ray import serve
 from ray.serve import Application
 
 from sollol_serve.analysis.deployment import Analyzer

@@ -46,7 +46,7 @@ class NodeConfig(_Strict):
     def _url_ok(cls, v: str) -> str:
         parsed = urlparse(v)
         try:
-            parsed.port  # raises on a non-numeric or out-of-range port
+            _ = parsed.port  # raises on a non-numeric or out-of-range port
         except ValueError:
             raise ValueError(f"node url {v!r} has an invalid port") from None
         if parsed.scheme not in ("http", "https") or not parsed.hostname:

@@ -117,7 +117,8 @@ class Ingress:
                 return JSONResponse(payload, headers={"X-SOLLOL-Node": routed.node})
             items = self.router.stream.options(stream=True).remote(profile, req)
             start = await items.__anext__()  # errors before the first byte surface here
-            assert isinstance(start, StreamStart)
+            if not isinstance(start, StreamStart):
+                raise GatewayError(f"router answered {type(start).__name__} before the stream started")
             if api == "ollama":
                 return StreamingResponse(self._ndjson(items), media_type="application/x-ndjson",
                                          headers={"X-SOLLOL-Node": start.node})
