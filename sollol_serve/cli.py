@@ -1,9 +1,33 @@
-"""The `sollol` command: `sollol demo`, `sollol sim-node`."""
+"""The `sollol` command: `demo`, `sim-node`, `keys`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+# Subcommands that own their flags (their modules parse the rest of the line).
+DELEGATED = {"sim-node": "sollol_serve.sim.server", "demo": "sollol_serve.demo"}
+
+
+def keys_command(argv: list[str]) -> None:
+    from sollol_serve.api.auth import generate_key, hash_key
+
+    parser = argparse.ArgumentParser(prog="sollol keys", description="API keys: only their SHA-256 goes in the config")
+    sub = parser.add_subparsers(dest="action", required=True)
+    new = sub.add_parser("new", help="create a key and print it once, with its config entry")
+    new.add_argument("--name", required=True)
+    new.add_argument("--role", default="user", help="admin, user, reader or a role of your config")
+    existing = sub.add_parser("hash", help="print the SHA-256 of an existing key (read from stdin)")
+    existing.add_argument("--name", default="my-key")
+    existing.add_argument("--role", default="user")
+    args = parser.parse_args(argv)
+    if args.action == "new":
+        key = generate_key()
+        print(f"API key (shown once, store it now): {key}")
+    else:
+        key = sys.stdin.readline().strip()
+    print("Add under args.security.keys in serve_config.yaml:")
+    print(f"  - name: {args.name}\n    sha256: {hash_key(key)}\n    role: {args.role}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -12,19 +36,16 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sim-node", help="run a simulated Ollama / llama-server node (no real model)", add_help=False)
     sub.add_parser("demo", help="local Ray + three simulated nodes + the gateway", add_help=False)
-    if argv and argv[0] in ("sim-node", "demo"):
-        command, rest = argv[0], argv[1:]
-    else:
+    sub.add_parser("keys", help="create API keys / hash existing ones", add_help=False)
+    if not argv or argv[0] not in (*DELEGATED, "keys"):
         parser.parse_args(argv)
         return
-    if command == "sim-node":
-        from sollol_serve.sim.server import main as sim_main
-
-        sim_main(rest)
-    elif command == "demo":
-        from sollol_serve.demo import main as demo_main
-
-        demo_main(rest)
+    command, rest = argv[0], argv[1:]
+    if command == "keys":
+        keys_command(rest)
+        return
+    module = __import__(DELEGATED[command], fromlist=["main"])
+    module.main(rest)
 
 
 if __name__ == "__main__":

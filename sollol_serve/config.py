@@ -14,6 +14,13 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NodeKind = Literal["auto", "ollama", "openai"]
+Permission = Literal["chat", "generate", "embed", "batch", "models", "stats", "admin"]
+ALL_PERMISSIONS: tuple[Permission, ...] = ("chat", "generate", "embed", "batch", "models", "stats", "admin")
+DEFAULT_ROLES: dict[str, list[Permission]] = {
+    "admin": list(ALL_PERMISSIONS),
+    "user": ["chat", "generate", "embed", "batch", "models"],
+    "reader": ["models", "stats"],
+}
 Strategy = Literal["intelligent", "least_busy", "round_robin", "random"]
 
 NODES_ENV = "SOLLOL_NODES"
@@ -86,11 +93,34 @@ class DeploymentSizing(_Strict):
     analyzer_replicas: int = Field(default=1, ge=1)
 
 
+class ApiKeyConfig(_Strict):
+    """An API key, stored only as the SHA-256 of the key (`sollol keys new` prints both)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: str = "user"
+
+
+class SecurityConfig(_Strict):
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+    roles: dict[str, list[Permission]] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
+    # Without keys the gateway only serves a loopback bind; this overrides that refusal.
+    allow_remote_without_keys: bool = False
+
+    @model_validator(mode="after")
+    def _roles_exist(self) -> "SecurityConfig":
+        unknown = sorted({k.role for k in self.keys} - set(self.roles))
+        if unknown:
+            raise ValueError(f"API keys use undefined roles: {', '.join(unknown)}")
+        return self
+
+
 class GatewayConfig(_Strict):
     nodes: list[NodeConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     sizing: DeploymentSizing = Field(default_factory=DeploymentSizing)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     # Largest accepted request body; larger ones get 413.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Namespace-unique name of the node state actor, so two gateways on one Ray cluster

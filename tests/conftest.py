@@ -35,6 +35,11 @@ SIM_NODES = {
 QUEUE_MAX = 20
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests that start their own Ray run first, before the shared gateway's Ray exists."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray") else 1)
+
+
 @pytest.fixture(scope="session")
 def gateway():
     from sollol_serve.config import GatewayConfig

@@ -10,9 +10,11 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import ray
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
 from ray import serve
+from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -20,9 +22,10 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from sollol_serve import __version__
 from sollol_serve.analysis.profile import parse_priority
 from sollol_serve.api import schemas
+from sollol_serve.api.auth import Authenticator, check_bind
 from sollol_serve.api.errors import error_response
 from sollol_serve.api.middleware import PoweredByHeader
-from sollol_serve.config import GatewayConfig
+from sollol_serve.config import GatewayConfig, Permission
 from sollol_serve.protocol import Api, BadRequest, GatewayError, NodeRequest, Operation, StreamEnd, StreamStart
 from sollol_serve.routing.router import unwrap
 
@@ -35,9 +38,15 @@ class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
 
 
+def api_path(request: Request) -> str:
+    """The path without the app's route prefix: it decides the API's error format."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    return error_response(request.url.path, exc.status_code, str(exc.detail))
+    return error_response(api_path(request), exc.status_code, str(exc.detail))
 
 
 def _dumps(payload: dict) -> str:
@@ -48,8 +57,14 @@ def _gateway_error(request: Request, exc: BaseException) -> Response:
     error = unwrap(exc)
     if isinstance(error, GatewayError):
         headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
-        return error_response(request.url.path, error.status, error.message, error.code, headers)
+        return error_response(api_path(request), error.status, error.message, error.code, headers)
     raise exc
+
+
+async def serve_http_host() -> str:
+    """The host Serve's HTTP ingress binds, as configured (http_options.host)."""
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    return (await controller.get_http_config.remote()).host
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -58,13 +73,37 @@ def _validation_message(exc: ValidationError) -> str:
     return f"invalid request: {where}: {first.get('msg')}"
 
 
+# Everything the routes use is defined above the class: serve.ingress(app) pickles the app
+# (routes and what they reference) when the class is defined.
+def _version_key(version: str) -> tuple:
+    parts = []
+    for piece in version.split("-", 1)[0].split("."):
+        parts.append(int(piece) if piece.isdigit() else 0)
+    return tuple(parts)
+
+
+_DASHBOARD_PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>sollol_serve</title></head>
+<body style="font-family:sans-serif"><h1>sollol_serve</h1>
+<p>The live dashboard is not built yet. Node state as JSON: <a href="/api/nodes">/api/nodes</a>.</p>
+<pre id="nodes">loading...</pre>
+<script>
+async function refresh() {
+  const r = await fetch('/api/nodes');
+  document.getElementById('nodes').textContent = JSON.stringify(await r.json(), null, 2);
+}
+refresh(); setInterval(refresh, 2000);
+</script></body></html>"""
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, config: dict):
+    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, config: dict):
         self.analyzer = analyzer
         self.router = router
         self.config = GatewayConfig.model_validate(config)
+        self.auth = Authenticator(self.config.security)
+        check_bind(await serve_http_host(), self.config.security)
 
     # -- request plumbing --------------------------------------------------------------
     async def _read_body(self, request: Request) -> bytes:
@@ -98,13 +137,16 @@ class Ingress:
             raise BadRequest(_validation_message(exc)) from None
         return body
 
-    async def _guard(self, request: Request, handler: Callable[[], Awaitable[Response]]) -> Response:
+    async def _guard(self, request: Request, handler: Callable[[], Awaitable[Response]],
+                     permission: Permission | None) -> Response:
         try:
+            self.auth.authorize(request.headers, permission)
             return await handler()
         except Exception as exc:
             return _gateway_error(request, exc)
 
-    async def _routed(self, request: Request, api: Api, op: Operation, schema: type[BaseModel]) -> Response:
+    async def _routed(self, request: Request, api: Api, op: Operation, schema: type[BaseModel],
+                      permission: Permission) -> Response:
         async def handle() -> Response:
             body = await self._json(request, schema)
             priority = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
@@ -125,7 +167,7 @@ class Ingress:
             return StreamingResponse(self._sse(items), media_type="text/event-stream",
                                      headers={"X-SOLLOL-Node": start.node, "Cache-Control": "no-cache"})
 
-        return await self._guard(request, handle)
+        return await self._guard(request, handle, permission)
 
     async def _ndjson(self, items) -> AsyncIterator[str]:
         """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing`."""
@@ -183,15 +225,15 @@ class Ingress:
             oldest = min(versions, key=_version_key) if versions else "0.0.0"
             return JSONResponse({"version": oldest, "sollol_serve": __version__})
 
-        return await self._guard(request, handle)
+        return await self._guard(request, handle, "models")
 
     @app.get("/api/tags")
     async def tags(self, request: Request) -> Response:
-        return await self._guard(request, lambda: self._json_of(self.router.tags.remote(), "models"))
+        return await self._guard(request, lambda: self._json_of(self.router.tags.remote(), "models"), "models")
 
     @app.get("/api/ps")
     async def ps(self, request: Request) -> Response:
-        return await self._guard(request, lambda: self._json_of(self.router.ps.remote(), "models"))
+        return await self._guard(request, lambda: self._json_of(self.router.ps.remote(), "models"), "models")
 
     async def _json_of(self, pending, key: str) -> Response:
         return JSONResponse({key: await pending})
@@ -205,23 +247,23 @@ class Ingress:
                 raise BadRequest("model is required")
             return JSONResponse(await self.router.show.remote(body, model))
 
-        return await self._guard(request, handle)
+        return await self._guard(request, handle, "models")
 
     @app.post("/api/chat")
     async def chat(self, request: Request) -> Response:
-        return await self._routed(request, "ollama", "chat", schemas.OllamaChat)
+        return await self._routed(request, "ollama", "chat", schemas.OllamaChat, "chat")
 
     @app.post("/api/generate")
     async def generate(self, request: Request) -> Response:
-        return await self._routed(request, "ollama", "generate", schemas.OllamaGenerate)
+        return await self._routed(request, "ollama", "generate", schemas.OllamaGenerate, "generate")
 
     @app.post("/api/embed")
     async def embed(self, request: Request) -> Response:
-        return await self._routed(request, "ollama", "embed", schemas.OllamaEmbed)
+        return await self._routed(request, "ollama", "embed", schemas.OllamaEmbed, "embed")
 
     @app.post("/api/embeddings")
     async def embeddings(self, request: Request) -> Response:
-        return await self._routed(request, "ollama", "embeddings", schemas.OllamaEmbeddings)
+        return await self._routed(request, "ollama", "embeddings", schemas.OllamaEmbeddings, "embed")
 
     # -- OpenAI API --------------------------------------------------------------------
     @app.get("/v1/models")
@@ -232,28 +274,28 @@ class Ingress:
                      "owned_by": "sollol"} for m in await self.router.tags.remote()]
             return JSONResponse({"object": "list", "data": data})
 
-        return await self._guard(request, handle)
+        return await self._guard(request, handle, "models")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        return await self._routed(request, "openai", "chat", schemas.OpenAIChat)
+        return await self._routed(request, "openai", "chat", schemas.OpenAIChat, "chat")
 
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        return await self._routed(request, "openai", "generate", schemas.OpenAICompletion)
+        return await self._routed(request, "openai", "generate", schemas.OpenAICompletion, "generate")
 
     @app.post("/v1/embeddings")
     async def openai_embeddings(self, request: Request) -> Response:
-        return await self._routed(request, "openai", "embed", schemas.OpenAIEmbeddings)
+        return await self._routed(request, "openai", "embed", schemas.OpenAIEmbeddings, "embed")
 
     # -- operations --------------------------------------------------------------------
     @app.get("/api/nodes")
     async def nodes(self, request: Request) -> Response:
-        return await self._guard(request, lambda: self._json_of(self.router.nodes.remote(), "nodes"))
+        return await self._guard(request, lambda: self._json_of(self.router.nodes.remote(), "nodes"), "stats")
 
     @app.get("/api/queue")
     async def queue(self, request: Request) -> Response:
-        return await self._guard(request, lambda: self._json_of(self.router.queue_stats.remote(), "queue"))
+        return await self._guard(request, lambda: self._json_of(self.router.queue_stats.remote(), "queue"), "stats")
 
     @app.get("/health")
     async def health(self, request: Request) -> Response:
@@ -264,28 +306,11 @@ class Ingress:
             return JSONResponse({"status": "ok" if healthy else "no healthy node", "nodes": len(nodes),
                                  "healthy": healthy}, status_code=status)
 
-        return await self._guard(request, handle)
+        return await self._guard(request, handle, None)
 
     @app.get("/dashboard")
-    async def dashboard(self) -> Response:
-        return HTMLResponse(_DASHBOARD_PLACEHOLDER)
+    async def dashboard(self, request: Request) -> Response:
+        async def page() -> Response:
+            return HTMLResponse(_DASHBOARD_PLACEHOLDER)
 
-
-def _version_key(version: str) -> tuple:
-    parts = []
-    for piece in version.split("-", 1)[0].split("."):
-        parts.append(int(piece) if piece.isdigit() else 0)
-    return tuple(parts)
-
-
-_DASHBOARD_PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>sollol_serve</title></head>
-<body style="font-family:sans-serif"><h1>sollol_serve</h1>
-<p>The live dashboard is not built yet. Node state as JSON: <a href="/api/nodes">/api/nodes</a>.</p>
-<pre id="nodes">loading...</pre>
-<script>
-async function refresh() {
-  const r = await fetch('/api/nodes');
-  document.getElementById('nodes').textContent = JSON.stringify(await r.json(), null, 2);
-}
-refresh(); setInterval(refresh, 2000);
-</script></body></html>"""
+        return await self._guard(request, page, "admin")

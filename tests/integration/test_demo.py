@@ -1,6 +1,6 @@
 """`sollol demo` as a newcomer runs it: it comes up, serves a chat, and stops cleanly.
 
-Runs before the shared gateway starts (file order), as its own process with its own Ray.
+Runs before the shared gateway starts (marker `own_ray`), as its own process with its own Ray.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from sollol_serve.sim.process import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.own_ray]
 
 
 def test_demo_starts_three_nodes_and_the_gateway():

@@ -124,3 +124,10 @@ def test_fields_pass_through_untouched(gateway):
     assert r.status_code == 200
     # keep_alive 0 with a prompt runs, then the sim keeps it loaded only ~0 s: it must have seen keep_alive.
     assert "qwen2.5:0.5b" not in gateway.nodes["mid"].state()["loaded"]
+
+
+def test_root_and_version(gateway):
+    assert httpx.get(gateway.url + "/").text == "Ollama is running"
+    version = httpx.get(gateway.url + "/api/version").json()
+    assert version["version"] == "0.0.0-sollol-sim"  # the oldest Ollama node's version
+    assert version["sollol_serve"]

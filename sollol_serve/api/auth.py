@@ -1,0 +1,107 @@
+"""API keys, roles and permissions (pure; the ingress calls `Authenticator`).
+
+Keys are compared as SHA-256 digests in constant time and never stored, logged or echoed.
+Without configured keys every request is allowed, but only on a loopback bind
+(`check_bind`), unless the config says `allow_remote_without_keys`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sollol_serve.config import ALL_PERMISSIONS, Permission, SecurityConfig
+from sollol_serve.protocol import GatewayError
+
+KEY_PREFIX = "sk-sollol-"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "permission_denied"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: str
+    permissions: frozenset[str]
+
+
+ANONYMOUS = Principal("anonymous", "admin", frozenset(ALL_PERMISSIONS))
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return headers.get("x-api-key") or None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, security: SecurityConfig) -> None:
+    """Refuse to serve a non-loopback address without keys unless explicitly allowed."""
+    if not security.keys and not security.allow_remote_without_keys and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve {host} without API keys: add security.keys (see `sollol keys new`) "
+            "or set security.allow_remote_without_keys: true"
+        )
+
+
+class Authenticator:
+    def __init__(self, security: SecurityConfig):
+        self.security = security
+        self._keys = [(k.sha256, Principal(k.name, k.role, frozenset(security.roles[k.role])))
+                      for k in security.keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        if not self._keys:
+            return ANONYMOUS
+        key = presented_key(headers)
+        if key is None:
+            raise Unauthorized("missing API key: send Authorization: Bearer <key> or X-API-Key: <key>")
+        digest = hash_key(key)
+        found = None
+        for stored, principal in self._keys:  # no early exit: the time doesn't tell which key
+            if hmac.compare_digest(digest, stored):
+                found = principal
+        if found is None:
+            raise Unauthorized("invalid API key")
+        return found
+
+    def authorize(self, headers: Mapping[str, str], permission: Permission | None) -> Principal:
+        principal = self.authenticate(headers)
+        if permission is not None and permission not in principal.permissions:
+            raise Forbidden(f"key '{principal.name}' (role {principal.role}) lacks the '{permission}' permission")
+        return principal

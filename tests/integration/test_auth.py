@@ -1,0 +1,68 @@
+"""Access control through a real gateway: a second app with keys, beside the open one."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from ray import serve
+
+from sollol_serve.api.auth import hash_key
+from sollol_serve.app import build_gateway
+from sollol_serve.config import GatewayConfig
+
+pytestmark = pytest.mark.integration
+
+ADMIN, USER, READER = "sk-sollol-admin-test", "sk-sollol-user-test", "sk-sollol-reader-test"
+
+
+@pytest.fixture(scope="module")
+def secure(gateway):
+    config = GatewayConfig.model_validate({
+        "nodes": [{"name": "fast", "url": gateway.nodes["fast"].url}],
+        "state_actor_name": "sollol_state_secure",
+        "security": {"keys": [{"name": "root", "sha256": hash_key(ADMIN), "role": "admin"},
+                              {"name": "app", "sha256": hash_key(USER), "role": "user"},
+                              {"name": "grafana", "sha256": hash_key(READER), "role": "reader"}]},
+    })
+    serve.run(build_gateway(config), name="secure", route_prefix="/secure")
+    try:
+        yield gateway.url + "/secure"
+    finally:
+        serve.delete("secure")
+
+
+CHAT = {"model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "hi"}],
+        "options": {"num_predict": 2}}
+
+
+def test_missing_or_wrong_key_is_401_in_each_api_format(secure):
+    r = httpx.post(secure + "/api/chat", json=CHAT)
+    assert r.status_code == 401 and "missing API key" in r.json()["error"]
+    r = httpx.get(secure + "/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert ADMIN not in r.text and "wrong" not in r.text  # keys are never echoed
+
+
+def test_permissions_by_role(secure):
+    chat = httpx.post(secure + "/api/chat", json=CHAT, headers={"X-API-Key": USER}, timeout=30)
+    assert chat.status_code == 200 and chat.json()["eval_count"] == 2
+    denied = httpx.post(secure + "/api/chat", json=CHAT, headers={"X-API-Key": READER})
+    assert denied.status_code == 403 and "chat" in denied.json()["error"]
+    assert httpx.get(secure + "/api/nodes", headers={"X-API-Key": READER}).status_code == 200
+    assert httpx.get(secure + "/api/nodes", headers={"X-API-Key": USER}).status_code == 403
+    assert httpx.get(secure + "/dashboard", headers={"Authorization": f"Bearer {USER}"}).status_code == 403
+    assert httpx.get(secure + "/dashboard", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+
+
+def test_openai_client_with_api_key(secure):
+    client = openai.OpenAI(base_url=secure + "/v1", api_key=USER, max_retries=0)
+    reply = client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=3)
+    assert reply.usage.completion_tokens == 3
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=secure + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_open_gateway_stays_open(gateway):
+    assert httpx.get(gateway.url + "/api/nodes").status_code == 200
