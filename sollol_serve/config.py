@@ -99,6 +99,9 @@ class ApiKeyConfig(_Strict):
     name: str = Field(min_length=1, max_length=64)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     role: str = "user"
+    # Per-key limits, shared by every ingress replica; None = unlimited.
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
 
 
 class SecurityConfig(_Strict):

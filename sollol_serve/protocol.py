@@ -46,9 +46,10 @@ class StreamStart:
 
 @dataclass(slots=True)
 class StreamEnd:
-    """Last event of a routed stream: how it was routed."""
+    """Last event of a routed stream: how it was routed, and the tokens it used."""
 
     routing: dict
+    tokens: int = 0
 
 
 @dataclass(slots=True)

@@ -22,8 +22,9 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from sollol_serve import __version__
 from sollol_serve.analysis.profile import parse_priority
 from sollol_serve.api import schemas
-from sollol_serve.api.auth import Authenticator, check_bind
+from sollol_serve.api.auth import Authenticator, Principal, check_bind
 from sollol_serve.api.errors import error_response
+from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
 from sollol_serve.api.middleware import PoweredByHeader
 from sollol_serve.config import GatewayConfig, Permission
 from sollol_serve.protocol import Api, BadRequest, GatewayError, NodeRequest, Operation, StreamEnd, StreamStart
@@ -104,6 +105,9 @@ class Ingress:
         self.config = GatewayConfig.model_validate(config)
         self.auth = Authenticator(self.config.security)
         check_bind(await serve_http_host(), self.config.security)
+        keys = self.config.security.keys
+        self.limited = {k.name for k in keys if k.requests_per_minute or k.tokens_per_minute}
+        self.limiter = rate_limiter(f"{self.config.state_actor_name}_ratelimits", keys) if self.limited else None
 
     # -- request plumbing --------------------------------------------------------------
     async def _read_body(self, request: Request) -> bytes:
@@ -140,7 +144,12 @@ class Ingress:
     async def _guard(self, request: Request, handler: Callable[[], Awaitable[Response]],
                      permission: Permission | None) -> Response:
         try:
-            self.auth.authorize(request.headers, permission)
+            principal = self.auth.authorize(request.headers, permission)
+            if principal.name in self.limited:
+                wait = await self.limiter.admit.remote(principal.name)
+                if wait:
+                    raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s", wait)
+            request.state.principal = principal
             return await handler()
         except Exception as exc:
             return _gateway_error(request, exc)
@@ -153,8 +162,10 @@ class Ingress:
             streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
             profile = await self.analyzer.profile.remote(api, op, body, priority)
             req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
+            charge = self._charger(request.state.principal)
             if not streams:
                 routed = await self.router.call.remote(profile, req)
+                charge(tokens_used(routed.body))
                 payload = {**routed.body, "_sollol_routing": routed.routing}
                 return JSONResponse(payload, headers={"X-SOLLOL-Node": routed.node})
             items = self.router.stream.options(stream=True).remote(profile, req)
@@ -162,19 +173,26 @@ class Ingress:
             if not isinstance(start, StreamStart):
                 raise GatewayError(f"router answered {type(start).__name__} before the stream started")
             if api == "ollama":
-                return StreamingResponse(self._ndjson(items), media_type="application/x-ndjson",
+                return StreamingResponse(self._ndjson(items, charge), media_type="application/x-ndjson",
                                          headers={"X-SOLLOL-Node": start.node})
-            return StreamingResponse(self._sse(items), media_type="text/event-stream",
+            return StreamingResponse(self._sse(items, charge), media_type="text/event-stream",
                                      headers={"X-SOLLOL-Node": start.node, "Cache-Control": "no-cache"})
 
         return await self._guard(request, handle, permission)
 
-    async def _ndjson(self, items) -> AsyncIterator[str]:
+    def _charger(self, principal: Principal) -> Callable[[int], None]:
+        """Charges the tokens a response used to its key, if the key is rate limited."""
+        if principal.name not in self.limited:
+            return lambda tokens: None
+        return lambda tokens: self.limiter.charge.remote(principal.name, tokens)
+
+    async def _ndjson(self, items, charge: Callable[[int], None]) -> AsyncIterator[str]:
         """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing`."""
         final: dict | None = None
         try:
             async for item in items:
                 if isinstance(item, StreamEnd):
+                    charge(item.tokens)
                     if final is not None:
                         yield _dumps({**final, "_sollol_routing": item.routing}) + "\n"
                     return
@@ -189,12 +207,13 @@ class Ingress:
         finally:
             items.cancel()
 
-    async def _sse(self, items) -> AsyncIterator[str]:
+    async def _sse(self, items, charge: Callable[[int], None]) -> AsyncIterator[str]:
         """OpenAI stream: `data:` events; a last chunk carries `_sollol_routing`, then [DONE]."""
         last: dict = {}
         try:
             async for item in items:
                 if isinstance(item, StreamEnd):
+                    charge(item.tokens)
                     tail = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
                     yield f"data: {_dumps({**tail, 'choices': [], '_sollol_routing': item.routing})}\n\n"
                     yield "data: [DONE]\n\n"

@@ -262,7 +262,8 @@ class Router:
                 yield StreamStart(node=node.name)
                 async for item in relay.chunks(first, items):
                     yield item
-                yield StreamEnd(attempts.routing(profile, self.core.strategy, grant))
+                used = relay.usage.prompt_tokens + relay.usage.completion_tokens if relay.usage else 0
+                yield StreamEnd(attempts.routing(profile, self.core.strategy, grant), tokens=used)
                 return
             finally:
                 self._release(grant.flight_id, node.name, profile, relay.usage is not None, relay.usage)

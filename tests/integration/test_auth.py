@@ -14,6 +14,8 @@ from sollol_serve.config import GatewayConfig
 pytestmark = pytest.mark.integration
 
 ADMIN, USER, READER = "sk-sollol-admin-test", "sk-sollol-user-test", "sk-sollol-reader-test"
+LIMITED = "sk-sollol-limited-test"
+LIMIT_RPM = 10
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +25,9 @@ def secure(gateway):
         "state_actor_name": "sollol_state_secure",
         "security": {"keys": [{"name": "root", "sha256": hash_key(ADMIN), "role": "admin"},
                               {"name": "app", "sha256": hash_key(USER), "role": "user"},
-                              {"name": "grafana", "sha256": hash_key(READER), "role": "reader"}]},
+                              {"name": "grafana", "sha256": hash_key(READER), "role": "reader"},
+                              {"name": "metered", "sha256": hash_key(LIMITED), "role": "user",
+                               "requests_per_minute": LIMIT_RPM}]},
     })
     serve.run(build_gateway(config), name="secure", route_prefix="/secure")
     try:
@@ -66,3 +70,12 @@ def test_openai_client_with_api_key(secure):
 
 def test_open_gateway_stays_open(gateway):
     assert httpx.get(gateway.url + "/api/nodes").status_code == 200
+
+
+def test_requests_per_minute_enforced(secure):
+    statuses = [httpx.get(secure + "/v1/models", headers={"X-API-Key": LIMITED}).status_code for _ in range(14)]
+    assert statuses.count(200) == LIMIT_RPM and statuses.count(429) == 4, statuses
+    limited = httpx.get(secure + "/v1/models", headers={"X-API-Key": LIMITED})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert httpx.get(secure + "/v1/models", headers={"X-API-Key": USER}).status_code == 200  # per key

@@ -1,0 +1,105 @@
+"""Per-key rate limits: requests and tokens per minute, as token buckets.
+
+Pure logic here; `RateLimiterActor` holds the buckets for every ingress replica. A request
+takes one from the request bucket when it arrives; the tokens it used are charged when it
+ends (the bucket may go negative, which holds the key's next requests back until refilled).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.actor import ActorHandle
+
+from sollol_serve.config import ApiKeyConfig
+from sollol_serve.protocol import GatewayError
+from sollol_serve.routing.state_actor import NAMESPACE
+
+
+class RateLimited(GatewayError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    per_minute: float
+    level: float
+    updated: float
+
+    @classmethod
+    def full(cls, per_minute: float, now: float) -> "TokenBucket":
+        return cls(per_minute, per_minute, now)
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.per_minute, self.level + (now - self.updated) * self.per_minute / 60)
+        self.updated = now
+
+    def wait_s(self, needed: float) -> float:
+        """Seconds until `needed` is available (0 if it is)."""
+        missing = needed - self.level
+        return max(0.0, missing * 60 / self.per_minute)
+
+
+class RateLimits:
+    def __init__(self, keys: list[ApiKeyConfig]):
+        self.limits = {k.name: (k.requests_per_minute, k.tokens_per_minute) for k in keys}
+        self.buckets: dict[tuple[str, str], TokenBucket] = {}
+
+    def _bucket(self, key: str, kind: str, per_minute: int, now: float) -> TokenBucket:
+        bucket = self.buckets.setdefault((key, kind), TokenBucket.full(per_minute, now))
+        bucket.refill(now)
+        return bucket
+
+    def admit(self, key: str, now: float) -> int | None:
+        """None if the request may go; else seconds to wait (Retry-After)."""
+        rpm, tpm = self.limits.get(key, (None, None))
+        waits = []
+        if tpm:
+            waits.append(self._bucket(key, "tokens", tpm, now).wait_s(1))
+        requests = self._bucket(key, "requests", rpm, now) if rpm else None
+        if requests:
+            waits.append(requests.wait_s(1))
+        wait = max(waits, default=0.0)
+        if wait > 0:
+            return max(1, math.ceil(wait))
+        if requests:
+            requests.level -= 1
+        return None
+
+    def charge(self, key: str, tokens: int, now: float) -> None:
+        tpm = self.limits.get(key, (None, None))[1]
+        if tpm and tokens > 0:
+            self._bucket(key, "tokens", tpm, now).level -= tokens
+
+
+def tokens_used(body: dict) -> int:
+    """Prompt + completion tokens of a response (or final chunk) in either API."""
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        return int(usage.get("total_tokens") or 0)
+    return int(body.get("prompt_eval_count") or 0) + int(body.get("eval_count") or 0)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class RateLimiterActor:
+    def __init__(self, keys: list[ApiKeyConfig]):
+        self.limits = RateLimits(keys)
+
+    def admit(self, key: str) -> int | None:
+        return self.limits.admit(key, time.monotonic())
+
+    def charge(self, key: str, tokens: int) -> None:
+        self.limits.charge(key, tokens, time.monotonic())
+
+
+def rate_limiter(name: str, keys: list[ApiKeyConfig]) -> ActorHandle:
+    return RateLimiterActor.options(name=name, namespace=NAMESPACE, lifetime="detached",
+                                    get_if_exists=True).remote(keys)

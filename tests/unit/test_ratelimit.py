@@ -1,0 +1,48 @@
+"""Per-key request and token buckets, without Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from sollol_serve.api.ratelimit import RateLimits, TokenBucket, tokens_used
+from sollol_serve.config import ApiKeyConfig
+
+H = "0" * 64
+
+
+def limits(rpm=None, tpm=None) -> RateLimits:
+    return RateLimits([ApiKeyConfig(name="k", sha256=H, requests_per_minute=rpm, tokens_per_minute=tpm),
+                       ApiKeyConfig(name="free", sha256=H)])
+
+
+def test_bucket_refills_linearly_up_to_capacity():
+    b = TokenBucket.full(60, now=0.0)
+    b.level = 0
+    b.refill(10.0)
+    assert b.level == pytest.approx(10)
+    b.refill(1000.0)
+    assert b.level == 60
+    assert b.wait_s(61) == pytest.approx(1.0)
+
+
+def test_requests_per_minute():
+    rl = limits(rpm=3)
+    assert [rl.admit("k", 0.0) for _ in range(3)] == [None, None, None]
+    assert rl.admit("k", 0.0) == 20  # one request per 20 s
+    assert rl.admit("k", 10.0) == 10
+    assert rl.admit("k", 20.0) is None
+    assert all(rl.admit("free", 0.0) is None for _ in range(100))  # no limits configured
+
+
+def test_tokens_per_minute_charged_after_the_fact():
+    rl = limits(tpm=60)
+    assert rl.admit("k", 0.0) is None
+    rl.charge("k", 100, 0.0)  # 60 available, 100 used: 40 owed
+    assert rl.admit("k", 0.0) == 41  # back to one token after 41 s at 1 token/s
+    assert rl.admit("k", 41.0) is None
+
+
+def test_tokens_used_in_both_formats():
+    assert tokens_used({"prompt_eval_count": 7, "eval_count": 5}) == 12
+    assert tokens_used({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}) == 7
+    assert tokens_used({}) == 0
