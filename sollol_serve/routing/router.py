@@ -47,6 +47,15 @@ def unwrap(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def is_node_fault(exc: BaseException) -> bool:
+    """A failure that counts against the node (unreachable, 5xx, worker crash), not a
+    client error the node rightly refused."""
+    error = unwrap(exc)
+    if isinstance(error, NodeError):
+        return error.retryable
+    return not isinstance(error, GatewayError)
+
+
 class Relay:
     """Passes a worker's chunks through as they come and keeps the closing Usage here
     (it feeds learning, not the client). Failures after the first chunk: StreamBroken."""
@@ -54,6 +63,7 @@ class Relay:
     def __init__(self, node: str):
         self.node = node
         self.usage: Usage | None = None
+        self.broken = False  # the node failed mid-stream (not the client going away)
 
     def _is_chunk(self, item: object) -> bool:
         if isinstance(item, Usage):
@@ -68,9 +78,14 @@ class Relay:
                 if self._is_chunk(item):
                     yield item
         except Exception as exc:
+            self.broken = True
             error = unwrap(exc)
             message = error.message if isinstance(error, GatewayError) else f"{type(error).__name__}: {error}"
             raise StreamBroken(f"stream from {self.node} broke: {message}") from None
+
+    def outcome(self) -> bool | None:
+        """True: the node delivered; False: it failed; None: the client left (learn nothing)."""
+        return True if self.usage is not None else False if self.broken else None
 
 
 def observation(flight: Flight, profile: RequestProfile, ok: bool, usage: Usage | None, wall_s: float) -> Observation:
@@ -200,10 +215,11 @@ class Router:
             else:
                 granted.set_exception(decision)
 
-    def _release(self, flight_id: int, node: str, profile: RequestProfile, ok: bool,
+    def _release(self, flight_id: int, node: str, profile: RequestProfile, ok: bool | None,
                  usage: Usage | None) -> None:
+        """Free the slot; learn from the outcome unless there is none (the client left)."""
         flight = self.core.finish(flight_id, node, time.monotonic())
-        if flight is not None:
+        if flight is not None and ok is not None:
             self.core.learn(observation(flight, profile, ok, usage, time.monotonic() - flight.started))
         self._pump()
 
@@ -218,11 +234,12 @@ class Router:
         while True:
             grant = await self._attempt(profile, attempts)
             node = grant.choice.node
-            usage, ok = None, False
+            usage, ok = None, None  # stays None if the caller goes away (cancellation)
             try:
                 body, usage = await self.workers[node.name].call.remote(req, node.node_model(req.model))
                 ok = True
             except Exception as exc:
+                ok = False if is_node_fault(exc) else None
                 self._failed_attempt(exc, node.name, attempts, profile.model)
                 continue
             finally:
@@ -256,6 +273,7 @@ class Router:
                 except StopAsyncIteration:
                     first = Usage()
                 except Exception as exc:
+                    relay.broken = is_node_fault(exc)
                     self._failed_attempt(exc, node.name, attempts, profile.model)
                     continue
                 attempts.log.append({"node": node.name, "ok": True})
@@ -266,7 +284,7 @@ class Router:
                 yield StreamEnd(attempts.routing(profile, self.core.strategy, grant), tokens=used)
                 return
             finally:
-                self._release(grant.flight_id, node.name, profile, relay.usage is not None, relay.usage)
+                self._release(grant.flight_id, node.name, profile, relay.outcome(), relay.usage)
                 if relay.usage is None:
                     items.cancel()  # the client went away or the stream broke: stop the node's work
 

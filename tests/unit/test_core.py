@@ -422,3 +422,17 @@ def test_retry_after_s():
     assert core.retry_after_s() == 10  # (9 + 1) x 5 s / 5 slots
     core.book = book_of(*FAST_SLOW_BOOK)  # 128 tokens: .32 s and 2.56 s -> mean 1.44 s
     assert core.retry_after_s() == 3  # ceil(10 x 1.44 / 5) = ceil(2.88)
+
+
+def test_node_faults_versus_client_errors():
+    from sollol_serve.protocol import BadRequest, NodeError
+    from sollol_serve.routing.router import Relay, is_node_fault
+
+    assert is_node_fault(NodeError("refused", 503))
+    assert is_node_fault(RuntimeError("worker crashed"))
+    assert not is_node_fault(NodeError("bad options", 400, retryable=False))
+    assert not is_node_fault(BadRequest("nope"))
+    relay = Relay("a")
+    assert relay.outcome() is None  # nothing delivered, nothing broke: the client left
+    relay.broken = True
+    assert relay.outcome() is False
