@@ -68,11 +68,13 @@ class GatewayError(Exception):
     code = "server_error"
     retry_after_s: int | None = None  # sent as Retry-After when set
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after_s: int | None = None):
         super().__init__(message)
         self.message = message
         if status is not None:
             self.status = status
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     def __reduce__(self):
         return (_rebuild, (type(self), self.message, self.status, self.__dict__))
@@ -105,10 +107,6 @@ class QueueFull(GatewayError):
 
     status = 429
     code = "queue_full"
-
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 class NodeError(GatewayError):

@@ -148,7 +148,8 @@ class Ingress:
             if principal.name in self.limited:
                 wait = await self.limiter.admit.remote(principal.name)
                 if wait:
-                    raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s", wait)
+                    raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s",
+                                      retry_after_s=wait)
             request.state.principal = principal
             return await handler()
         except Exception as exc:

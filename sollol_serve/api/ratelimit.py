@@ -23,10 +23,6 @@ class RateLimited(GatewayError):
     status = 429
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, retry_after_s: int = 1):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
 
 @dataclass(slots=True)
 class TokenBucket:
