@@ -34,13 +34,16 @@ def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
     for key, value in FAST_SERVE_ENV.items():
         environ.setdefault(key, value)
     # HAProxy's files default to fixed paths under /tmp; give each local gateway its own so
-    # that two of them (a demo and a test run) never share a config or admin socket.
+    # that two of them (a demo and a test run) never share a config, socket or port.
     state = tempfile.mkdtemp(prefix="sollol-haproxy-")
     environ.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", f"{state}/haproxy.cfg")
     environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", f"{state}/admin.sock")
     environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", state)
     environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", f"{state}/server-state")
+    # Its metrics and stats listeners have fixed default ports (9101, 8404): a second
+    # gateway on the machine would fail to start.
     environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+    environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
 
 
 def start_local_serve(port: int, num_cpus: int = 2, include_dashboard: bool = False,
