@@ -35,6 +35,12 @@ class Usage:
     decode_s: float | None = None
     load_s: float | None = None
     total_s: float = 0.0
+    ttfb_s: float | None = None  # request sent -> first chunk from the node (hedging's clock)
+
+
+@dataclass(slots=True)
+class FirstByte:
+    """A worker's signal, in a watched non-streamed call, that the node has begun to answer."""
 
 
 @dataclass(slots=True)
@@ -95,6 +101,16 @@ class BadRequest(GatewayError):
 class ModelNotFound(GatewayError):
     status = 404
     code = "model_not_found"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"
 
 
 class NoNodeAvailable(GatewayError):

@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sollol_serve.api import translate
+from sollol_serve.api.assemble import OllamaAssembler, OpenAIAssembler
+from sollol_serve.config import TimeoutConfig
 from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.protocol import NodeError, NodeRequest, StreamBroken, Usage
+
+
+Assembler = OllamaAssembler | OpenAIAssembler
 
 
 @dataclass(slots=True)
@@ -30,6 +35,10 @@ class NodeInventory:
 
 
 class NodeBackend(ABC):
+    """Chat and generate always stream from the node, also when the client wants one
+    answer: the stream is assembled here, and so the first-byte and idle timeouts catch a
+    hung node on every request, and the time to first byte is measured on every request."""
+
     kind = "?"
 
     def __init__(self, url: str, http: NodeHTTP):
@@ -37,19 +46,32 @@ class NodeBackend(ABC):
         self.http = http
 
     @abstractmethod
-    async def call(self, req: NodeRequest, node_model: str) -> tuple[dict, Usage]: ...
+    async def call(self, req: NodeRequest, node_model: str, timeouts: TimeoutConfig,
+                   on_first: Callable[[], None] | None = None) -> tuple[dict, Usage]: ...
 
     @abstractmethod
-    def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[dict | Usage]: ...
+    def stream(self, req: NodeRequest, node_model: str, timeouts: TimeoutConfig) -> AsyncIterator[dict | Usage]: ...
 
     @abstractmethod
     async def inventory(self) -> NodeInventory: ...
 
-    async def _post_json(self, path: str, body: dict) -> dict:
-        return await self.http.post_json(self.url + path, body)
-
-    def _lines(self, path: str, body: dict) -> AsyncIterator[str]:
-        return self.http.post_lines(self.url + path, body)
+    async def _assemble(self, chunks: AsyncIterator[dict], assembler: Assembler,
+                        on_first: Callable[[], None] | None) -> tuple[dict, float | None]:
+        """The node's stream as the one answer it stands for, and the time to its first chunk."""
+        started = time.monotonic()
+        ttfb = None
+        try:
+            async for chunk in chunks:
+                if ttfb is None:
+                    ttfb = time.monotonic() - started
+                    if on_first is not None:
+                        on_first()
+                assembler.feed(chunk)
+            return assembler.result(), ttfb
+        except StreamBroken as exc:  # nothing has reached the client: another node may answer
+            raise NodeError(exc.message, status=502) from None
+        except ValueError as exc:
+            raise NodeError(f"node {self.url} sent a broken answer: {exc}", status=502) from None
 
 
 class OllamaBackend(NodeBackend):
@@ -63,13 +85,25 @@ class OllamaBackend(NodeBackend):
         except translate.UnsupportedInput as exc:
             raise NodeError(str(exc), status=400, retryable=False) from exc
 
-    async def call(self, req: NodeRequest, node_model: str) -> tuple[dict, Usage]:
+    async def _chunks(self, path: str, body: dict, timeouts: TimeoutConfig) -> AsyncIterator[dict]:
+        async for line in self.http.post_lines(self.url + path, {**body, "stream": True}, timeouts):
+            chunk = json.loads(line)
+            if "error" in chunk:
+                raise StreamBroken(f"node error mid-stream: {chunk['error']}")
+            yield chunk
+
+    async def call(self, req: NodeRequest, node_model: str, timeouts: TimeoutConfig,
+                   on_first: Callable[[], None] | None = None) -> tuple[dict, Usage]:
         started = time.monotonic()
         body = self._native(req)
+        path = translate.OLLAMA_PATHS[self._op(req)]
+        ttfb = None
         if req.op in ("chat", "generate"):
-            body = {**body, "stream": False}
-        resp = await self._post_json(translate.OLLAMA_PATHS[self._op(req)], body)
+            resp, ttfb = await self._assemble(self._chunks(path, body, timeouts), OllamaAssembler(), on_first)
+        else:
+            resp = await self.http.post_json(self.url + path, body, timeouts)
         usage = translate.usage_from_ollama(resp, time.monotonic() - started)
+        usage.ttfb_s = ttfb
         if req.api == "ollama":
             return resp, usage
         return translate.ollama_response_to_openai(req.op, resp, req.model, usage, req.body.get("encoding_format")), usage
@@ -79,16 +113,14 @@ class OllamaBackend(NodeBackend):
         # OpenAI clients have one embeddings endpoint; /api/embed serves it.
         return "embed" if req.api == "openai" and req.op == "embeddings" else req.op
 
-    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[dict | Usage]:
+    async def stream(self, req: NodeRequest, node_model: str, timeouts: TimeoutConfig) -> AsyncIterator[dict | Usage]:
         started = time.monotonic()
-        body = {**self._native(req), "stream": True}
         include_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
         to_openai = translate.OllamaToOpenAIStream(req.op, req.model, include_usage) if req.api == "openai" else None
         usage = Usage()
-        async for line in self._lines(translate.OLLAMA_PATHS[req.op], body):
-            chunk = json.loads(line)
-            if "error" in chunk:
-                raise StreamBroken(f"node error mid-stream: {chunk['error']}")
+        ttfb = None
+        async for chunk in self._chunks(translate.OLLAMA_PATHS[req.op], self._native(req), timeouts):
+            ttfb = time.monotonic() - started if ttfb is None else ttfb
             if chunk.get("done"):
                 usage = translate.usage_from_ollama(chunk, time.monotonic() - started)
             if to_openai is None:
@@ -96,6 +128,7 @@ class OllamaBackend(NodeBackend):
             else:
                 for out in to_openai.feed(chunk, usage if chunk.get("done") else None):
                     yield out
+        usage.ttfb_s = ttfb
         yield usage
 
     async def inventory(self) -> NodeInventory:
@@ -115,39 +148,52 @@ class OllamaBackend(NodeBackend):
 class OpenAIBackend(NodeBackend):
     kind = "openai"
 
-    def _native(self, req: NodeRequest, node_model: str, stream: bool) -> dict:
+    def _native(self, req: NodeRequest, node_model: str) -> dict:
         body = dict(req.body) if req.api == "openai" else translate.ollama_to_openai_request(req.op, req.body)
         body["model"] = node_model
         body.pop("priority", None)
         if req.op in ("chat", "generate"):
-            body["stream"] = stream
-            if stream:
-                body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            body["stream"] = True
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
 
-    async def call(self, req: NodeRequest, node_model: str) -> tuple[dict, Usage]:
+    async def _chunks(self, path: str, body: dict, timeouts: TimeoutConfig) -> AsyncIterator[dict]:
+        async for line in self.http.post_lines(self.url + path, body, timeouts):
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            chunk = json.loads(data)
+            if "error" in chunk:
+                raise StreamBroken(f"node error mid-stream: {translate_error(chunk['error'])}")
+            yield chunk
+
+    async def call(self, req: NodeRequest, node_model: str, timeouts: TimeoutConfig,
+                   on_first: Callable[[], None] | None = None) -> tuple[dict, Usage]:
         started = time.monotonic()
-        resp = await self._post_json(translate.OPENAI_PATHS[req.op], self._native(req, node_model, False))
+        path = translate.OPENAI_PATHS[req.op]
+        ttfb = None
+        if req.op in ("chat", "generate"):
+            resp, ttfb = await self._assemble(self._chunks(path, self._native(req, node_model), timeouts),
+                                              OpenAIAssembler(), on_first)
+        else:
+            resp = await self.http.post_json(self.url + path, self._native(req, node_model), timeouts)
         usage = translate.usage_from_openai(resp.get("usage"), resp.get("timings"), time.monotonic() - started)
+        usage.ttfb_s = ttfb
         if req.api == "openai":
             return {**resp, "model": req.model}, usage
         return translate.openai_response_to_ollama(req.op, resp, req.model, usage), usage
 
-    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[dict | Usage]:
+    async def stream(self, req: NodeRequest, node_model: str, timeouts: TimeoutConfig) -> AsyncIterator[dict | Usage]:
         started = time.monotonic()
         client_wants_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
         to_ollama = translate.OpenAIToOllamaStream(req.op, req.model) if req.api == "ollama" else None
         usage_raw: dict | None = None
         timings: dict | None = None
-        async for line in self._lines(translate.OPENAI_PATHS[req.op], self._native(req, node_model, True)):
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                break
-            chunk = json.loads(data)
-            if "error" in chunk:
-                raise StreamBroken(f"node error mid-stream: {translate_error(chunk['error'])}")
+        ttfb = None
+        async for chunk in self._chunks(translate.OPENAI_PATHS[req.op], self._native(req, node_model), timeouts):
+            ttfb = time.monotonic() - started if ttfb is None else ttfb
             usage_raw = chunk.get("usage") or usage_raw
             timings = chunk.get("timings") or timings
             if to_ollama is not None:
@@ -156,6 +202,7 @@ class OpenAIBackend(NodeBackend):
             elif chunk.get("choices") or client_wants_usage:
                 yield {**chunk, "model": req.model}
         usage = translate.usage_from_openai(usage_raw, timings, time.monotonic() - started)
+        usage.ttfb_s = ttfb
         if to_ollama is not None:
             yield to_ollama.finish(usage)
         yield usage

@@ -29,10 +29,16 @@ def error_message(text: str, reason: str) -> str:
     return str(err or payload)[:500]
 
 
-def _transport_error(exc: BaseException, url: str) -> NodeError:
+def _transport_error(exc: BaseException, url: str, waiting_for: str) -> NodeError:
     if isinstance(exc, asyncio.TimeoutError):
-        return NodeError(f"node {url} timed out", status=504)
+        return NodeError(f"node {url} timed out waiting for {waiting_for}", status=504)
     return NodeError(f"cannot reach node {url}: {type(exc).__name__}: {exc}", status=503)
+
+
+def _client_timeout(t: TimeoutConfig) -> aiohttp.ClientTimeout:
+    # sock_read bounds each wait for data: the first byte's limit until it arrives, then the
+    # idle limit between chunks (switched in post_lines); total bounds the whole exchange.
+    return aiohttp.ClientTimeout(total=t.total_s, connect=t.connect_s, sock_read=t.first_byte_s)
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
@@ -44,10 +50,18 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     raise NodeError(error_message(text, response.reason or ""), status=response.status, retryable=retryable)
 
 
+def _expect_chunks_within(response: aiohttp.ClientResponse, idle_s: float) -> None:
+    """From now on a read waits at most `idle_s` (the connection's read timeout, which
+    aiohttp resets for the next request on this connection)."""
+    if response.connection is not None and response.connection.protocol is not None:
+        response.connection.protocol.read_timeout = idle_s
+
+
 class NodeHTTP:
     def __init__(self, timeouts: TimeoutConfig):
+        self.timeouts = timeouts
         self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, connect=timeouts.connect_s, sock_read=timeouts.first_byte_s),
+            timeout=_client_timeout(timeouts),
             connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60),
             trust_env=False,  # nodes are addressed directly, never through a proxy from the env
         )
@@ -61,19 +75,20 @@ class NodeHTTP:
             async with self.session.get(url) as response:
                 raw = await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _transport_error(exc, url) from exc
+            raise _transport_error(exc, url, "its answer") from exc
         try:
             return response.status, json.loads(raw)
         except ValueError:
             return response.status, None
 
-    async def post_json(self, url: str, body: dict) -> dict:
+    async def post_json(self, url: str, body: dict, timeouts: TimeoutConfig | None = None) -> dict:
+        timeout = _client_timeout(timeouts) if timeouts else None
         try:
-            async with self.session.post(url, json=body) as response:
+            async with self.session.post(url, json=body, timeout=timeout) as response:
                 await _raise_for_status(response)
                 raw = await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _transport_error(exc, url) from exc
+            raise _transport_error(exc, url, "its answer") from exc
         try:
             payload = json.loads(raw)
         except ValueError as exc:
@@ -82,12 +97,13 @@ class NodeHTTP:
             raise NodeError(f"node {url} answered with a non-object", status=502)
         return payload
 
-    async def post_lines(self, url: str, body: dict) -> AsyncIterator[str]:
+    async def post_lines(self, url: str, body: dict, timeouts: TimeoutConfig | None = None) -> AsyncIterator[str]:
         """POST and yield non-empty response lines as they arrive. Failures before the first
         line are NodeError (another node may serve it); after it, StreamBroken."""
+        timeouts = timeouts or self.timeouts
         started = False
         try:
-            async with self.session.post(url, json=body) as response:
+            async with self.session.post(url, json=body, timeout=_client_timeout(timeouts)) as response:
                 await _raise_for_status(response)
                 buffer = b""
                 async for piece in response.content.iter_any():
@@ -95,11 +111,14 @@ class NodeHTTP:
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
                         if line.strip():
-                            started = True
+                            if not started:
+                                started = True
+                                _expect_chunks_within(response, timeouts.idle_s)
                             yield line.decode("utf-8", "replace")
                 if buffer.strip():
                     yield buffer.decode("utf-8", "replace")
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if started:
-                raise StreamBroken(f"node {url} broke the stream: {type(exc).__name__}") from exc
-            raise _transport_error(exc, url) from exc
+                why = f"silent for {timeouts.idle_s:g} s" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+                raise StreamBroken(f"node {url} broke the stream: {why}") from exc
+            raise _transport_error(exc, url, "its first byte") from exc
