@@ -25,8 +25,7 @@ def build_gateway(config: GatewayConfig) -> Application:
         node.name: OllamaWorker.options(
             name=worker_deployment_name(node.name),
             max_ongoing_requests=sizing.max_ongoing_requests,
-        ).bind(node.model_dump(mode="json"), config.timeouts.model_dump(), config.routing.probe_interval_s,
-               config.state_actor_name)
+        ).bind(node.model_dump(mode="json"), dumped)
         for node in config.nodes
     }
     router = Router.options(

@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sollol_serve.routing.state import normalize_model
 
 NodeKind = Literal["auto", "ollama", "openai"]
 Permission = Literal["chat", "generate", "embed", "batch", "models", "stats", "admin"]
@@ -65,21 +68,82 @@ class RoutingConfig(_Strict):
     strategy: Strategy = "intelligent"
     # How often each router replica refreshes its snapshot of the shared node state.
     snapshot_interval_s: float = Field(default=0.5, gt=0, le=60)
-    # How often each worker re-reads its node's installed and loaded models.
-    probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
     # The priority queue that holds requests while every eligible node is full.
     queue_max: int = Field(default=1000, ge=0)
     # A waiting request gains one priority level per `aging_s` seconds: nothing starves.
     aging_s: float = Field(default=10.0, gt=0)
     # Longest time a request may wait in the queue before it is answered 503.
     queue_timeout_s: float = Field(default=300.0, gt=0)
+    # A node removed through the admin API is drained first; it goes after this at the latest.
+    drain_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class HealthConfig(_Strict):
+    """Active health checks and the circuit breaker per node."""
+
+    # A worker re-reads its node's models this often; the interval stretches by half each
+    # time the node is found unchanged and healthy, up to `probe_max_s`, and drops to
+    # `probe_min_s` while the node is down or has just changed, so a recovered node is
+    # back in rotation within about `probe_min_s`.
+    probe_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    probe_min_s: float = Field(default=1.0, gt=0, le=3600)
+    probe_max_s: float = Field(default=30.0, gt=0, le=3600)
+    # Node faults in a row that open a node's breaker; how long it stays open at first
+    # (doubling after each failed trial, up to the max).
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_open_s: float = Field(default=5.0, gt=0)
+    breaker_max_open_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "HealthConfig":
+        if not self.probe_min_s <= self.probe_interval_s <= self.probe_max_s:
+            raise ValueError("health probes need probe_min_s <= probe_interval_s <= probe_max_s")
+        return self
+
+
+class FailoverConfig(_Strict):
+    # Nodes tried for one request (a failure before the first byte moves it to the next).
+    max_attempts: int = Field(default=3, ge=1, le=32)
+    # Wait before the next attempt: full jitter over base * 2**(attempt-1), capped.
+    backoff_s: float = Field(default=0.05, ge=0)
+    backoff_max_s: float = Field(default=1.0, ge=0)
+    # Requests at or above this priority are hedged: with no first byte by the node's learned
+    # p95 time to first byte, a copy goes to the next-best node and the first to answer wins.
+    # None turns hedging off.
+    hedge_priority: int | None = Field(default=9, ge=1, le=10)
+    hedge_min_delay_s: float = Field(default=0.05, ge=0)
+    # Hedge delay while the node's time to first byte is not yet measured.
+    hedge_default_delay_s: float = Field(default=2.0, gt=0)
 
 
 class TimeoutConfig(_Strict):
     connect_s: float = Field(default=3.0, gt=0)
-    # Time allowed until the node sends its response headers / first chunk.
+    # Until the node sends its first chunk (queueing inside the node, cold load, prefill).
     first_byte_s: float = Field(default=300.0, gt=0)
+    # Between two chunks of an answer; a node silent this long is taken as hung.
+    idle_s: float = Field(default=60.0, gt=0)
     total_s: float = Field(default=900.0, gt=0)
+
+
+class ModelTimeouts(_Strict):
+    """Timeouts for a class of models, e.g. `{match: "*70b*", first_byte_s: 600}`: fields
+    left out keep the gateway-wide value."""
+
+    match: str = Field(min_length=1)  # shell-style pattern on the model name (`llama3.2:latest`)
+    connect_s: float | None = Field(default=None, gt=0)
+    first_byte_s: float | None = Field(default=None, gt=0)
+    idle_s: float | None = Field(default=None, gt=0)
+    total_s: float | None = Field(default=None, gt=0)
+
+
+def timeouts_for(base: TimeoutConfig, rules: list[ModelTimeouts], model: str) -> TimeoutConfig:
+    """The timeouts of `model`: the first rule whose pattern matches overrides the base."""
+    name = normalize_model(model)
+    for rule in rules:
+        if fnmatch.fnmatchcase(name, rule.match) or fnmatch.fnmatchcase(model, rule.match):
+            overrides = rule.model_dump(exclude={"match"}, exclude_none=True)
+            return base.model_copy(update=overrides)
+    return base
 
 
 class DeploymentSizing(_Strict):
@@ -122,6 +186,9 @@ class GatewayConfig(_Strict):
     nodes: list[NodeConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    model_timeouts: list[ModelTimeouts] = Field(default_factory=list)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
     sizing: DeploymentSizing = Field(default_factory=DeploymentSizing)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     # Largest accepted request body; larger ones get 413.

@@ -50,7 +50,8 @@ def gateway():
         config = GatewayConfig.model_validate({
             "nodes": [{"name": n.name, "url": n.url, **({"slots": 1} if n.name == "solo" else {})}
                       for n in nodes.values()],
-            "routing": {"probe_interval_s": 1.0, "snapshot_interval_s": 0.2, "queue_max": QUEUE_MAX},
+            "routing": {"snapshot_interval_s": 0.2, "queue_max": QUEUE_MAX},
+            "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
         })
         url = start_local_gateway(config, port=free_port())
         wait_for_nodes(url, len(nodes))

@@ -26,7 +26,7 @@ from sollol_serve.api.auth import Authenticator, Principal, check_bind
 from sollol_serve.api.errors import error_response
 from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
 from sollol_serve.api.middleware import PoweredByHeader
-from sollol_serve.config import GatewayConfig, Permission
+from sollol_serve.config import GatewayConfig, NodeConfig, Permission
 from sollol_serve.protocol import Api, BadRequest, GatewayError, NodeRequest, Operation, StreamEnd, StreamStart
 from sollol_serve.routing.router import unwrap
 
@@ -327,6 +327,36 @@ class Ingress:
                                  "healthy": healthy}, status_code=status)
 
         return await self._guard(request, handle, None)
+
+    # -- admin: nodes at run time -------------------------------------------------------
+    @app.get("/api/admin/nodes")
+    async def admin_nodes(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.router.nodes.remote(), "nodes"), "admin")
+
+    @app.post("/api/admin/nodes")
+    async def add_node(self, request: Request) -> Response:
+        async def handle() -> Response:
+            node = await self._json(request, NodeConfig)
+            return JSONResponse(await self.router.add_node.remote(node), status_code=201)
+
+        return await self._guard(request, handle, "admin")
+
+    @app.post("/api/admin/nodes/{name}/drain")
+    async def drain_node(self, request: Request, name: str) -> Response:
+        """No new work for the node; what it has runs to the end."""
+        return await self._guard(request, lambda: self._json_of(self.router.drain_node.remote(name), "node"), "admin")
+
+    @app.post("/api/admin/nodes/{name}/undrain")
+    async def undrain_node(self, request: Request, name: str) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.router.drain_node.remote(name, False), "node"),
+                                 "admin")
+
+    @app.delete("/api/admin/nodes/{name}")
+    async def remove_node(self, request: Request, name: str) -> Response:
+        async def handle() -> Response:
+            return JSONResponse(await self.router.remove_node.remote(name), status_code=202)
+
+        return await self._guard(request, handle, "admin")
 
     @app.get("/dashboard")
     async def dashboard(self, request: Request) -> Response:

@@ -1,42 +1,66 @@
-"""The OllamaWorker deployment: one per node, the only place that talks HTTP to that node.
+"""The worker of one node: the only place that talks HTTP to that node.
 
 It detects the node's kind, keeps the shared node state informed of what the node has
-(probing in the background), and carries requests to the node through its backend adapter.
+(probing in the background, more often while the node is unstable), and carries requests to
+the node through its backend adapter. `NodeWorker` is the plain class; `OllamaWorker` is the
+Serve deployment for the nodes in the config, and `NodeWorkerActor` the detached actor made
+for a node added at run time (a Serve app's deployments are fixed when it is deployed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import ray
 from ray import serve
 
-from sollol_serve.config import NodeConfig, TimeoutConfig
+from sollol_serve.config import GatewayConfig, NodeConfig, timeouts_for
 from sollol_serve.nodes.backends import BACKENDS, NodeBackend, NodeInventory, detect_kind
+from sollol_serve.nodes.health import ProbeSchedule
 from sollol_serve.nodes.http import NodeHTTP
-from sollol_serve.protocol import NodeError, NodeRequest, Usage
+from sollol_serve.protocol import FirstByte, NodeError, NodeRequest, Usage
+from sollol_serve.routing.breaker import BreakerPolicy
 from sollol_serve.routing.state import NodeReport
-from sollol_serve.routing.state_actor import state_actor
+from sollol_serve.routing.state_actor import NAMESPACE, state_actor
 
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
-class OllamaWorker:
-    async def __init__(self, node: dict, timeouts: dict, probe_interval_s: float, state_actor_name: str):
+class NodeWorker:
+    def __init__(self, node: dict, config: dict):
         self.node = NodeConfig.model_validate(node)
-        self.http = NodeHTTP(TimeoutConfig.model_validate(timeouts))
+        self.config = GatewayConfig.model_validate(config)
         self.backend: NodeBackend | None = None
-        self.probe_interval_s = probe_interval_s
-        self.state = state_actor(state_actor_name)
-        await self.state.register.remote(self.node.name, self.node.url, self.node.slots)
+        self.schedule = ProbeSchedule(self.config.health)
+        self.state = state_actor(self.config.state_actor_name)
+        self.http: NodeHTTP | None = None
+        self._prober: asyncio.Task | None = None
+        self._wake = asyncio.Event()  # probe now, don't wait out the interval
+
+    async def start(self) -> None:
+        """Register the node, probe it once and keep probing (needs the running loop)."""
+        self.http = NodeHTTP(self.config.timeouts)
+        health = self.config.health
+        policy = BreakerPolicy(health.breaker_failures, health.breaker_open_s, health.breaker_max_open_s)
+        await self.state.register.remote(self.node.name, self.node.url, self.node.slots, policy)
         await self.probe()
         self._prober = asyncio.create_task(self._probe_loop())
 
+    async def stop(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+        if self.http is not None:
+            await self.http.close()
+
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.probe_interval_s)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.schedule.interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 await self.probe()
             except Exception:  # a failed probe must not end the loop
@@ -58,6 +82,7 @@ class OllamaWorker:
         except NodeError as exc:
             report.error = exc.message
             report.kind = self.backend.kind if self.backend else None
+        self.schedule.observe(report.healthy, (report.healthy, sorted(m.get("name", "") for m in report.models)))
         await self.state.report.remote(report)
         return report
 
@@ -67,15 +92,36 @@ class OllamaWorker:
         return self.backend
 
     async def call(self, req: NodeRequest, node_model: str) -> tuple[dict, Usage]:
+        return await self._call(req, node_model)
+
+    async def _call(self, req: NodeRequest, node_model: str,
+                    on_first: Callable[[], None] | None = None) -> tuple[dict, Usage]:
+        timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
         try:
-            return await self._backend().call(req, node_model)
+            return await self._backend().call(req, node_model, timeouts, on_first)
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
             raise
 
-    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[dict | Usage]:
+    async def call_watched(self, req: NodeRequest, node_model: str) -> AsyncIterator[object]:
+        """`call` as a stream of two items, `FirstByte` when the node begins to answer, then
+        the answer: what a router needs to hedge a non-streamed request on time to first byte."""
+        began = asyncio.Event()
+        answer = asyncio.ensure_future(self._call(req, node_model, began.set))
         try:
-            async for item in self._backend().stream(req, node_model):
+            waiting = asyncio.ensure_future(began.wait())
+            await asyncio.wait((answer, waiting), return_when=asyncio.FIRST_COMPLETED)
+            waiting.cancel()
+            if began.is_set():
+                yield FirstByte()
+            yield await answer
+        finally:
+            answer.cancel()  # the router took another node's answer: stop this one
+
+    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[dict | Usage]:
+        timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
+        try:
+            async for item in self._backend().stream(req, node_model, timeouts):
                 yield item
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
@@ -84,7 +130,8 @@ class OllamaWorker:
     def _reprobe_if_unreachable(self, exc: NodeError) -> None:
         # Tell the routers now rather than at the next scheduled probe.
         if exc.status in (503, 504):
-            asyncio.create_task(self.probe())
+            self.schedule.disturbed()
+            self._wake.set()
 
     async def ps(self) -> list[dict]:
         inventory = await self._backend().inventory()
@@ -98,3 +145,31 @@ class OllamaWorker:
                     "model_info": {}, "capabilities": ["completion"], "model": model, "node": self.node.name}
         shown = await self.http.post_json(self.node.url + "/api/show", body)
         return {**shown, "node": self.node.name}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class OllamaWorker(NodeWorker):
+    async def __init__(self, node: dict, config: dict):
+        super().__init__(node, config)
+        await self.start()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class NodeWorkerActor(NodeWorker):
+    """The worker of a node added through the admin API. An async actor runs `__init__` on
+    its event loop, so it starts itself, again after every restart."""
+
+    def __init__(self, node: dict, config: dict):
+        super().__init__(node, config)
+        self._starting = asyncio.get_running_loop().create_task(self.start())
+
+
+def runtime_worker_name(state_actor_name: str, node_name: str) -> str:
+    return f"{state_actor_name}_worker_{node_name}"
+
+
+def create_runtime_worker(node: NodeConfig, config: GatewayConfig):
+    """The detached worker actor of a node added at run time (named, so every router finds it)."""
+    return NodeWorkerActor.options(
+        name=runtime_worker_name(config.state_actor_name, node.name), namespace=NAMESPACE, lifetime="detached",
+    ).remote(node.model_dump(mode="json"), config.model_dump(mode="json"))

@@ -33,6 +33,16 @@ MIN_REMAINING_S = 0.05
 RECENT_USE_S = 240.0
 
 
+def unavailable_reason(view: NodeView, exclude: set[str]) -> str:
+    if view.name in exclude:
+        return "already failed this request"
+    if not view.healthy:
+        return f"down ({view.error})" if view.error else "down"
+    if view.draining:
+        return "draining"
+    return "circuit breaker open after repeated failures"
+
+
 @dataclass(slots=True)
 class Flight:
     """A request this router has in flight on a node."""
@@ -80,6 +90,8 @@ class RoutingCore:
         return len(self.flights.get(view.name, ())) + view.in_flight_elsewhere
 
     def slots(self, view: NodeView) -> int:
+        if view.breaker == "half_open":  # one trial request at a time decides the breaker
+            return 1
         if view.slots_known:
             return view.slots
         return min(self.book.learned_slots(view.name) + 1, MAX_PROBED_SLOTS)
@@ -111,8 +123,9 @@ class RoutingCore:
         if not nodes:
             if not model_known(self.snapshot, model):
                 raise ModelNotFound(f"model '{model}' not found on any node")
-            having = sorted(v.name for v in self.snapshot.values() if v.has_model(model))
-            raise NoNodeAvailable(f"no healthy node can serve model '{model}' (nodes with it: {', '.join(having)})")
+            having = sorted((v for v in self.snapshot.values() if v.has_model(model)), key=lambda v: v.name)
+            why = "; ".join(f"{v.name}: {unavailable_reason(v, exclude)}" for v in having)
+            raise NoNodeAvailable(f"no node can serve model '{model}' now ({why})")
         priors = Priors.from_book(self.book, normalize_model(model))
         scored = []
         for view in nodes:
@@ -135,6 +148,15 @@ class RoutingCore:
         if ranked[0].free:
             return ranked[0]
         return next((s for s in ranked if s.free and s.prediction and s.prediction.factors.get("unmeasured")), None)
+
+    def grant_now(self, profile: RequestProfile, exclude: set[str], now: float) -> Grant | None:
+        """A slot on the best node that has one free right now, or None (never waits)."""
+        try:
+            ranked = self.rank(profile, exclude, now)
+        except GatewayError:
+            return None
+        choice = next((s for s in ranked if s.free), None)
+        return Grant(ranked, choice, self.start(choice, profile, now)) if choice else None
 
     def plan(self, requests: list[tuple[RequestProfile, set[str]]], now: float) -> list[Grant | GatewayError | None]:
         """Decide for queued requests, given most urgent first: a Grant (slot reserved), an

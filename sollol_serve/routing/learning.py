@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 DEFAULT_ALPHA = 0.2  # weight of the newest sample: ~5 samples of memory
+Z_95 = 1.645  # a normal distribution's 95th percentile, in standard deviations
 
 
 @dataclass(slots=True)
@@ -59,6 +60,7 @@ class Observation:
     wall_s: float = 0.0
     concurrent: int = 1  # requests in flight on the node when this one started (incl. itself)
     embedding: bool = False
+    ttfb_s: float | None = None
 
     def queued_s(self) -> float | None:
         """Time the request spent waiting inside the node: wall time minus the work the node
@@ -77,7 +79,12 @@ class ModelPerf:
     embed_tps: Ewma = field(default_factory=Ewma)  # prompt tokens/s of embedding requests
     load_s: Ewma = field(default_factory=Ewma)
     success: Ewma = field(default_factory=lambda: Ewma(alpha=0.1))
+    ttfb_s: Ewma = field(default_factory=Ewma)  # request sent -> first chunk
     max_ok_concurrency: int = 0
+
+    def ttfb_p95(self) -> float | None:
+        """The time to first byte that 95% of answers beat (normal approximation)."""
+        return self.ttfb_s.mean + Z_95 * self.ttfb_s.std if self.ttfb_s.n else None
 
     @property
     def samples(self) -> int:
@@ -130,6 +137,8 @@ class PerfBook:
             return
         self._learn_slots(o)
         perf.max_ok_concurrency = max(perf.max_ok_concurrency, o.concurrent)
+        if o.ttfb_s is not None:
+            perf.ttfb_s.update(o.ttfb_s)
         if o.load_s is not None and o.load_s >= COLD_LOAD_MIN_S:
             perf.load_s.update(o.load_s)
         if o.embedding:

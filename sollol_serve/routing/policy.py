@@ -39,7 +39,7 @@ class Scored:
 
 
 def candidates(snapshot: dict[str, NodeView], model: str, exclude: set[str] = frozenset()) -> list[NodeView]:
-    return [v for v in snapshot.values() if v.healthy and v.name not in exclude and v.has_model(model)]
+    return [v for v in snapshot.values() if v.routable and v.name not in exclude and v.has_model(model)]
 
 
 def model_known(snapshot: dict[str, NodeView], model: str) -> bool:

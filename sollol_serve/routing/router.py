@@ -10,22 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import ray
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from sollol_serve.analysis.profile import RequestProfile
-from sollol_serve.config import GatewayConfig
+from sollol_serve.config import GatewayConfig, NodeConfig
+from sollol_serve.nodes.worker import create_runtime_worker, runtime_worker_name
 from sollol_serve.protocol import (
+    BadRequest,
+    Conflict,
+    FirstByte,
     GatewayError,
     ModelNotFound,
     NodeError,
     NodeRequest,
     NoNodeAvailable,
+    NotFound,
     Routed,
     StreamBroken,
     StreamEnd,
@@ -33,12 +41,17 @@ from sollol_serve.protocol import (
     Usage,
 )
 from sollol_serve.routing.core import Flight, Grant, RoutingCore
+from sollol_serve.routing.failover import backoff_s, hedge_delay_s, should_hedge
 from sollol_serve.routing.learning import Observation
+from sollol_serve.routing.links import ActorLink, ItemStream, ServeLink, WorkerLink
 from sollol_serve.routing.policy import candidates
-from sollol_serve.routing.state import normalize_model
-from sollol_serve.routing.state_actor import state_actor
+from sollol_serve.routing.state import NOT_PROBED, NodeView, normalize_model
+from sollol_serve.routing.state_actor import NAMESPACE, state_actor
 
 logger = logging.getLogger("ray.serve")
+
+# How long adding a node waits for its worker's first probe before answering.
+ADD_NODE_WAIT_S = 15.0
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -94,7 +107,7 @@ def observation(flight: Flight, profile: RequestProfile, ok: bool, usage: Usage 
         node=flight.node, model=normalize_model(profile.model), task_type=profile.task_type, ok=ok,
         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
         prefill_s=usage.prefill_s, decode_s=usage.decode_s, load_s=usage.load_s, wall_s=wall_s,
-        concurrent=flight.concurrent, embedding=profile.task_type == "embedding",
+        concurrent=flight.concurrent, embedding=profile.task_type == "embedding", ttfb_s=usage.ttfb_s,
     )
 
 
@@ -105,6 +118,7 @@ class Attempts:
     started: float = field(default_factory=time.perf_counter)
     log: list[dict] = field(default_factory=list)
     tried: set[str] = field(default_factory=set)
+    failures: int = 0
     waited_s: float = 0.0
     routing_ms: float = 0.0
 
@@ -134,18 +148,34 @@ class Attempts:
         }
 
 
+@dataclass(eq=False)
+class Leg:
+    """One node's try at a request (a hedged request has two at once)."""
+
+    grant: Grant
+    items: ItemStream
+    relay: Relay
+    first: asyncio.Future  # the worker's first item
+    dropped: bool = False
+
+    @property
+    def node(self) -> str:
+        return self.grant.choice.node.name
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Router:
     async def __init__(self, config: dict, workers: dict[str, DeploymentHandle]):
         self.config = GatewayConfig.model_validate(config)
-        self.workers = workers
+        self.links: dict[str, WorkerLink] = {name: ServeLink(handle) for name, handle in workers.items()}
+        self.rng = random.Random()
         self.state = state_actor(self.config.state_actor_name)
         try:
             self.router_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside Serve (unit use)
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
-        self.core.adopt(*await self.state.sync.remote(self.router_id, {}, []))
+        await self._adopt(*await self.state.sync.remote(self.router_id, {}, []))
         self._refresher = asyncio.create_task(self._refresh_loop())
 
     async def _refresh_loop(self) -> None:
@@ -158,8 +188,22 @@ class Router:
                 self.core.pending[:0] = pending
                 logger.exception("node state sync failed")
                 continue
-            self.core.adopt(*synced)
+            await self._adopt(*synced)
             self._pump()
+
+    async def _adopt(self, snapshot: dict[str, NodeView], book) -> None:
+        """Take the shared state, routing only to nodes this router can reach: a node added
+        at run time becomes routable once its worker actor is found."""
+        for name in snapshot.keys() - self.links.keys():
+            try:
+                actor = await asyncio.to_thread(
+                    ray.get_actor, runtime_worker_name(self.config.state_actor_name, name), NAMESPACE)
+            except ValueError:  # not created yet, or being removed
+                continue
+            self.links[name] = ActorLink(actor)
+        for name in [n for n, link in self.links.items() if link.runtime and n not in snapshot]:
+            del self.links[name]  # removed by another router
+        self.core.adopt({n: v for n, v in snapshot.items() if n in self.links}, book)
 
     # -- admission: a slot now, or a place in the priority queue -------------------------
     async def _admit(self, profile: RequestProfile, exclude: set[str]) -> tuple[Grant, float]:
@@ -230,69 +274,211 @@ class Router:
         return grant
 
     async def call(self, profile: RequestProfile, req: NodeRequest) -> Routed:
+        if should_hedge(profile.priority, self.config.failover):
+            return await self._call_hedged(profile, req)
         attempts = Attempts()
         while True:
             grant = await self._attempt(profile, attempts)
             node = grant.choice.node
             usage, ok = None, None  # stays None if the caller goes away (cancellation)
             try:
-                body, usage = await self.workers[node.name].call.remote(req, node.node_model(req.model))
+                body, usage = await self.links[node.name].call(req, node.node_model(req.model))
                 ok = True
             except Exception as exc:
                 ok = False if is_node_fault(exc) else None
                 self._failed_attempt(exc, node.name, attempts, profile.model)
-                continue
             finally:
                 self._release(grant.flight_id, node.name, profile, ok, usage)
-            attempts.log.append({"node": node.name, "ok": True})
-            return Routed(body=body, node=node.name, routing=attempts.routing(profile, self.core.strategy, grant))
+            if ok:
+                attempts.log.append({"node": node.name, "ok": True})
+                return Routed(body=body, node=node.name, routing=attempts.routing(profile, self.core.strategy, grant))
+            await self._backoff(attempts)
 
-    def _failed_attempt(self, exc: BaseException, node: str, attempts: Attempts, model: str) -> None:
-        """Record a failed attempt; raise unless another node may succeed."""
-        error = unwrap(exc)
-        if not isinstance(error, NodeError):
-            if isinstance(error, GatewayError):
-                raise error
-            error = NodeError(f"worker for {node} failed: {type(error).__name__}: {error}", 502)
-        attempts.log.append({"node": node, "ok": False, "status": error.status, "error": error.message})
-        if not error.retryable:
-            raise error
-        if not candidates(self.core.snapshot, model, attempts.tried):
-            raise NoNodeAvailable(f"every node that has '{model}' failed; last error: {error.message}")
+    async def _call_hedged(self, profile: RequestProfile, req: NodeRequest) -> Routed:
+        """A non-streamed call that can be hedged: the worker signals the node's first byte."""
+        attempts = Attempts()
+        while True:
+            leg, item = await self._start(profile, req, "call_watched", attempts)
+            try:
+                while isinstance(item, FirstByte):
+                    item = await leg.items.__anext__()
+                body, leg.relay.usage = item
+            except Exception as exc:  # failed after its first byte: the client has nothing yet
+                leg.relay.broken = is_node_fault(exc)
+                self._drop(leg, profile)
+                self._failed_attempt(exc, leg.node, attempts, profile.model)
+                await self._backoff(attempts)
+                continue
+            except BaseException:
+                self._drop(leg, profile)
+                raise
+            self._drop(leg, profile)
+            attempts.log.append({"node": leg.node, "ok": True})
+            return Routed(body=body, node=leg.node, routing=attempts.routing(profile, self.core.strategy, leg.grant))
 
     async def stream(self, profile: RequestProfile, req: NodeRequest) -> AsyncIterator[object]:
         attempts = Attempts()
+        leg, first = await self._start(profile, req, "stream", attempts)
+        try:
+            attempts.log.append({"node": leg.node, "ok": True})
+            yield StreamStart(node=leg.node)
+            async for item in leg.relay.chunks(first, leg.items):
+                yield item
+            usage = leg.relay.usage
+            used = usage.prompt_tokens + usage.completion_tokens if usage else 0
+            yield StreamEnd(attempts.routing(profile, self.core.strategy, leg.grant), tokens=used)
+        finally:
+            self._drop(leg, profile)
+
+    # -- legs: one node's try at a request; several at once when hedging ----------------
+    async def _start(self, profile: RequestProfile, req: NodeRequest, method: str,
+                     attempts: Attempts) -> tuple[Leg, object]:
+        """The first leg to produce its first item, and that item. A leg that fails first
+        moves the request to the next node (after a backoff); an urgent request whose node
+        has not begun to answer by its p95 time to first byte gets a second leg."""
         while True:
-            grant = await self._attempt(profile, attempts)
-            node = grant.choice.node
-            items = self.workers[node.name].stream.options(stream=True).remote(req, node.node_model(req.model))
-            relay = Relay(node.name)
+            legs = [self._open(await self._attempt(profile, attempts), method, req)]
             try:
-                try:
-                    first = await items.__anext__()
-                except StopAsyncIteration:
-                    first = Usage()
-                except Exception as exc:
-                    relay.broken = is_node_fault(exc)
-                    self._failed_attempt(exc, node.name, attempts, profile.model)
-                    continue
-                attempts.log.append({"node": node.name, "ok": True})
-                yield StreamStart(node=node.name)
-                async for item in relay.chunks(first, items):
-                    yield item
-                used = relay.usage.prompt_tokens + relay.usage.completion_tokens if relay.usage else 0
-                yield StreamEnd(attempts.routing(profile, self.core.strategy, grant), tokens=used)
-                return
-            finally:
-                self._release(grant.flight_id, node.name, profile, relay.outcome(), relay.usage)
-                if relay.usage is None:
-                    items.cancel()  # the client went away or the stream broke: stop the node's work
+                if should_hedge(profile.priority, self.config.failover):
+                    await self._hedge(legs, profile, req, method, attempts)
+                won = await self._first_of(legs, profile, attempts)
+            except BaseException:
+                for leg in legs:
+                    self._drop(leg, profile)
+                raise
+            if won is not None:
+                return won
+            await self._backoff(attempts)
+
+    def _open(self, grant: Grant, method: str, req: NodeRequest) -> Leg:
+        node = grant.choice.node
+        items = self.links[node.name].open(method, req, node.node_model(req.model))
+        return Leg(grant, items, Relay(node.name), asyncio.ensure_future(items.__anext__()))
+
+    async def _hedge(self, legs: list[Leg], profile: RequestProfile, req: NodeRequest, method: str,
+                     attempts: Attempts) -> None:
+        first = legs[0]
+        perf = self.core.book.perf(first.node, normalize_model(profile.model))
+        delay = hedge_delay_s(perf, self.config.failover)
+        done, _ = await asyncio.wait([first.first], timeout=delay)
+        if done:
+            return
+        grant = self.core.grant_now(profile, attempts.tried, time.monotonic())
+        if grant is None:  # no other node has a free slot: a hedge must not queue
+            return
+        attempts.tried.add(grant.choice.node.name)
+        attempts.log.append({"node": grant.choice.node.name, "hedge": True,
+                             "after_s": round(delay, 3), "slow_node": first.node})
+        legs.append(self._open(grant, method, req))
+
+    async def _first_of(self, legs: list[Leg], profile: RequestProfile,
+                        attempts: Attempts) -> tuple[Leg, object] | None:
+        """The leg whose first item came first (the others are dropped), or None if all failed."""
+        pending = {leg.first: leg for leg in legs}
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                leg = pending.pop(future)
+                legs.remove(leg)
+                error = future.exception()
+                if error is None or isinstance(error, StopAsyncIteration):
+                    for loser in pending.values():
+                        legs.remove(loser)
+                        self._drop(loser, profile)
+                    return leg, Usage() if error else future.result()
+                leg.relay.broken = is_node_fault(error)
+                self._drop(leg, profile)
+                self._failed_attempt(error, leg.node, attempts, profile.model, others_pending=bool(pending))
+        return None
+
+    def _drop(self, leg: Leg, profile: RequestProfile) -> None:
+        """Free the leg's slot, learn what it showed, stop the node's work if unfinished."""
+        if leg.dropped:
+            return
+        leg.dropped = True
+        self._release(leg.grant.flight_id, leg.node, profile, leg.relay.outcome(), leg.relay.usage)
+        if leg.relay.usage is None:
+            leg.first.cancel()
+            leg.items.cancel()
+
+    def _failed_attempt(self, exc: BaseException, node: str, attempts: Attempts, model: str,
+                        others_pending: bool = False) -> None:
+        """Record a failed attempt; raise unless another node may still succeed."""
+        error = unwrap(exc)
+        if not isinstance(error, NodeError):
+            if isinstance(error, GatewayError) and not isinstance(error, StreamBroken):
+                raise error
+            message = error.message if isinstance(error, GatewayError) else f"{type(error).__name__}: {error}"
+            error = NodeError(f"worker for {node} failed: {message}", 502)
+        attempts.log.append({"node": node, "ok": False, "status": error.status, "error": error.message})
+        attempts.failures += 1
+        if not error.retryable:
+            raise error
+        if others_pending:
+            return
+        if attempts.failures >= self.config.failover.max_attempts:
+            raise NoNodeAvailable(f"{attempts.failures} attempts failed (nodes: {', '.join(sorted(attempts.tried))});"
+                                  f" last error: {error.message}")
+        if not candidates(self.core.snapshot, model, attempts.tried):
+            raise NoNodeAvailable(f"every node that has '{model}' failed or is unavailable; "
+                                  f"last error: {error.message}")
+
+    async def _backoff(self, attempts: Attempts) -> None:
+        await asyncio.sleep(backoff_s(attempts.failures, self.config.failover, self.rng))
+
+    # -- run-time node management (the admin API) --------------------------------------
+    async def add_node(self, node: dict) -> dict:
+        try:
+            config = NodeConfig.model_validate(node)
+        except ValidationError as exc:
+            raise BadRequest(f"invalid node: {exc.errors()[0]['msg']}") from None
+        known = await self.state.snapshot.remote()
+        if config.name in known or any(v.url == config.url for v in known.values()):
+            raise Conflict(f"node '{config.name}' or a node at {config.url} is already in the cluster")
+        if config.name in {n.name for n in self.config.nodes}:
+            raise Conflict(f"node '{config.name}' is in the gateway's config; it returns when the app is redeployed")
+        self.links[config.name] = ActorLink(create_runtime_worker(config, self.config))
+        deadline = time.monotonic() + ADD_NODE_WAIT_S
+        while time.monotonic() < deadline:  # its worker registers and probes it
+            view = (await self.state.snapshot.remote()).get(config.name)
+            if view is not None and (view.healthy or view.error != NOT_PROBED):
+                return {"node": config.name, "url": config.url, "healthy": view.healthy, "error": view.error}
+            await asyncio.sleep(0.2)
+        return {"node": config.name, "url": config.url, "healthy": False, "error": "not probed yet"}
+
+    async def drain_node(self, name: str, drain: bool = True) -> dict:
+        await self._known(name)
+        await (self.state.drain if drain else self.state.undrain).remote(name)
+        return {"node": name, "draining": drain}
+
+    async def remove_node(self, name: str) -> dict:
+        """Drain the node now and remove it once it has finished what it has."""
+        await self._known(name)
+        await self.state.drain.remote(name)
+        asyncio.create_task(self._remove_when_idle(name))
+        return {"node": name, "status": "draining; removed when its requests finish"}
+
+    async def _known(self, name: str) -> None:
+        if name not in await self.state.snapshot.remote():
+            raise NotFound(f"node '{name}' not found")
+
+    async def _remove_when_idle(self, name: str) -> None:
+        # Let every router report flights it started before it saw the drain.
+        await asyncio.sleep(2 * self.config.routing.snapshot_interval_s)
+        deadline = time.monotonic() + self.config.routing.drain_timeout_s
+        while time.monotonic() < deadline and await self.state.in_flight_total.remote(name):
+            await asyncio.sleep(self.config.routing.snapshot_interval_s)
+        await self.state.remove.remote(name)
+        link = self.links.pop(name, None)
+        if isinstance(link, ActorLink):
+            ray.kill(link.actor)
 
     # -- cluster views used by the ingress ---------------------------------------------
     async def nodes(self) -> list[dict]:
         return [
             {"name": v.name, "url": v.url, "kind": v.kind, "healthy": v.healthy, "slots": self.core.slots(v),
-             "in_flight": self.core.busy(v),
+             "in_flight": self.core.busy(v), "breaker": v.breaker, "draining": v.draining,
+             "added_at_run_time": self.links[v.name].runtime,
              "models": sorted(v.models.values()), "loaded": sorted(v.loaded), "error": v.error}
             for v in self.core.snapshot.values()
         ]
@@ -309,7 +495,7 @@ class Router:
 
     async def ps(self) -> list[dict]:
         healthy = [v.name for v in self.core.snapshot.values() if v.healthy]
-        results = await asyncio.gather(*(self.workers[n].ps.remote() for n in healthy), return_exceptions=True)
+        results = await asyncio.gather(*(self.links[n].ask("ps") for n in healthy), return_exceptions=True)
         return [entry for r in results if isinstance(r, list) for entry in r]
 
     async def show(self, body: dict, model: str) -> dict:
@@ -318,7 +504,7 @@ class Router:
             raise ModelNotFound(f"model '{model}' not found on any node")
         for view in views:
             try:
-                return await self.workers[view.name].show.remote(body)
+                return await self.links[view.name].ask("show", body)
             except Exception as exc:
                 error = unwrap(exc)
                 if isinstance(error, NodeError) and not error.retryable:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from sollol_serve.routing.breaker import DEFAULT_POLICY, Breaker, BreakerPolicy, BreakerState
 from sollol_serve.routing.learning import Observation, PerfBook
 
 
@@ -17,6 +18,9 @@ def normalize_model(name: str) -> str:
     """Ollama's aliasing: `llama3.2` is `llama3.2:latest`."""
     name = name.strip()
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+NOT_PROBED = "not probed yet"
 
 
 def _entry_name(entry: dict) -> str:
@@ -53,6 +57,13 @@ class NodeView:
     slots_known: bool  # configured, or reported by the node (llama-server); else learned
     in_flight_elsewhere: int  # requests other router replicas have on this node
     error: str | None = None
+    breaker: BreakerState = "closed"
+    draining: bool = False  # finishes what it has, gets nothing new
+
+    @property
+    def routable(self) -> bool:
+        """May get new work (a half-open node gets a trial request)."""
+        return self.healthy and not self.draining and self.breaker != "open"
 
     def has_model(self, model: str) -> bool:
         return normalize_model(model) in self.models
@@ -70,13 +81,35 @@ class ClusterState:
     in_flight: dict[str, dict[str, int]] = field(default_factory=dict)
     # what every router has learned, merged
     book: PerfBook = field(default_factory=PerfBook)
+    breakers: dict[str, Breaker] = field(default_factory=dict)
+    draining: set[str] = field(default_factory=set)
 
-    def register(self, name: str, url: str, slots: int | None) -> None:
+    def register(self, name: str, url: str, slots: int | None, policy: BreakerPolicy = DEFAULT_POLICY) -> None:
         self.configured_slots[name] = slots
-        self.reports.setdefault(name, NodeReport(name=name, url=url, kind=None, healthy=False, error="not probed yet"))
+        self.breakers.setdefault(name, Breaker(policy))
+        self.reports.setdefault(name, NodeReport(name=name, url=url, kind=None, healthy=False, error=NOT_PROBED))
 
     def report(self, report: NodeReport) -> None:
+        if report.name not in self.configured_slots:  # removed while its probe was on the way
+            return
+        before = self.reports.get(report.name)
+        if report.healthy and before is not None and not before.healthy:
+            self.breakers[report.name].probe_succeeded(time.monotonic())
         self.reports[report.name] = report
+
+    def drain(self, name: str) -> None:
+        self.draining.add(name)
+
+    def undrain(self, name: str) -> None:
+        self.draining.discard(name)
+
+    def remove(self, name: str) -> None:
+        for table in (self.configured_slots, self.reports, self.breakers):
+            table.pop(name, None)
+        self.draining.discard(name)
+
+    def in_flight_total(self, name: str) -> int:
+        return sum(counts.get(name, 0) for counts in self.in_flight.values())
 
     def sync(self, router_id: str, in_flight: dict[str, int],
              observations: list[Observation] = ()) -> tuple[dict[str, NodeView], PerfBook]:
@@ -84,10 +117,15 @@ class ClusterState:
         the cluster as others see it and everything learned come back."""
         self.in_flight[router_id] = dict(in_flight)
         self.book.merge_from(list(observations))
+        now = time.monotonic()
+        for o in observations:
+            if o.node in self.breakers:
+                self.breakers[o.node].record(o.ok, now)
         return self.snapshot(exclude_router=router_id), self.book
 
     def snapshot(self, exclude_router: str | None = None) -> dict[str, NodeView]:
         views = {}
+        now = time.monotonic()
         for name, r in self.reports.items():
             others = sum(v.get(name, 0) for rid, v in self.in_flight.items() if rid != exclude_router)
             known = self.configured_slots.get(name) or r.slots
@@ -102,6 +140,8 @@ class ClusterState:
                 slots_known=known is not None,
                 in_flight_elsewhere=others,
                 error=r.error,
+                breaker=self.breakers[name].state(now) if name in self.breakers else "closed",
+                draining=name in self.draining,
             )
         return views
 

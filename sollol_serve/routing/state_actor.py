@@ -9,6 +9,7 @@ from __future__ import annotations
 import ray
 from ray.actor import ActorHandle
 
+from sollol_serve.routing.breaker import BreakerPolicy
 from sollol_serve.routing.learning import Observation, PerfBook
 from sollol_serve.routing.state import ClusterState, NodeReport, NodeView
 
@@ -20,8 +21,20 @@ class NodeStateActor:
     def __init__(self) -> None:
         self.state = ClusterState()
 
-    def register(self, name: str, url: str, slots: int | None) -> None:
-        self.state.register(name, url, slots)
+    def register(self, name: str, url: str, slots: int | None, policy: BreakerPolicy) -> None:
+        self.state.register(name, url, slots, policy)
+
+    def drain(self, name: str) -> None:
+        self.state.drain(name)
+
+    def undrain(self, name: str) -> None:
+        self.state.undrain(name)
+
+    def remove(self, name: str) -> None:
+        self.state.remove(name)
+
+    def in_flight_total(self, name: str) -> int:
+        return self.state.in_flight_total(name)
 
     def report(self, report: NodeReport) -> None:
         self.state.report(report)

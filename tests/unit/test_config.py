@@ -153,7 +153,7 @@ def test_load_config_defaults_with_empty_environ():
     assert config.nodes == []
     assert config.routing.strategy == "intelligent"
     assert config.routing.snapshot_interval_s == 0.5
-    assert config.routing.probe_interval_s == 5.0
+    assert config.health.probe_interval_s == 5.0
     assert config.timeouts.connect_s == 3.0
     assert config.max_body_bytes == 32 * 1024 * 1024
     assert config.sizing.max_ongoing_requests == 512

@@ -101,7 +101,7 @@ def test_rank_model_only_on_unhealthy_nodes_raises_no_node_available(strategy):
     with pytest.raises(NoNodeAvailable) as info:
         core.rank(prof(model="phi3:mini"), set(), now=0.0)
     assert info.value.status == 503
-    assert "(nodes with it: b, c)" in info.value.message
+    assert "(b: down; c: down)" in info.value.message
     # All healthy holders excluded (tried already): also no node available, not "not found".
     with pytest.raises(NoNodeAvailable):
         core.rank(prof(), {"a"}, now=0.0)

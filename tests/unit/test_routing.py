@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from sollol_serve.routing.breaker import BreakerPolicy
 from sollol_serve.routing.learning import Observation, PerfBook
 from sollol_serve.routing.policy import (
     Chooser,
@@ -122,6 +123,7 @@ def test_slots_unknown_when_neither_configured_nor_reported():
 
 def test_report_entries_named_by_model_key():
     state = ClusterState()
+    state.register("a", "http://a:1", None)
     state.report(NodeReport(name="a", url="http://a:1", kind="openai", healthy=True, models=[{"model": "m1"}]))
     assert state.snapshot()["a"].models == {"m1:latest": "m1"}
 
@@ -155,7 +157,8 @@ def test_sync_copies_the_in_flight_dict():
 
 
 def _obs(node: str, decode_tps: float, **kw) -> Observation:
-    return Observation(node=node, model="llama3.2:latest", task_type="generation", ok=True, prompt_tokens=100,
+    return Observation(node=node, model="llama3.2:latest", task_type="generation", ok=kw.pop("ok", True),
+                       prompt_tokens=100,
                        completion_tokens=100, prefill_s=0.1, decode_s=100 / decode_tps, wall_s=0.1 + 100 / decode_tps,
                        **kw)
 
@@ -179,6 +182,8 @@ def test_sync_merges_observations_from_every_router_into_one_book():
 
 def test_tags_union_of_healthy_nodes_only():
     state = ClusterState()
+    for name in "abc":
+        state.register(name, f"http://{name}:1", None)
     state.report(_report("a", models=["llama3.2:latest", "qwen2.5:0.5b"]))
     state.report(_report("b", models=["llama3.2", "mistral:7b"]))  # llama3.2 == llama3.2:latest
     state.report(_report("c", healthy=False, models=["phi3:mini", "mistral:7b"]))
@@ -186,6 +191,46 @@ def test_tags_union_of_healthy_nodes_only():
     assert [t["name"] for t in tags] == ["llama3.2:latest", "mistral:7b", "qwen2.5:0.5b"]
     state.report(_report("a", healthy=False, models=["llama3.2:latest", "qwen2.5:0.5b"]))
     assert [t["name"] for t in state.tags()] == ["llama3.2", "mistral:7b"]
+
+
+def test_report_of_a_node_not_registered_or_removed_is_ignored():
+    state = ClusterState()
+    state.report(_report("ghost", models=["llama3.2"]))
+    assert "ghost" not in state.snapshot()
+    state.register("a", "http://a:1", None)
+    state.report(_report("a", models=["llama3.2"]))
+    state.remove("a")
+    state.report(_report("a", models=["llama3.2"]))  # its last probe, arriving late
+    assert state.snapshot() == {}
+
+
+def test_drained_node_is_not_routable_until_undrained():
+    state = ClusterState()
+    state.register("a", "http://a:1", None)
+    state.report(_report("a", models=["llama3.2"]))
+    state.drain("a")
+    view = state.snapshot()["a"]
+    assert view.draining and not view.routable and view.healthy
+    state.undrain("a")
+    assert state.snapshot()["a"].routable
+
+
+def test_breaker_opens_from_routers_observations_and_a_recovery_probe_half_opens_it():
+    state = ClusterState()
+    state.register("a", "http://a:1", None, BreakerPolicy(failures=2, open_s=60.0))
+    state.report(_report("a", models=["llama3.2"]))
+    state.sync("r1", {}, [_obs("a", 40.0, ok=False)])
+    assert state.snapshot()["a"].breaker == "closed"
+    state.sync("r2", {}, [_obs("a", 40.0, ok=False)])
+    view = state.snapshot()["a"]
+    assert view.breaker == "open" and not view.routable
+    state.report(_report("a", healthy=True, models=["llama3.2"]))  # was healthy all along: no trial yet
+    assert state.snapshot()["a"].breaker == "open"
+    state.report(_report("a", healthy=False, models=["llama3.2"]))
+    state.report(_report("a", healthy=True, models=["llama3.2"]))  # came back: a trial request decides
+    assert state.snapshot()["a"].breaker == "half_open"
+    state.sync("r1", {}, [_obs("a", 40.0)])
+    assert state.snapshot()["a"].breaker == "closed"
 
 
 def test_node_view_node_model_and_has_model():
