@@ -142,7 +142,11 @@ class RoutingCore:
         """The candidate to send to now, or None if the request should wait for a slot.
         `intelligent` waits for its best node rather than take a free but slower one (the
         wait is part of the prediction), except to measure a node it has no numbers for yet;
-        the other strategies take their first free node."""
+        the other strategies take their first free node. A node whose breaker is half-open
+        gets the request as its trial (one at a time), else it would never be closed again."""
+        trial = next((s for s in ranked if s.free and s.node.breaker == "half_open"), None)
+        if trial is not None:
+            return trial
         if self.strategy != "intelligent":
             return next((s for s in ranked if s.free), None)
         if ranked[0].free:

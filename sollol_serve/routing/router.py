@@ -469,6 +469,7 @@ class Router:
         while time.monotonic() < deadline and await self.state.in_flight_total.remote(name):
             await asyncio.sleep(self.config.routing.snapshot_interval_s)
         await self.state.remove.remote(name)
+        self.core.snapshot.pop(name, None)  # with its link, so nothing routes to it in between
         link = self.links.pop(name, None)
         if isinstance(link, ActorLink):
             ray.kill(link.actor)

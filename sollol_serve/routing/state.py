@@ -93,6 +93,10 @@ class ClusterState:
         if report.name not in self.configured_slots:  # removed while its probe was on the way
             return
         before = self.reports.get(report.name)
+        if before is not None and not report.healthy and not report.models:
+            # Remember what a node that went down had: a request for its models is then a
+            # 503 (its nodes are down), not a 404 (no such model).
+            report.models = before.models
         if report.healthy and before is not None and not before.healthy:
             self.breakers[report.name].probe_succeeded(time.monotonic())
         self.reports[report.name] = report

@@ -57,6 +57,12 @@ def test_permissions_by_role(secure):
     assert httpx.get(secure + "/api/nodes", headers={"X-API-Key": USER}).status_code == 403
     assert httpx.get(secure + "/dashboard", headers={"Authorization": f"Bearer {USER}"}).status_code == 403
     assert httpx.get(secure + "/dashboard", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    assert httpx.get(secure + "/api/admin/nodes", headers={"X-API-Key": USER}).status_code == 403
+    added = httpx.post(secure + "/api/admin/nodes", json={"name": "x", "url": "http://127.0.0.1:9"},
+                       headers={"X-API-Key": USER})
+    assert added.status_code == 403 and "admin" in added.json()["error"]
+    nodes = httpx.get(secure + "/api/admin/nodes", headers={"X-API-Key": ADMIN}, timeout=10)
+    assert nodes.status_code == 200 and [n["name"] for n in nodes.json()["nodes"]] == ["fast"]
 
 
 def test_openai_client_with_api_key(secure):

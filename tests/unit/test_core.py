@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sollol_serve.analysis.profile import RequestProfile
@@ -436,3 +438,39 @@ def test_node_faults_versus_client_errors():
     assert relay.outcome() is None  # nothing delivered, nothing broke: the client left
     relay.broken = True
     assert relay.outcome() is False
+
+
+# --- breakers, draining, hedge grants -------------------------------------------------------
+def _with(view: NodeView, **changes) -> NodeView:
+    return dataclasses.replace(view, **changes)
+
+
+@pytest.mark.parametrize("strategy", ["intelligent", "least_busy"])
+def test_open_breaker_and_draining_nodes_get_no_work_and_the_error_says_why(strategy):
+    core = core_with(strategy, _with(nv("a"), breaker="open"), _with(nv("b"), draining=True))
+    with pytest.raises(NoNodeAvailable) as info:
+        core.rank(prof(), set(), now=0.0)
+    assert "a: circuit breaker open" in info.value.message and "b: draining" in info.value.message
+
+
+def test_half_open_node_gets_one_trial_request_at_a_time():
+    book = PerfBook()
+    for _ in range(3):
+        book.observe(speed("fast", 4000, 400))
+        book.observe(speed("trial", 400, 40))
+    core = core_with("intelligent", nv("fast", slots=4), _with(nv("trial", slots=4), breaker="half_open"), book=book)
+    first = core.pick(core.rank(prof(), set(), now=0.0))
+    assert first.node.name == "trial"  # slower, but the breaker needs a trial to close
+    core.start(first, prof(), 0.0)
+    second = core.pick(core.rank(prof(), set(), now=0.0))
+    assert second.node.name == "fast"
+
+
+def test_grant_now_takes_a_free_slot_or_nothing():
+    core = core_with("intelligent", nv("a"), nv("b"))
+    held = core.grant_now(prof(), set(), 0.0)
+    assert held is not None and held.choice.node.name in {"a", "b"}
+    other = core.grant_now(prof(), {held.choice.node.name}, 0.0)
+    assert other is not None and other.choice.node.name != held.choice.node.name
+    assert core.grant_now(prof(), set(), 0.0) is None  # both busy: a hedge never queues
+    assert core.grant_now(prof(model="missing"), set(), 0.0) is None

@@ -204,6 +204,16 @@ def test_report_of_a_node_not_registered_or_removed_is_ignored():
     assert state.snapshot() == {}
 
 
+def test_node_that_goes_down_keeps_its_models_so_requests_get_503_not_404():
+    state = ClusterState()
+    state.register("a", "http://a:1", None)
+    state.report(_report("a", models=["llama3.2"]))
+    state.report(_report("a", healthy=False, error="cannot reach node"))
+    view = state.snapshot()["a"]
+    assert not view.healthy and view.has_model("llama3.2")
+    assert state.tags() == []  # /api/tags lists what healthy nodes have
+
+
 def test_drained_node_is_not_routable_until_undrained():
     state = ClusterState()
     state.register("a", "http://a:1", None)
