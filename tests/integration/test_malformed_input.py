@@ -4,6 +4,7 @@ never a 5xx, and the gateway stays healthy. Bounded: a fixed number of examples 
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.integration
 
 POST_ENDPOINTS = ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show",
-                  "/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+                  "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/admin/nodes"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -60,6 +61,16 @@ def test_malformed_requests_get_4xx_in_the_api_format(http, path, body, priority
     if priority_header is not None:
         headers["x-sollol-priority"] = priority_header
     response = http.post(path, content=body, headers=headers)
+    _check(response, path)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(max_size=12).filter(lambda n: n not in {"fast", "mid", "llamacpp", "solo"}),
+       action=st.sampled_from(["POST /drain", "POST /undrain", "DELETE "]))
+def test_admin_actions_on_unknown_or_odd_node_names_are_4xx(http, name, action):
+    method, suffix = action.split(" ")
+    path = "/api/admin/nodes/" + quote(name, safe="") + suffix
+    response = http.request(method, path)
     _check(response, path)
 
 
