@@ -5,11 +5,13 @@ Ingress -> Analyzer -> Router (state in a named actor) -> one OllamaWorker per n
 
 from __future__ import annotations
 
+import ray
 from ray.serve import Application
 
 from sollol_serve.analysis.deployment import Analyzer
 from sollol_serve.api.ingress import Ingress
 from sollol_serve.config import GatewayConfig, load_config
+from sollol_serve.nodes.placement import worker_resources
 from sollol_serve.nodes.worker import OllamaWorker
 from sollol_serve.routing.router import Router
 
@@ -21,10 +23,14 @@ def worker_deployment_name(node_name: str) -> str:
 def build_gateway(config: GatewayConfig) -> Application:
     sizing = config.sizing
     dumped = config.model_dump(mode="json")
+    cluster = ray.cluster_resources() if ray.is_initialized() else {}
     workers = {
         node.name: OllamaWorker.options(
             name=worker_deployment_name(node.name),
             max_ongoing_requests=sizing.max_ongoing_requests,
+            # On the node's own Ray host when one declares the node's label.
+            ray_actor_options={"num_cpus": 0,
+                               "resources": worker_resources(node.name, node.ray_resource, cluster)},
         ).bind(node.model_dump(mode="json"), dumped)
         for node in config.nodes
     }

@@ -43,6 +43,11 @@ class NodeConfig(_Strict):
     # Parallel requests the node serves at once (OLLAMA_NUM_PARALLEL / llama-server slots).
     # None = learn it from the node where it tells (llama-server /props), else assume 1.
     slots: int | None = Field(default=None, ge=1, le=1024)
+    # The Ray custom resource that marks this node's Ray host; the worker is placed there.
+    # None = `sollol-node:<name>` if a Ray host declares it, else the worker runs anywhere.
+    ray_resource: str | None = Field(default=None, min_length=1, max_length=128)
+    # Set by discovery: the Ray node this server was found on (its worker is pinned there).
+    ray_node_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
 
     @field_validator("name")
     @classmethod
@@ -76,6 +81,9 @@ class RoutingConfig(_Strict):
     queue_timeout_s: float = Field(default=300.0, gt=0)
     # A node removed through the admin API is drained first; it goes after this at the latest.
     drain_timeout_s: float = Field(default=600.0, gt=0)
+    # A cold model goes to a GPU node only if its size times this fits in the node's free
+    # VRAM (the KV cache and buffers need room beyond the weights).
+    vram_headroom: float = Field(default=1.1, ge=1.0, le=4.0)
 
 
 class HealthConfig(_Strict):
@@ -99,6 +107,33 @@ class HealthConfig(_Strict):
         if not self.probe_min_s <= self.probe_interval_s <= self.probe_max_s:
             raise ValueError("health probes need probe_min_s <= probe_interval_s <= probe_max_s")
         return self
+
+
+class DiscoveryConfig(_Strict):
+    """Finding LLM servers besides the configured ones."""
+
+    # Probe every alive Ray node, from that node, on these ports (loopback first, then the
+    # node's own address); Ray nodes that join or leave are picked up every `interval_s`.
+    ray_nodes: bool = True
+    ports: list[int] = Field(default_factory=lambda: [11434], max_length=16)
+    interval_s: float = Field(default=10.0, gt=0)
+    # Optional bounded scan of an address range (e.g. "10.0.0.0/24"), off by default.
+    cidr: str | None = None
+    cidr_max_hosts: int = Field(default=256, ge=1, le=4096)
+    probe_timeout_s: float = Field(default=0.5, gt=0, le=10)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports_ok(cls, v: list[int]) -> list[int]:
+        if any(not 0 < p < 65536 for p in v):
+            raise ValueError("ports must be 1-65535")
+        return v
+
+
+class TelemetryConfig(_Strict):
+    # Readings from this JSON file (gpustat's format, keyed by node name) instead of the
+    # host's GPUs: for tests and demos on machines without one.
+    readings_file: str | None = None
 
 
 class FailoverConfig(_Strict):
@@ -189,6 +224,8 @@ class GatewayConfig(_Strict):
     model_timeouts: list[ModelTimeouts] = Field(default_factory=list)
     health: HealthConfig = Field(default_factory=HealthConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     sizing: DeploymentSizing = Field(default_factory=DeploymentSizing)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     # Largest accepted request body; larger ones get 413.

@@ -10,7 +10,7 @@ import argparse
 import signal
 import threading
 
-from sollol_serve.config import GatewayConfig, NodeConfig
+from sollol_serve.config import DiscoveryConfig, GatewayConfig, NodeConfig
 from sollol_serve.local import start_local_gateway, stop_local_gateway, wait_for_nodes
 from sollol_serve.sim.process import SimProcess
 
@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> None:
             sim.start()
             print(f"simulated node {sim.name:<10} {sim.url}  ({' '.join(DEMO_NODES[sim.name][2:])})", flush=True)
         # Ollama doesn't report its parallel slots: a real deployment configures them too.
+        # Discovery off: the demo shows the simulated nodes only, not an Ollama this machine may run.
         config = GatewayConfig(nodes=[NodeConfig(name=s.name, url=s.url, slots=_slots(DEMO_NODES[s.name]))
-                                      for s in sims])
+                                      for s in sims], discovery=DiscoveryConfig(ray_nodes=False))
         url = start_local_gateway(config, port=args.port, num_cpus=args.num_cpus, include_dashboard=True)
         # After ray.init, which installs a SIGTERM handler of its own that aborts the process.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

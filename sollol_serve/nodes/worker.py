@@ -15,11 +15,14 @@ from collections.abc import AsyncIterator, Callable
 
 import ray
 from ray import serve
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sollol_serve.config import GatewayConfig, NodeConfig, timeouts_for
 from sollol_serve.nodes.backends import BACKENDS, NodeBackend, NodeInventory, detect_kind
 from sollol_serve.nodes.health import ProbeSchedule
 from sollol_serve.nodes.http import NodeHTTP
+from sollol_serve.nodes.placement import local_url, worker_resources
+from sollol_serve.nodes.telemetry import sample_host
 from sollol_serve.protocol import FirstByte, NodeError, NodeRequest, Usage
 from sollol_serve.routing.breaker import BreakerPolicy
 from sollol_serve.routing.state import NodeReport
@@ -36,12 +39,17 @@ class NodeWorker:
         self.schedule = ProbeSchedule(self.config.health)
         self.state = state_actor(self.config.state_actor_name)
         self.http: NodeHTTP | None = None
+        self.url = self.node.url  # how this worker reaches the node (loopback on its own host)
+        self.host: tuple[str | None, str | None] = (None, None)  # this worker's Ray host: ip, node id
         self._prober: asyncio.Task | None = None
         self._wake = asyncio.Event()  # probe now, don't wait out the interval
 
     async def start(self) -> None:
         """Register the node, probe it once and keep probing (needs the running loop)."""
         self.http = NodeHTTP(self.config.timeouts)
+        if ray.is_initialized():
+            self.host = (ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
+            self.url = await self._reachable_url()
         health = self.config.health
         policy = BreakerPolicy(health.breaker_failures, health.breaker_open_s, health.breaker_max_open_s)
         await self.state.register.remote(self.node.name, self.node.url, self.node.slots, policy)
@@ -53,6 +61,13 @@ class NodeWorker:
             self._prober.cancel()
         if self.http is not None:
             await self.http.close()
+
+    async def _reachable_url(self) -> str:
+        """Loopback if the node is on this worker's host and answers there, else its URL."""
+        local = local_url(self.node.url, {self.host[0]} if self.host[0] else set())
+        if local != self.node.url and await detect_kind(self.http, local) is not None:
+            return local
+        return self.node.url
 
     async def _probe_loop(self) -> None:
         while True:
@@ -71,10 +86,10 @@ class NodeWorker:
         report = NodeReport(name=self.node.name, url=self.node.url, kind=None, healthy=False)
         try:
             if self.backend is None:
-                kind = self.node.kind if self.node.kind != "auto" else await detect_kind(self.http, self.node.url)
+                kind = self.node.kind if self.node.kind != "auto" else await detect_kind(self.http, self.url)
                 if kind is None:
-                    raise NodeError(f"node {self.node.url} answers neither the Ollama nor the OpenAI API", 503)
-                self.backend = BACKENDS[kind](self.node.url, self.http)
+                    raise NodeError(f"node {self.url} answers neither the Ollama nor the OpenAI API", 503)
+                self.backend = BACKENDS[kind](self.url, self.http)
             inventory: NodeInventory = await self.backend.inventory()
             report = NodeReport(name=self.node.name, url=self.node.url, kind=inventory.kind, healthy=True,
                                 models=inventory.models, loaded=inventory.loaded, slots=inventory.slots,
@@ -82,6 +97,9 @@ class NodeWorker:
         except NodeError as exc:
             report.error = exc.message
             report.kind = self.backend.kind if self.backend else None
+        telemetry = await asyncio.to_thread(sample_host, self.node.name, self.config.telemetry.readings_file)
+        report.telemetry = telemetry.as_dict()
+        report.worker_ip, report.worker_node_id = self.host
         self.schedule.observe(report.healthy, (report.healthy, sorted(m.get("name", "") for m in report.models)))
         await self.state.report.remote(report)
         return report
@@ -143,7 +161,7 @@ class NodeWorker:
             model = body.get("model") or body.get("name")
             return {"modelfile": "", "parameters": "", "template": "", "details": {"format": "gguf"},
                     "model_info": {}, "capabilities": ["completion"], "model": model, "node": self.node.name}
-        shown = await self.http.post_json(self.node.url + "/api/show", body)
+        shown = await self.http.post_json(self.url + "/api/show", body)
         return {**shown, "node": self.node.name}
 
 
@@ -169,7 +187,12 @@ def runtime_worker_name(state_actor_name: str, node_name: str) -> str:
 
 
 def create_runtime_worker(node: NodeConfig, config: GatewayConfig):
-    """The detached worker actor of a node added at run time (named, so every router finds it)."""
-    return NodeWorkerActor.options(
-        name=runtime_worker_name(config.state_actor_name, node.name), namespace=NAMESPACE, lifetime="detached",
-    ).remote(node.model_dump(mode="json"), config.model_dump(mode="json"))
+    """The detached worker actor of a node added at run time (named, so every router finds
+    it), on the node's Ray host: the one it was discovered on, or the one with its label."""
+    options: dict = {"name": runtime_worker_name(config.state_actor_name, node.name), "namespace": NAMESPACE,
+                     "lifetime": "detached"}
+    if node.ray_node_id:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node.ray_node_id, soft=False)
+    else:
+        options["resources"] = worker_resources(node.name, node.ray_resource, ray.cluster_resources())
+    return NodeWorkerActor.options(**options).remote(node.model_dump(mode="json"), config.model_dump(mode="json"))

@@ -110,6 +110,14 @@ class RoutingCore:
         used = self.last_used.get((view.name, wanted))
         return used is not None and now - used < RECENT_USE_S
 
+    def fits(self, view: NodeView, model: str, now: float) -> bool:
+        """Whether the model can go to the node: resident, or small enough for its free VRAM.
+        A node without GPU readings (CPU-only, or not measured) is not judged."""
+        if view.vram_free_mb is None or self.resident(view, model, now):
+            return True
+        size_mb = view.model_sizes.get(normalize_model(model), 0) / 2**20
+        return size_mb * self.config.vram_headroom <= view.vram_free_mb
+
     # -- ranking -----------------------------------------------------------------------
     def predict(self, view: NodeView, profile: RequestProfile, priors: Priors, now: float) -> Prediction:
         perf = self.book.perf(view.name, normalize_model(profile.model))
@@ -126,6 +134,7 @@ class RoutingCore:
             having = sorted((v for v in self.snapshot.values() if v.has_model(model)), key=lambda v: v.name)
             why = "; ".join(f"{v.name}: {unavailable_reason(v, exclude)}" for v in having)
             raise NoNodeAvailable(f"no node can serve model '{model}' now ({why})")
+        nodes = [v for v in nodes if self.fits(v, model, now)] or nodes  # else one may evict an idle model
         priors = Priors.from_book(self.book, normalize_model(model))
         scored = []
         for view in nodes:

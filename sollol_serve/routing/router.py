@@ -23,7 +23,9 @@ from ray.serve.handle import DeploymentHandle
 
 from sollol_serve.analysis.profile import RequestProfile
 from sollol_serve.config import GatewayConfig, NodeConfig
-from sollol_serve.nodes.worker import create_runtime_worker, runtime_worker_name
+from sollol_serve.nodes.discovery import start_discovery
+from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
+from sollol_serve.nodes.worker import runtime_worker_name
 from sollol_serve.protocol import (
     BadRequest,
     Conflict,
@@ -45,13 +47,10 @@ from sollol_serve.routing.failover import backoff_s, hedge_delay_s, should_hedge
 from sollol_serve.routing.learning import Observation
 from sollol_serve.routing.links import ActorLink, ItemStream, ServeLink, WorkerLink
 from sollol_serve.routing.policy import candidates
-from sollol_serve.routing.state import NOT_PROBED, NodeView, normalize_model
+from sollol_serve.routing.state import NodeView, normalize_model
 from sollol_serve.routing.state_actor import NAMESPACE, state_actor
 
 logger = logging.getLogger("ray.serve")
-
-# How long adding a node waits for its worker's first probe before answering.
-ADD_NODE_WAIT_S = 15.0
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -175,6 +174,7 @@ class Router:
         except Exception:  # outside Serve (unit use)
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
+        self.discovery = start_discovery(self.config)  # one per gateway, whichever router starts it
         await self._adopt(*await self.state.sync.remote(self.router_id, {}, []))
         self._refresher = asyncio.create_task(self._refresh_loop())
 
@@ -437,14 +437,9 @@ class Router:
             raise Conflict(f"node '{config.name}' or a node at {config.url} is already in the cluster")
         if config.name in {n.name for n in self.config.nodes}:
             raise Conflict(f"node '{config.name}' is in the gateway's config; it returns when the app is redeployed")
-        self.links[config.name] = ActorLink(create_runtime_worker(config, self.config))
-        deadline = time.monotonic() + ADD_NODE_WAIT_S
-        while time.monotonic() < deadline:  # its worker registers and probes it
-            view = (await self.state.snapshot.remote()).get(config.name)
-            if view is not None and (view.healthy or view.error != NOT_PROBED):
-                return {"node": config.name, "url": config.url, "healthy": view.healthy, "error": view.error}
-            await asyncio.sleep(0.2)
-        return {"node": config.name, "url": config.url, "healthy": False, "error": "not probed yet"}
+        actor, probed = await add_runtime_node(self.state, config, self.config)
+        self.links[config.name] = ActorLink(actor)
+        return probed
 
     async def drain_node(self, name: str, drain: bool = True) -> dict:
         await self._known(name)
@@ -463,26 +458,26 @@ class Router:
             raise NotFound(f"node '{name}' not found")
 
     async def _remove_when_idle(self, name: str) -> None:
-        # Let every router report flights it started before it saw the drain.
-        await asyncio.sleep(2 * self.config.routing.snapshot_interval_s)
-        deadline = time.monotonic() + self.config.routing.drain_timeout_s
-        while time.monotonic() < deadline and await self.state.in_flight_total.remote(name):
-            await asyncio.sleep(self.config.routing.snapshot_interval_s)
-        await self.state.remove.remote(name)
+        await retire_node(self.state, name, self.config)
         self.core.snapshot.pop(name, None)  # with its link, so nothing routes to it in between
-        link = self.links.pop(name, None)
-        if isinstance(link, ActorLink):
-            ray.kill(link.actor)
+        self.links.pop(name, None)
 
     # -- cluster views used by the ingress ---------------------------------------------
     async def nodes(self) -> list[dict]:
-        return [
-            {"name": v.name, "url": v.url, "kind": v.kind, "healthy": v.healthy, "slots": self.core.slots(v),
-             "in_flight": self.core.busy(v), "breaker": v.breaker, "draining": v.draining,
-             "added_at_run_time": self.links[v.name].runtime,
-             "models": sorted(v.models.values()), "loaded": sorted(v.loaded), "error": v.error}
-            for v in self.core.snapshot.values()
-        ]
+        reports = await self.state.reports.remote()
+        out = []
+        for v in self.core.snapshot.values():
+            report = reports.get(v.name)
+            out.append({
+                "name": v.name, "url": v.url, "kind": v.kind, "healthy": v.healthy, "slots": self.core.slots(v),
+                "in_flight": self.core.busy(v), "breaker": v.breaker, "draining": v.draining,
+                "added_at_run_time": self.links[v.name].runtime,
+                "models": sorted(v.models.values()), "loaded": sorted(v.loaded), "error": v.error,
+                "worker_ip": report.worker_ip if report else None,
+                "worker_node_id": report.worker_node_id if report else None,
+                "telemetry": report.telemetry if report else None,
+            })
+        return out
 
     async def queue_stats(self) -> dict:
         """Requests waiting now, and how long served requests waited, per priority."""

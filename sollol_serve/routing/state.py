@@ -40,6 +40,9 @@ class NodeReport:
     slots: int | None = None
     version: str | None = None
     error: str | None = None
+    telemetry: dict | None = None  # HostTelemetry.as_dict() of the worker's host
+    worker_ip: str | None = None  # the Ray host the node's worker runs on
+    worker_node_id: str | None = None
     at: float = field(default_factory=time.time)
 
 
@@ -59,6 +62,8 @@ class NodeView:
     error: str | None = None
     breaker: BreakerState = "closed"
     draining: bool = False  # finishes what it has, gets nothing new
+    vram_free_mb: int | None = None  # None: no GPU readings (a CPU node, or none yet)
+    model_sizes: dict[str, int] = field(default_factory=dict)  # normalized name -> bytes on disk
 
     @property
     def routable(self) -> bool:
@@ -146,6 +151,8 @@ class ClusterState:
                 error=r.error,
                 breaker=self.breakers[name].state(now) if name in self.breakers else "closed",
                 draining=name in self.draining,
+                vram_free_mb=(r.telemetry or {}).get("vram_free_mb"),
+                model_sizes={normalize_model(_entry_name(m)): int(m.get("size") or 0) for m in r.models},
             )
         return views
 
