@@ -191,8 +191,9 @@ def create_runtime_worker(node: NodeConfig, config: GatewayConfig):
     it), on the node's Ray host: the one it was discovered on, or the one with its label."""
     options: dict = {"name": runtime_worker_name(config.state_actor_name, node.name), "namespace": NAMESPACE,
                      "lifetime": "detached"}
-    if node.ray_node_id:
+    if node.ray_node_id:  # it lives and dies with that host: calls fail at once, not wait for a restart
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node.ray_node_id, soft=False)
+        options["max_restarts"] = 0
     else:
         options["resources"] = worker_resources(node.name, node.ray_resource, ray.cluster_resources())
     return NodeWorkerActor.options(**options).remote(node.model_dump(mode="json"), config.model_dump(mode="json"))
