@@ -40,6 +40,9 @@ def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
     environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", f"{state}/admin.sock")
     environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", state)
     environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", f"{state}/server-state")
+    # A replica being stopped stays reachable 30 s so that load balancers can deregister it;
+    # a local gateway stops as a whole, with no balancer in front: 30 s of waiting per stop.
+    environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
     # Its metrics and stats listeners have fixed default ports (9101, 8404): a second
     # gateway on the machine would fail to start.
     environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
