@@ -9,7 +9,6 @@ request. Runs before the shared gateway (marker `own_ray`) and shuts its cluster
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -20,21 +19,11 @@ from ray.cluster_utils import Cluster
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
 from sollol_serve.sim.process import SimProcess, free_port
+from tests.helpers import nodes_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.cluster]
 
 SIM = ["--kind", "ollama", "--slots", "2", "--decode-tps", "300", "--load-s", "0"]
-
-
-def _nodes(url: str) -> dict[str, dict]:
-    return {n["name"]: n for n in httpx.get(url + "/api/nodes", timeout=10).json()["nodes"]}
-
-
-def _wait_until(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.3)
 
 
 def _ray_node_ids() -> dict[str, str]:
@@ -74,10 +63,10 @@ def test_workers_follow_their_hosts_and_ray_nodes_join_and_leave():
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         serve.run(build_gateway(config), name="sollol", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        _wait_until(lambda: sum(n["healthy"] for n in _nodes(url).values()) == 2, 60, "both nodes healthy")
+        wait_until(lambda: sum(n["healthy"] for n in nodes_of(url).values()) == 2, 60, "both nodes healthy")
 
         ids = _ray_node_ids()
-        nodes = _nodes(url)
+        nodes = nodes_of(url)
         assert nodes["gpu-a"]["worker_node_id"] == ids["127.0.0.2"] and nodes["gpu-a"]["worker_ip"] == "127.0.0.2"
         assert nodes["gpu-b"]["worker_node_id"] == ids["127.0.0.3"]
 
@@ -85,9 +74,9 @@ def test_workers_follow_their_hosts_and_ray_nodes_join_and_leave():
         sims.append(_sim("late", "127.0.0.4", "shared,late-only", port=late_port))
         late_raylet = cluster.add_node(num_cpus=0, node_ip_address="127.0.0.4")
         late = f"127.0.0.4-{late_port}"
-        _wait_until(lambda: _nodes(url).get(late, {}).get("healthy"), 60, "the joining node discovered")
-        assert _nodes(url)[late]["worker_node_id"] == _ray_node_ids()["127.0.0.4"]
-        assert _nodes(url)[late]["added_at_run_time"]
+        wait_until(lambda: nodes_of(url).get(late, {}).get("healthy"), 60, "the joining node discovered")
+        assert nodes_of(url)[late]["worker_node_id"] == _ray_node_ids()["127.0.0.4"]
+        assert nodes_of(url)[late]["added_at_run_time"]
         served = asyncio.run(_chats(url, "late-only", 3, 0))
         assert [r.status_code for r in served] == [200] * 3 and {r.headers["x-sollol-node"] for r in served} == {late}
 
@@ -102,7 +91,7 @@ def test_workers_follow_their_hosts_and_ray_nodes_join_and_leave():
         responses = asyncio.run(load_while_leaving())
         assert [r.status_code for r in responses] == [200] * 30, [r.text[:200] for r in responses if r.status_code != 200]
         assert late in {r.headers["x-sollol-node"] for r in responses}, "the leaving node got no traffic before"
-        _wait_until(lambda: late not in _nodes(url), 30, "the departed Ray node's server retired")
+        wait_until(lambda: late not in nodes_of(url), 30, "the departed Ray node's server retired")
         after = asyncio.run(_chats(url, "shared", 6, 0))
         assert {r.headers["x-sollol-node"] for r in after} <= {"gpu-a", "gpu-b"}
     finally:

@@ -10,19 +10,9 @@ import ollama
 import pytest
 
 from sollol_serve.sim.process import SimProcess
+from tests.helpers import nodes_of, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _admin_nodes(url: str) -> dict[str, dict]:
-    return {n["name"]: n for n in httpx.get(url + "/api/admin/nodes", timeout=10).json()["nodes"]}
-
-
-def _wait_until(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture
@@ -49,7 +39,7 @@ def test_node_added_at_run_time_serves_then_drains_then_goes(gateway, extra):
     client = ollama.Client(host=gateway.url, timeout=30)
     r = httpx.post(gateway.url + "/api/admin/nodes", json={"name": "extra", "url": extra.url}, timeout=30)
     assert r.status_code == 201 and r.json()["healthy"], r.text
-    _wait_until(lambda: "extra" in _admin_nodes(gateway.url), 10, "routers see the added node")
+    wait_until(lambda: "extra" in nodes_of(gateway.url, "/api/admin/nodes"), 10, "routers see the added node")
     assert "extra-model:latest" in [m.model for m in client.list().models]
     answer = client.chat(model="extra-model", messages=[{"role": "user", "content": "hi"}],
                          options={"num_predict": 3})
@@ -68,7 +58,7 @@ def test_node_added_at_run_time_serves_then_drains_then_goes(gateway, extra):
     time.sleep(0.5)
     r = httpx.post(gateway.url + "/api/admin/nodes/extra/drain", timeout=10)
     assert r.status_code == 200 and r.json()["node"]["draining"]
-    _wait_until(lambda: _admin_nodes(gateway.url)["extra"]["draining"], 5, "drain seen by the router")
+    wait_until(lambda: nodes_of(gateway.url, "/api/admin/nodes")["extra"]["draining"], 5, "drain seen by the router")
     refused = httpx.post(gateway.url + "/api/chat", timeout=30, json={
         "model": "extra-model", "stream": False, "messages": [{"role": "user", "content": "new"}]})
     assert refused.status_code == 503 and "draining" in refused.json()["error"], refused.text
@@ -76,12 +66,12 @@ def test_node_added_at_run_time_serves_then_drains_then_goes(gateway, extra):
     assert finished.get("done"), "the stream in flight on the draining node did not finish"
 
     assert httpx.post(gateway.url + "/api/admin/nodes/extra/undrain", timeout=10).status_code == 200
-    _wait_until(lambda: not _admin_nodes(gateway.url)["extra"]["draining"], 5, "undrain seen")
+    wait_until(lambda: not nodes_of(gateway.url, "/api/admin/nodes")["extra"]["draining"], 5, "undrain seen")
     assert client.generate(model="extra-model", prompt="back", options={"num_predict": 2}).response
 
     r = httpx.delete(gateway.url + "/api/admin/nodes/extra", timeout=10)
     assert r.status_code == 202
-    _wait_until(lambda: "extra" not in _admin_nodes(gateway.url), 15, "removed node gone")
+    wait_until(lambda: "extra" not in nodes_of(gateway.url, "/api/admin/nodes"), 15, "removed node gone")
     gone = httpx.post(gateway.url + "/api/chat", timeout=30, json={
         "model": "extra-model", "stream": False, "messages": [{"role": "user", "content": "after"}]})
     assert gone.status_code == 404, gone.text

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
 from sollol_serve.sim.process import SimProcess
 from tests.conftest import Gateway
+from tests.helpers import nodes_of, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +45,7 @@ def faulty(gateway):
     serve.run(build_gateway(config), name="faults", route_prefix="/faults")
     app = Gateway(url=gateway.url + "/faults", nodes=nodes)
     try:
-        _wait_until(lambda: all(n["healthy"] for n in _nodes(app).values()), 30, "fault-test nodes healthy")
+        wait_until(lambda: all(n["healthy"] for n in nodes_of(app.url).values()), 30, "fault-test nodes healthy")
         yield app
     finally:
         serve.delete("faults")
@@ -56,17 +56,6 @@ def faulty(gateway):
 def _chat(i: int, **extra) -> dict:
     return {"model": MODEL, "stream": False, "messages": [{"role": "user", "content": f"fault {i}"}],
             "options": {"num_predict": 20}, **extra}
-
-
-def _nodes(app: Gateway) -> dict[str, dict]:
-    return {n["name"]: n for n in httpx.get(app.url + "/api/nodes", timeout=10).json()["nodes"]}
-
-
-def _wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.2)
 
 
 async def _burst(url: str, bodies: list[dict]) -> list[tuple[httpx.Response, float]]:
@@ -85,7 +74,7 @@ def healed(faulty):
     yield faulty
     for node in faulty.nodes.values():
         node.faults(mode="none")
-    _wait_until(lambda: all(n["healthy"] and n["breaker"] != "open" for n in _nodes(faulty).values()),
+    wait_until(lambda: all(n["healthy"] and n["breaker"] != "open" for n in nodes_of(faulty.url).values()),
                 15, "nodes back in rotation after the test")
 
 
@@ -127,17 +116,17 @@ def test_node_answering_500s_opens_its_breaker_and_recovers(healed):
     healed.nodes["f1"].faults(mode="error", error_status=500)
     results = asyncio.run(_burst(healed.url, [_chat(i) for i in range(8)]))
     assert all(r.status_code == 200 for r, _ in results), [r.text[:200] for r, _ in results]
-    _wait_until(lambda: _nodes(healed)["f1"]["breaker"] == "open", 5, "breaker open after three 500s in a row")
+    wait_until(lambda: nodes_of(healed.url)["f1"]["breaker"] == "open", 5, "breaker open after three 500s in a row")
     # While it is open, round robin or not, nothing is sent to f1.
     results = asyncio.run(_burst(healed.url, [_chat(100 + i) for i in range(6)]))
     assert all(r.status_code == 200 for r, _ in results)
     tried = [a["node"] for r, _ in results for a in r.json()["_sollol_routing"]["attempts"]]
     assert set(tried) == {"f2"}, tried
     healed.nodes["f1"].faults(mode="none")
-    _wait_until(lambda: _nodes(healed)["f1"]["breaker"] == "half_open", 10, "breaker half-open after open_s")
+    wait_until(lambda: nodes_of(healed.url)["f1"]["breaker"] == "half_open", 10, "breaker half-open after open_s")
     r = httpx.post(healed.url + "/api/chat", json=_chat(200), timeout=30)
     assert r.status_code == 200 and r.json()["_sollol_routing"]["node"] == "f1"  # the trial request
-    _wait_until(lambda: _nodes(healed)["f1"]["breaker"] == "closed", 5, "breaker closed by the trial")
+    wait_until(lambda: nodes_of(healed.url)["f1"]["breaker"] == "closed", 5, "breaker closed by the trial")
 
 
 def test_urgent_request_is_hedged_when_its_node_is_late(healed):
@@ -163,7 +152,7 @@ def test_all_nodes_down_is_a_clear_503_and_they_come_back(faulty):
     for node in faulty.nodes.values():
         node.kill()
     try:
-        _wait_until(lambda: not any(n["healthy"] for n in _nodes(faulty).values()), 10, "every node seen down")
+        wait_until(lambda: not any(n["healthy"] for n in nodes_of(faulty.url).values()), 10, "every node seen down")
         r = httpx.post(faulty.url + "/api/chat", json=_chat(0), timeout=30)
         message = r.json()["error"]
         assert r.status_code == 503 and MODEL in message and "f1: down" in message and "f2: down" in message, r.text
@@ -174,5 +163,5 @@ def test_all_nodes_down_is_a_clear_503_and_they_come_back(faulty):
     finally:
         for node in faulty.nodes.values():
             node.start()
-    _wait_until(lambda: all(n["healthy"] for n in _nodes(faulty).values()), 10, "recovered nodes re-admitted")
+    wait_until(lambda: all(n["healthy"] for n in nodes_of(faulty.url).values()), 10, "recovered nodes re-admitted")
     assert httpx.post(faulty.url + "/api/chat", json=_chat(1), timeout=30).status_code == 200

@@ -4,7 +4,6 @@ at run time."""
 
 from __future__ import annotations
 
-import time
 
 import httpx
 import pytest
@@ -14,17 +13,11 @@ from ray import serve
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
 from sollol_serve.sim.process import SimProcess
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
 APP = "replicas"
-
-
-def _wait_until(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.3)
 
 
 def _replicas(deployment: str) -> list[str]:
@@ -66,7 +59,7 @@ def test_killed_routers_and_ingress_come_back_with_the_shared_state(app):
     assert added.status_code == 201, added.text
     for _ in range(12):  # both router replicas learn r1's speed and merge it in the state actor
         assert _chat(url, "common").status_code == 200
-    _wait_until(lambda: all(_chat(url, "r2-model").status_code == 200 for _ in range(2)), 10, "r2 routable")
+    wait_until(lambda: all(_chat(url, "r2-model").status_code == 200 for _ in range(2)), 10, "r2 routable")
 
     for name in _replicas("Router") + _replicas("Ingress"):
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
@@ -77,7 +70,7 @@ def test_killed_routers_and_ingress_come_back_with_the_shared_state(app):
         except httpx.HTTPError:
             return False
 
-    _wait_until(answered, 60, "the app answers again after its replicas were killed")
+    wait_until(answered, 60, "the app answers again after its replicas were killed")
     r = _chat(url, "common")
     assert r.status_code == 200
     candidates = {c["node"]: c for c in r.json()["_sollol_routing"]["candidates"]}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import httpx
 import pytest
@@ -15,6 +14,7 @@ from ray import serve
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
 from sollol_serve.sim.process import SimProcess
+from tests.helpers import nodes_of, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -26,17 +26,6 @@ NODES = {"g-small": ["--models", "big@6", "--slots", "2", "--decode-tps", "400",
 def _gpu(free_mb: int, total_mb: int = 24576) -> dict:
     return {"gpus": [{"index": 0, "name": "Simulated GPU (injected reading)", "memory.total": total_mb,
                       "memory.used": total_mb - free_mb, "utilization.gpu": 10, "temperature.gpu": 50}]}
-
-
-def _nodes(url: str) -> dict[str, dict]:
-    return {n["name"]: n for n in httpx.get(url + "/api/nodes", timeout=10).json()["nodes"]}
-
-
-def _wait_until(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +44,8 @@ def gpu_app(gateway, tmp_path_factory):
     serve.run(build_gateway(config), name="gpus", route_prefix="/gpus")
     url = gateway.url + "/gpus"
     try:
-        _wait_until(lambda: all(n["healthy"] and (n["telemetry"] or {}).get("source") == "injected"
-                                for n in _nodes(url).values()), 30, "nodes healthy with injected readings")
+        wait_until(lambda: all(n["healthy"] and (n["telemetry"] or {}).get("source") == "injected"
+                                for n in nodes_of(url).values()), 30, "nodes healthy with injected readings")
         yield url, readings
     finally:
         serve.delete("gpus")
@@ -79,7 +68,7 @@ def _ask(url: str, first: int, n: int) -> set[str]:
 
 def test_nodes_report_their_gpu_readings(gpu_app):
     url, _ = gpu_app
-    small = _nodes(url)["g-small"]["telemetry"]
+    small = nodes_of(url)["g-small"]["telemetry"]
     assert small["vram_free_mb"] == 4096 and small["vram_total_mb"] == 24576
     assert small["gpus"][0]["utilization_pct"] == 10 and small["ram_total_mb"] is None
 
@@ -88,5 +77,5 @@ def test_cold_model_goes_only_where_it_fits_and_follows_the_readings(gpu_app):
     url, readings = gpu_app
     assert _ask(url, 0, 6) == {"g-roomy"}  # the faster node has no room for it, busy or not
     readings.write_text(json.dumps({"g-small": _gpu(20480), "g-roomy": _gpu(16384)}))
-    _wait_until(lambda: _nodes(url)["g-small"]["telemetry"]["vram_free_mb"] == 20480, 10, "new readings seen")
+    wait_until(lambda: nodes_of(url)["g-small"]["telemetry"]["vram_free_mb"] == 20480, 10, "new readings seen")
     assert "g-small" in _ask(url, 10, 6)  # now it fits, and it is 4x faster
