@@ -27,7 +27,7 @@ DEFAULT_ROLES: dict[str, list[Permission]] = {
 Strategy = Literal["intelligent", "least_busy", "round_robin", "random"]
 
 NODES_ENV = "SOLLOL_NODES"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}$")
 
 
 class _Strict(BaseModel):
@@ -53,7 +53,7 @@ class NodeConfig(_Strict):
     @classmethod
     def _name_ok(cls, v: str) -> str:
         if not _NAME_RE.match(v):
-            raise ValueError(f"node name {v!r} must be 1-63 letters, digits, '.', '_' or '-'")
+            raise ValueError(f"node name {v!r} must be 1-63 letters, digits, '.', '_', ':' or '-'")
         return v
 
     @field_validator("url")
@@ -134,6 +134,32 @@ class TelemetryConfig(_Strict):
     # Readings from this JSON file (gpustat's format, keyed by node name) instead of the
     # host's GPUs: for tests and demos on machines without one.
     readings_file: str | None = None
+
+
+class ShardConfig(_Strict):
+    """Models served by a llama.cpp RPC shard group: one llama-server over rpc-servers on
+    several Ray hosts, for a model no single node can hold."""
+
+    # Always served by a shard group (Ollama names); other models only when too big for any node.
+    models: list[str] = Field(default_factory=list)
+    # Model name -> GGUF path, for models not in the Ollama store.
+    gguf_paths: dict[str, str] = Field(default_factory=dict)
+    # The Ollama model store to read GGUF blobs from (default: $OLLAMA_MODELS or ~/.ollama/models).
+    ollama_models_dir: str | None = None
+    # Ray resource that marks a host willing to run an rpc-server (`ray start --resources='{"sollol-rpc": 1}'`).
+    rpc_label: str = "sollol-rpc"
+    backends: int = Field(default=2, ge=1, le=16)
+    # rpc-servers bind their host's cluster address; "loopback" binds 127.0.0.1 (one-machine setups).
+    bind: Literal["node", "loopback"] = "node"
+    ctx_size: int = Field(default=2048, ge=64)
+    parallel: int = Field(default=2, ge=1, le=64)
+    llama_server_args: list[str] = Field(default_factory=list)
+    start_timeout_s: float = Field(default=300.0, gt=0)
+    # Restarts after a crash (rpc-server or llama-server), with doubling backoff; then "failed".
+    max_restarts: int = Field(default=5, ge=0)
+    restart_backoff_s: float = Field(default=1.0, ge=0)
+    # A group that has processed no token for this long is stopped (started again on demand).
+    idle_stop_s: float = Field(default=900.0, gt=0)
 
 
 class FailoverConfig(_Strict):
@@ -226,6 +252,7 @@ class GatewayConfig(_Strict):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
     sizing: DeploymentSizing = Field(default_factory=DeploymentSizing)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     # Largest accepted request body; larger ones get 413.

@@ -358,6 +358,22 @@ class Ingress:
 
         return await self._guard(request, handle, "admin")
 
+    # -- admin: shard groups --------------------------------------------------------------
+    @app.get("/api/shards")
+    async def shards(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.router.shards.remote(), "shards"), "admin")
+
+    @app.post("/api/shards/{model:path}/start")
+    async def start_shard(self, request: Request, model: str) -> Response:
+        """Start the model's group now (it also starts on demand) and wait until it serves."""
+        return await self._guard(
+            request, lambda: self._json_of(self.router.shard_action.remote(model, "start"), "shard"), "admin")
+
+    @app.post("/api/shards/{model:path}/stop")
+    async def stop_shard(self, request: Request, model: str) -> Response:
+        return await self._guard(
+            request, lambda: self._json_of(self.router.shard_action.remote(model, "stop"), "shard"), "admin")
+
     @app.get("/dashboard")
     async def dashboard(self, request: Request) -> Response:
         async def page() -> Response:

@@ -15,6 +15,7 @@ from sollol_serve.routing.state_actor import NAMESPACE
 
 # How long adding a node waits for its worker's first probe before answering.
 ADD_NODE_WAIT_S = 15.0
+KILL_WAIT_S = 10.0
 
 
 async def add_runtime_node(state: ActorHandle, node: NodeConfig, config: GatewayConfig) -> tuple[ActorHandle, dict]:
@@ -30,6 +31,12 @@ async def add_runtime_node(state: ActorHandle, node: NodeConfig, config: Gateway
     return actor, {"node": node.name, "url": node.url, "healthy": False, "error": NOT_PROBED}
 
 
+async def remove_node_now(state: ActorHandle, name: str, config: GatewayConfig) -> None:
+    """Remove the node at once (its server is gone anyway) and stop its runtime worker."""
+    await state.remove.remote(name)
+    await _kill_runtime_worker(name, config)
+
+
 async def retire_node(state: ActorHandle, name: str, config: GatewayConfig) -> None:
     """Drain the node, let what it has finish (bounded by `drain_timeout_s`), then remove it
     from the shared state and stop its worker if it was started at run time."""
@@ -40,9 +47,21 @@ async def retire_node(state: ActorHandle, name: str, config: GatewayConfig) -> N
     deadline = time.monotonic() + routing.drain_timeout_s
     while time.monotonic() < deadline and await state.in_flight_total.remote(name):
         await asyncio.sleep(routing.snapshot_interval_s)
-    await state.remove.remote(name)
+    await remove_node_now(state, name, config)
+
+
+async def _kill_runtime_worker(name: str, config: GatewayConfig) -> None:
+    actor_name = runtime_worker_name(config.state_actor_name, name)
     try:
-        actor = await asyncio.to_thread(ray.get_actor, runtime_worker_name(config.state_actor_name, name), NAMESPACE)
+        actor = await asyncio.to_thread(ray.get_actor, actor_name, NAMESPACE)
     except ValueError:  # a node from the config: its deployment stays until the app is redeployed
         return
     ray.kill(actor)
+    # Until Ray has freed the name, a node added again under it could not get a worker.
+    deadline = time.monotonic() + KILL_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.to_thread(ray.get_actor, actor_name, NAMESPACE)
+        except ValueError:
+            return
+        await asyncio.sleep(0.1)

@@ -97,3 +97,17 @@ class Chooser:
         shuffled = scored[:]
         self._rng.shuffle(shuffled)
         return shuffled
+
+
+def needs_shard(snapshot: dict[str, NodeView], model: str, listed: set[str], headroom: float) -> bool:
+    """Whether the model goes to a shard group: listed for sharding, or bigger than what any
+    healthy node that has it can hold (its free VRAM, else its free RAM; unknown = can hold)."""
+    wanted = normalize_model(model)
+    if wanted in listed:
+        return True
+    holders = [v for v in snapshot.values() if v.healthy and v.has_model(wanted) and not v.name.startswith("shard:")]
+    if not holders:
+        return False
+    size_mb = max(v.model_sizes.get(wanted, 0) for v in holders) / 2**20 * headroom
+    capacities = [v.vram_free_mb if v.vram_free_mb is not None else v.ram_available_mb for v in holders]
+    return size_mb > 0 and None not in capacities and max(capacities) < size_mb

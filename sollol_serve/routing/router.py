@@ -46,9 +46,10 @@ from sollol_serve.routing.core import Flight, Grant, RoutingCore
 from sollol_serve.routing.failover import backoff_s, hedge_delay_s, should_hedge
 from sollol_serve.routing.learning import Observation
 from sollol_serve.routing.links import ActorLink, ItemStream, ServeLink, WorkerLink
-from sollol_serve.routing.policy import candidates
+from sollol_serve.routing.policy import candidates, needs_shard
 from sollol_serve.routing.state import NodeView, normalize_model
 from sollol_serve.routing.state_actor import NAMESPACE, state_actor
+from sollol_serve.shard.coordinator import shard_coordinator, shard_node_name
 
 logger = logging.getLogger("ray.serve")
 
@@ -175,6 +176,8 @@ class Router:
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
         self.discovery = start_discovery(self.config)  # one per gateway, whichever router starts it
+        self.shard_models = {normalize_model(m) for m in self.config.shard.models}
+        self.shard_coordinator = None  # created on first need
         await self._adopt(*await self.state.sync.remote(self.router_id, {}, []))
         self._refresher = asyncio.create_task(self._refresh_loop())
 
@@ -276,7 +279,7 @@ class Router:
     async def call(self, profile: RequestProfile, req: NodeRequest) -> Routed:
         if should_hedge(profile.priority, self.config.failover):
             return await self._call_hedged(profile, req)
-        attempts = Attempts()
+        attempts = await self._attempts_for(profile)
         while True:
             grant = await self._attempt(profile, attempts)
             node = grant.choice.node
@@ -296,7 +299,7 @@ class Router:
 
     async def _call_hedged(self, profile: RequestProfile, req: NodeRequest) -> Routed:
         """A non-streamed call that can be hedged: the worker signals the node's first byte."""
-        attempts = Attempts()
+        attempts = await self._attempts_for(profile)
         while True:
             leg, item = await self._start(profile, req, "call_watched", attempts)
             try:
@@ -317,7 +320,7 @@ class Router:
             return Routed(body=body, node=leg.node, routing=attempts.routing(profile, self.core.strategy, leg.grant))
 
     async def stream(self, profile: RequestProfile, req: NodeRequest) -> AsyncIterator[object]:
-        attempts = Attempts()
+        attempts = await self._attempts_for(profile)
         leg, first = await self._start(profile, req, "stream", attempts)
         try:
             attempts.log.append({"node": leg.node, "ok": True})
@@ -329,6 +332,38 @@ class Router:
             yield StreamEnd(attempts.routing(profile, self.core.strategy, leg.grant), tokens=used)
         finally:
             self._drop(leg, profile)
+
+    # -- shard groups: models no single node can hold ----------------------------------
+    async def _attempts_for(self, profile: RequestProfile) -> Attempts:
+        """A new request's Attempts; for a model served by a shard group, the group is started
+        if needed and every other node is ruled out. Decided afresh for every request."""
+        attempts = Attempts()
+        shard = self.config.shard
+        if not needs_shard(self.core.snapshot, profile.model, self.shard_models, self.config.routing.vram_headroom):
+            return attempts
+        name = shard_node_name(profile.model)
+        view = self.core.snapshot.get(name)
+        if view is None or not view.healthy:
+            await self._shards().ensure.remote(profile.model)
+            deadline = time.monotonic() + shard.start_timeout_s
+            while not (self.core.snapshot.get(name) and self.core.snapshot[name].healthy):
+                if time.monotonic() > deadline:
+                    raise NoNodeAvailable(f"shard group '{name}' started but is not reachable")
+                await asyncio.sleep(self.config.routing.snapshot_interval_s)
+        attempts.tried |= {n for n, v in self.core.snapshot.items() if n != name and v.has_model(profile.model)}
+        return attempts
+
+    def _shards(self):
+        if self.shard_coordinator is None:
+            self.shard_coordinator = shard_coordinator(self.config)
+        return self.shard_coordinator
+
+    async def shards(self) -> list[dict]:
+        return await self._shards().status.remote()
+
+    async def shard_action(self, model: str, action: str) -> dict:
+        coordinator = self._shards()
+        return await (coordinator.ensure if action == "start" else coordinator.stop).remote(model)
 
     # -- legs: one node's try at a request; several at once when hedging ----------------
     async def _start(self, profile: RequestProfile, req: NodeRequest, method: str,

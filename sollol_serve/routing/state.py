@@ -63,6 +63,7 @@ class NodeView:
     breaker: BreakerState = "closed"
     draining: bool = False  # finishes what it has, gets nothing new
     vram_free_mb: int | None = None  # None: no GPU readings (a CPU node, or none yet)
+    ram_available_mb: int | None = None
     model_sizes: dict[str, int] = field(default_factory=dict)  # normalized name -> bytes on disk
 
     @property
@@ -152,6 +153,7 @@ class ClusterState:
                 breaker=self.breakers[name].state(now) if name in self.breakers else "closed",
                 draining=name in self.draining,
                 vram_free_mb=(r.telemetry or {}).get("vram_free_mb"),
+                ram_available_mb=(r.telemetry or {}).get("ram_available_mb"),
                 model_sizes={normalize_model(_entry_name(m)): int(m.get("size") or 0) for m in r.models},
             )
         return views

@@ -16,7 +16,7 @@ import httpx
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: Linux sends it SIGTERM when the parent dies, so a demo or
     test that crashes leaves no simulated node behind."""
     if sys.platform.startswith("linux"):
@@ -47,7 +47,7 @@ class SimProcess:
         cmd = [sys.executable, "-m", "sollol_serve.cli", "sim-node", "--host", self.host, "--port", str(self.port),
                "--name", self.name, *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -55,7 +55,8 @@ def test_workers_follow_their_hosts_and_ray_nodes_join_and_leave():
         late_port = free_port("127.0.0.4")
         config = GatewayConfig.model_validate({
             "nodes": [{"name": s.name, "url": s.url, "slots": 2} for s in sims],
-            "routing": {"snapshot_interval_s": 0.2},
+            # Round robin: every node with the model gets its turn, whatever the machine's load.
+            "routing": {"strategy": "round_robin", "snapshot_interval_s": 0.2},
             "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
             "discovery": {"ports": [late_port], "interval_s": 1.0},
         })
@@ -82,7 +83,6 @@ def test_workers_follow_their_hosts_and_ray_nodes_join_and_leave():
 
         # That Ray host leaves while requests for a model it shares are in flight.
         async def load_while_leaving() -> list[httpx.Response]:
-            # More at once than gpu-a and gpu-b have slots, so the late node shares the load.
             pending = asyncio.ensure_future(_chats(url, "shared", 30, 0.03))
             await asyncio.sleep(0.5)
             await asyncio.to_thread(cluster.remove_node, late_raylet)

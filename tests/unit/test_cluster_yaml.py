@@ -41,4 +41,4 @@ def test_every_host_starts_ray_with_its_sollol_node_label():
 def test_setup_installs_sollol_ollama_and_the_llama_cpp_binaries():
     setup = "\n".join(_config()["setup_commands"])
     assert "sollol_serve" in setup and "ollama" in setup
-    assert "ggml-rpc-server" in setup and "llama-server" in setup and "-DGGML_RPC=ON" in setup
+    assert "sollol build-llamacpp" in setup  # the same command a user runs by hand
