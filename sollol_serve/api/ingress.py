@@ -6,12 +6,16 @@ as they arrive. Errors are written in the API's own format.
 """
 
 
+import asyncio
+import functools
 import json
 import time
+from importlib import resources
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import ray
 from fastapi import FastAPI, Request
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
@@ -27,6 +31,9 @@ from sollol_serve.api.errors import error_response
 from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
 from sollol_serve.api.middleware import PoweredByHeader
 from sollol_serve.config import GatewayConfig, NodeConfig, Permission
+from sollol_serve.observability.activity import MAX_DECISIONS, decision
+from sollol_serve.observability.metrics import RequestMetrics, render
+from sollol_serve.observability.metrics_actor import metrics_actor
 from sollol_serve.protocol import Api, BadRequest, GatewayError, NodeRequest, Operation, StreamEnd, StreamStart
 from sollol_serve.routing.router import unwrap
 
@@ -83,17 +90,39 @@ def _version_key(version: str) -> tuple:
     return tuple(parts)
 
 
-_DASHBOARD_PLACEHOLDER = """<!doctype html><html><head><meta charset="utf-8"><title>sollol_serve</title></head>
-<body style="font-family:sans-serif"><h1>sollol_serve</h1>
-<p>The live dashboard is not built yet. Node state as JSON: <a href="/api/nodes">/api/nodes</a>.</p>
-<pre id="nodes">loading...</pre>
-<script>
-async function refresh() {
-  const r = await fetch('/api/nodes');
-  document.getElementById('nodes').textContent = JSON.stringify(await r.json(), null, 2);
-}
-refresh(); setInterval(refresh, 2000);
-</script></body></html>"""
+@functools.cache
+def dashboard_page() -> str:
+    """The live dashboard: one static page that polls /api/stats and /api/routing/decisions."""
+    return resources.files("sollol_serve.observability").joinpath("dashboard.html").read_text()
+
+
+METRICS_FLUSH_S = 1.0
+
+
+class StreamAccount:
+    """What a stream's end settles: the key's tokens and the metrics (with time to first chunk)."""
+
+    def __init__(self, record: Callable[..., None], endpoint: str, model: str, node: str, started: float,
+                 charge: Callable[[int], None]):
+        # `record` looks the replica's current book up at call time: the book is swapped every flush.
+        self.record, self.endpoint, self.model, self.node = record, endpoint, model, node
+        self.started, self.charge = started, charge
+        self.first: float | None = None
+
+    def chunk(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter() - self.started
+
+    def end(self, item: StreamEnd) -> None:
+        self.charge(item.tokens)
+        self._record(200, item.routing)
+
+    def broken(self) -> None:
+        self._record(502, None)
+
+    def _record(self, status: int, routing: dict | None) -> None:
+        self.record(self.endpoint, self.model, self.node, status, time.perf_counter() - self.started,
+                    self.first, routing)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -108,6 +137,10 @@ class Ingress:
         keys = self.config.security.keys
         self.limited = {k.name for k in keys if k.requests_per_minute or k.tokens_per_minute}
         self.limiter = rate_limiter(f"{self.config.state_actor_name}_ratelimits", keys) if self.limited else None
+        self.metrics = RequestMetrics()  # this replica's counts since the last flush
+        self.decisions: list[dict] = []  # and its routing decisions
+        self.metrics_book = metrics_actor(self.config.state_actor_name)
+        self._flusher = asyncio.create_task(self._flush_metrics())
 
     # -- request plumbing --------------------------------------------------------------
     async def _read_body(self, request: Request) -> bytes:
@@ -157,8 +190,12 @@ class Ingress:
 
     async def _routed(self, request: Request, api: Api, op: Operation, schema: type[BaseModel],
                       permission: Permission) -> Response:
+        started = time.perf_counter()
+        endpoint = api_path(request)
+
         async def handle() -> Response:
             body = await self._json(request, schema)
+            request.state.model = str(body.get("model"))
             priority = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
             streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
             profile = await self.analyzer.profile.remote(api, op, body, priority)
@@ -167,19 +204,26 @@ class Ingress:
             if not streams:
                 routed = await self.router.call.remote(profile, req)
                 charge(tokens_used(routed.body))
+                self._record(endpoint, req.model, routed.node, 200, time.perf_counter() - started, None,
+                             routed.routing)
                 payload = {**routed.body, "_sollol_routing": routed.routing}
                 return JSONResponse(payload, headers={"X-SOLLOL-Node": routed.node})
             items = self.router.stream.options(stream=True).remote(profile, req)
             start = await items.__anext__()  # errors before the first byte surface here
             if not isinstance(start, StreamStart):
                 raise GatewayError(f"router answered {type(start).__name__} before the stream started")
+            account = StreamAccount(self._record, endpoint, req.model, start.node, started, charge)
             if api == "ollama":
-                return StreamingResponse(self._ndjson(items, charge), media_type="application/x-ndjson",
+                return StreamingResponse(self._ndjson(items, account), media_type="application/x-ndjson",
                                          headers={"X-SOLLOL-Node": start.node})
-            return StreamingResponse(self._sse(items, charge), media_type="text/event-stream",
+            return StreamingResponse(self._sse(items, account), media_type="text/event-stream",
                                      headers={"X-SOLLOL-Node": start.node, "Cache-Control": "no-cache"})
 
-        return await self._guard(request, handle, permission)
+        response = await self._guard(request, handle, permission)
+        if response.status_code >= 400:
+            self._record(endpoint, getattr(request.state, "model", "none"), "none", response.status_code,
+                         time.perf_counter() - started, None, None)
+        return response
 
     def _charger(self, principal: Principal) -> Callable[[int], None]:
         """Charges the tokens a response used to its key, if the key is rate limited."""
@@ -187,41 +231,67 @@ class Ingress:
             return lambda tokens: None
         return lambda tokens: self.limiter.charge.remote(principal.name, tokens)
 
-    async def _ndjson(self, items, charge: Callable[[int], None]) -> AsyncIterator[str]:
+    def _record(self, endpoint: str, model: str, node: str, status: int, latency_s: float, ttft_s: float | None,
+                routing: dict | None) -> None:
+        """Count a routed request, and keep its decision for the dashboard."""
+        routing = routing or {}
+        self.metrics.record(endpoint, model, node, status, latency_s, ttft_s, routing.get("attempts", ()))
+        if routing:
+            self.decisions.append(decision(model, endpoint, status, latency_s, routing))
+
+    async def _flush_metrics(self) -> None:
+        """Send this replica's counts to the shared book every second (one scrape target)."""
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            if self.metrics.empty():
+                continue
+            delta, self.metrics = self.metrics, RequestMetrics()
+            decisions, self.decisions = self.decisions, []
+            try:
+                await self.metrics_book.add.remote(delta, decisions)
+            except Exception:  # keep the counts for the next flush
+                delta.merge(self.metrics)
+                self.metrics, self.decisions = delta, decisions + self.decisions
+
+    async def _ndjson(self, items, account: "StreamAccount") -> AsyncIterator[str]:
         """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing`."""
         final: dict | None = None
         try:
             async for item in items:
                 if isinstance(item, StreamEnd):
-                    charge(item.tokens)
+                    account.end(item)
                     if final is not None:
                         yield _dumps({**final, "_sollol_routing": item.routing}) + "\n"
                     return
+                account.chunk()
                 if item.get("done"):
                     final = item  # held only until the StreamEnd that follows at once
                 else:
                     yield _dumps(item) + "\n"
         except Exception as exc:
+            account.broken()
             error = unwrap(exc)
             message = error.message if isinstance(error, GatewayError) else str(error)
             yield _dumps({"error": message, "done": True, "done_reason": "error"}) + "\n"
         finally:
             items.cancel()
 
-    async def _sse(self, items, charge: Callable[[int], None]) -> AsyncIterator[str]:
+    async def _sse(self, items, account: "StreamAccount") -> AsyncIterator[str]:
         """OpenAI stream: `data:` events; a last chunk carries `_sollol_routing`, then [DONE]."""
         last: dict = {}
         try:
             async for item in items:
                 if isinstance(item, StreamEnd):
-                    charge(item.tokens)
+                    account.end(item)
                     tail = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
                     yield f"data: {_dumps({**tail, 'choices': [], '_sollol_routing': item.routing})}\n\n"
                     yield "data: [DONE]\n\n"
                     return
+                account.chunk()
                 last = item
                 yield f"data: {_dumps(item)}\n\n"
         except Exception as exc:
+            account.broken()
             error = unwrap(exc)
             message = error.message if isinstance(error, GatewayError) else str(error)
             yield f"data: {_dumps({'error': {'message': message, 'type': 'server_error', 'code': 'stream_broken'}})}\n\n"
@@ -313,6 +383,44 @@ class Ingress:
     async def nodes(self, request: Request) -> Response:
         return await self._guard(request, lambda: self._json_of(self.router.nodes.remote(), "nodes"), "stats")
 
+    @app.get("/metrics")
+    async def metrics_text(self, request: Request) -> Response:
+        """Prometheus text format: the whole app's counts (merged from every replica) and gauges."""
+        async def handle() -> Response:
+            book, nodes, queue, shards = await asyncio.gather(
+                self.metrics_book.snapshot.remote(), self.router.nodes.remote(), self.router.queue_stats.remote(),
+                self.router.shards.remote())
+            return Response(render(book, nodes, queue, shards), media_type=CONTENT_TYPE_LATEST)
+
+        return await self._guard(request, handle, "stats")
+
+    @app.get("/api/stats")
+    async def stats(self, request: Request) -> Response:
+        """What the dashboard shows, as JSON: nodes, queue, shard groups, latency over time, totals."""
+        async def handle() -> Response:
+            nodes, queue, shards, latency, book = await asyncio.gather(
+                self.router.nodes.remote(), self.router.queue_stats.remote(), self.router.shards.remote(),
+                self.metrics_book.latency.remote(), self.metrics_book.snapshot.remote())
+            totals = {"requests": sum(book.requests.values()),
+                      "errors": sum(n for key, n in book.requests.items() if int(key[3]) >= 400),
+                      "retries": sum(book.retries.values()), "hedges": sum(book.hedges.values())}
+            return JSONResponse({"nodes": nodes, "queue": queue, "shards": shards, "latency": latency,
+                                 "totals": totals})
+
+        return await self._guard(request, handle, "stats")
+
+    @app.get("/api/routing/decisions")
+    async def decisions_json(self, request: Request) -> Response:
+        """The most recent routing decisions, newest first, with their reasons and candidates."""
+        async def handle() -> Response:
+            raw = request.query_params.get("limit", "50")
+            if not raw.isdigit():
+                raise BadRequest("limit must be a whole number")
+            limit = max(1, min(int(raw), MAX_DECISIONS))
+            return await self._json_of(self.metrics_book.decisions.remote(limit), "decisions")
+
+        return await self._guard(request, handle, "stats")
+
     @app.get("/api/queue")
     async def queue(self, request: Request) -> Response:
         return await self._guard(request, lambda: self._json_of(self.router.queue_stats.remote(), "queue"), "stats")
@@ -377,6 +485,6 @@ class Ingress:
     @app.get("/dashboard")
     async def dashboard(self, request: Request) -> Response:
         async def page() -> Response:
-            return HTMLResponse(_DASHBOARD_PLACEHOLDER)
+            return HTMLResponse(dashboard_page())
 
         return await self._guard(request, page, "admin")

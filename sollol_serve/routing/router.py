@@ -49,7 +49,7 @@ from sollol_serve.routing.links import ActorLink, ItemStream, ServeLink, WorkerL
 from sollol_serve.routing.policy import candidates, needs_shard
 from sollol_serve.routing.state import NodeView, normalize_model
 from sollol_serve.routing.state_actor import NAMESPACE, state_actor
-from sollol_serve.shard.coordinator import shard_coordinator, shard_node_name
+from sollol_serve.shard.coordinator import coordinator_name, shard_coordinator, shard_node_name
 
 logger = logging.getLogger("ray.serve")
 
@@ -359,7 +359,14 @@ class Router:
         return self.shard_coordinator
 
     async def shards(self) -> list[dict]:
-        return await self._shards().status.remote()
+        """The shard groups; none (and no coordinator started) until one is needed."""
+        if self.shard_coordinator is None:
+            try:
+                self.shard_coordinator = await asyncio.to_thread(
+                    ray.get_actor, coordinator_name(self.config.state_actor_name), NAMESPACE)
+            except ValueError:
+                return []
+        return await self.shard_coordinator.status.remote()
 
     async def shard_action(self, model: str, action: str) -> dict:
         coordinator = self._shards()
@@ -511,6 +518,8 @@ class Router:
                 "worker_ip": report.worker_ip if report else None,
                 "worker_node_id": report.worker_node_id if report else None,
                 "telemetry": report.telemetry if report else None,
+                "decode_tps": {model: round(perf.decode_tps.mean, 2) for (node, model), perf in self.core.book.models.items()
+                               if node == v.name and perf.decode_tps.n},
             })
         return out
 

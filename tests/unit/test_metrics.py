@@ -1,0 +1,60 @@
+"""Request metrics: recording, merging across replicas, and the Prometheus text parsed back."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sollol_serve.observability.metrics import RequestMetrics, render
+
+NODES = [{"name": "gpu-1", "healthy": True, "in_flight": 2, "slots": 4, "breaker": "half_open",
+          "telemetry": {"vram_free_mb": 1024}, "decode_tps": {"llama3.2:latest": 88.5}},
+         {"name": "cpu", "healthy": False, "in_flight": 0, "slots": 1, "breaker": "open", "telemetry": None}]
+QUEUE = {"waiting": 3, "waited_by_priority": {"9": {"count": 4, "mean_ms": 120.0, "max_ms": 400.0}}}
+SHARDS = [{"model": "big:latest", "state": "running"}]
+
+
+def _samples(text: bytes) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_two_replicas_books_merge_into_one_consistent_scrape():
+    a, b = RequestMetrics(), RequestMetrics()
+    a.record("/api/chat", "llama3.2", "gpu-1", 200, 0.3, attempts=[{"node": "cpu", "ok": False},
+                                                                    {"node": "gpu-1", "ok": True}])
+    a.record("/api/chat", "llama3.2", "gpu-1", 200, 1.5, ttft_s=0.02)
+    b.record("/api/chat", "llama3.2", "gpu-1", 200, 0.7, attempts=[{"node": "gpu-2", "hedge": True}])
+    b.record("/v1/embeddings", "nomic", "none", 404, 0.01)
+    merged = RequestMetrics()
+    merged.merge(a)
+    merged.merge(b)
+    samples = _samples(render(merged, NODES, QUEUE, SHARDS))
+    chat = (("endpoint", "/api/chat"), ("model", "llama3.2"), ("node", "gpu-1"), ("status", "200"))
+    assert samples[("sollol_requests_total", chat)] == 3
+    assert samples[("sollol_requests_total", (("endpoint", "/v1/embeddings"), ("model", "nomic"), ("node", "none"),
+                                              ("status", "404")))] == 1
+    hist = (("endpoint", "/api/chat"), ("model", "llama3.2"))
+    assert samples[("sollol_request_latency_seconds_count", hist)] == 3
+    assert samples[("sollol_request_latency_seconds_sum", hist)] == 2.5
+    assert samples[("sollol_request_latency_seconds_bucket", tuple(sorted((*hist, ("le", "0.5")))))] == 1
+    assert samples[("sollol_request_latency_seconds_bucket", tuple(sorted((*hist, ("le", "+Inf")))))] == 3
+    assert samples[("sollol_time_to_first_token_seconds_count", hist)] == 1
+    assert samples[("sollol_retries_total", (("node", "cpu"),))] == 1
+    assert samples[("sollol_hedges_total", (("node", "gpu-2"),))] == 1
+
+
+def test_gauges_from_nodes_queue_and_shards():
+    samples = _samples(render(RequestMetrics(), NODES, QUEUE, SHARDS))
+    assert samples[("sollol_node_healthy", (("node", "cpu"),))] == 0
+    assert samples[("sollol_node_in_flight", (("node", "gpu-1"),))] == 2
+    assert samples[("sollol_node_breaker", (("node", "gpu-1"), ("state", "half_open")))] == 1
+    assert samples[("sollol_node_breaker", (("node", "gpu-1"), ("state", "open")))] == 0
+    assert samples[("sollol_node_vram_free_bytes", (("node", "gpu-1"),))] == 1024 * 2**20
+    assert ("sollol_node_vram_free_bytes", (("node", "cpu"),)) not in samples
+    assert samples[("sollol_node_decode_tokens_per_second", (("model", "llama3.2:latest"), ("node", "gpu-1")))] == 88.5
+    assert samples[("sollol_queue_waiting", ())] == 3
+    assert samples[("sollol_queue_wait_seconds_mean", (("priority", "9"),))] == 0.12
+    assert samples[("sollol_shard_group_state", (("model", "big:latest"), ("state", "running")))] == 1
