@@ -1,4 +1,4 @@
-"""The `sollol` command: `demo`, `sim-node`, `keys`, `build-llamacpp`."""
+"""The `sollol` command: `demo`, `sim-node`, `keys`, `build-llamacpp`, `status`, `nodes`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,37 @@ def build_llamacpp_command(argv: list[str]) -> None:
     print(f"llama-server     {found.llama_server}\nggml-rpc-server  {found.rpc_server}")
 
 
+def _gateway_args(prog: str, description: str, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway")
+    parser.add_argument("--api-key", default=None, help="a key with the stats permission, when keys are on")
+    return parser.parse_args(argv)
+
+
+def status_command(argv: list[str]) -> None:
+    from sollol_serve.client import connect
+
+    args = _gateway_args("sollol status", "the gateway's health in one line", argv)
+    with connect(args.url, args.api_key) as sollol:
+        health = sollol.health()
+    print(f"{args.url}: {health['status']} ({health.get('healthy', 0)} of {health.get('nodes', 0)} nodes healthy)")
+    if health["http_status"] != 200:
+        raise SystemExit(1)
+
+
+def nodes_command(argv: list[str]) -> None:
+    from sollol_serve.client import connect
+
+    args = _gateway_args("sollol nodes", "the nodes as the router sees them", argv)
+    with connect(args.url, args.api_key) as sollol:
+        nodes = sollol.nodes()
+    print(f"{'node':<24} {'health':<8} {'breaker':<10} {'busy':>9}  models")
+    for n in nodes:
+        health = "up" if n["healthy"] else "DOWN"
+        print(f"{n['name']:<24} {health:<8} {n['breaker']:<10} {n['in_flight']:>4}/{n['slots']:<4}  "
+              f"{', '.join(n['models'])}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="sollol", description="sollol_serve: one endpoint for a cluster of LLM nodes")
@@ -54,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("demo", help="local Ray + three simulated nodes + the gateway", add_help=False)
     sub.add_parser("keys", help="create API keys / hash existing ones", add_help=False)
     sub.add_parser("build-llamacpp", help="build llama.cpp's llama-server and ggml-rpc-server", add_help=False)
-    own = {"keys": keys_command, "build-llamacpp": build_llamacpp_command}
+    sub.add_parser("status", help="the gateway's health", add_help=False)
+    sub.add_parser("nodes", help="the gateway's nodes", add_help=False)
+    own = {"keys": keys_command, "build-llamacpp": build_llamacpp_command, "status": status_command,
+           "nodes": nodes_command}
     if not argv or argv[0] not in (*DELEGATED, *own):
         parser.parse_args(argv)
         return
