@@ -184,15 +184,22 @@ class Router:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.routing.snapshot_interval_s)
-            pending = self.core.take_pending()
             try:
-                synced = await self.state.sync.remote(self.router_id, self.core.in_flight_counts(), pending)
+                await self._sync()
             except Exception:  # keep the last snapshot; the actor restarts on its own
-                self.core.pending[:0] = pending
                 logger.exception("node state sync failed")
                 continue
-            await self._adopt(*synced)
             self._pump()
+
+    async def _sync(self) -> None:
+        """Send what this router learned and its in-flight counts; adopt the shared state."""
+        pending = self.core.take_pending()
+        try:
+            synced = await self.state.sync.remote(self.router_id, self.core.in_flight_counts(), pending)
+        except Exception:
+            self.core.pending[:0] = pending
+            raise
+        await self._adopt(*synced)
 
     async def _adopt(self, snapshot: dict[str, NodeView], book) -> None:
         """Take the shared state, routing only to nodes this router can reach: a node added
@@ -481,6 +488,7 @@ class Router:
             raise Conflict(f"node '{config.name}' is in the gateway's config; it returns when the app is redeployed")
         actor, probed = await add_runtime_node(self.state, config, self.config)
         self.links[config.name] = ActorLink(actor)
+        await self._sync()  # routable here at once; other router replicas see it within a refresh
         return probed
 
     async def drain_node(self, name: str, drain: bool = True) -> dict:

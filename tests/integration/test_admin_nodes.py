@@ -39,7 +39,11 @@ def test_node_added_at_run_time_serves_then_drains_then_goes(gateway, extra):
     client = ollama.Client(host=gateway.url, timeout=30)
     r = httpx.post(gateway.url + "/api/admin/nodes", json={"name": "extra", "url": extra.url}, timeout=30)
     assert r.status_code == 201 and r.json()["healthy"], r.text
-    wait_until(lambda: "extra" in nodes_of(gateway.url, "/api/admin/nodes"), 10, "routers see the added node")
+    def routable() -> bool:
+        node = nodes_of(gateway.url, "/api/admin/nodes").get("extra", {})
+        return node.get("healthy", False) and any(m.startswith("extra-model") for m in node["models"])
+
+    wait_until(routable, 10, "routers see the added node and its model")
     assert "extra-model:latest" in [m.model for m in client.list().models]
     answer = client.chat(model="extra-model", messages=[{"role": "user", "content": "hi"}],
                          options={"num_predict": 3})
