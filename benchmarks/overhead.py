@@ -24,7 +24,8 @@ import aiohttp
 
 from sollol_serve.config import GatewayConfig, NodeConfig
 from sollol_serve.local import start_local_gateway, stop_local_gateway, wait_for_nodes
-from sollol_serve.sim.process import SimProcess, free_port
+from sollol_serve.processes import free_port
+from sollol_serve.sim.process import SimProcess
 
 NODE_ARGS = ["--models", "llama3.2", "--slots", "64", "--decode-tps", "400", "--prefill-tps", "100000",
              "--load-s", "0", "--slot-slowdown", "0"]

@@ -27,7 +27,8 @@ from workload import HETEROGENEOUS, HOMOGENEOUS, Job, NodeSpec, capacity_rps, ma
 
 from sollol_serve.config import GatewayConfig, NodeConfig, RoutingConfig
 from sollol_serve.local import deploy_gateway, start_local_serve, stop_local_gateway, wait_for_nodes
-from sollol_serve.sim.process import SimProcess, free_port
+from sollol_serve.processes import free_port
+from sollol_serve.sim.process import SimProcess
 
 STRATEGIES = ["intelligent", "least_busy", "round_robin", "random"]
 MEASURE_SEED, WARMUP_SEED = 7, 1234

@@ -37,7 +37,8 @@ import ray
 
 from sollol_serve.config import GatewayConfig, NodeConfig
 from sollol_serve.local import start_local_gateway, stop_local_gateway, wait_for_nodes
-from sollol_serve.sim.process import SimProcess, free_port
+from sollol_serve.processes import free_port
+from sollol_serve.sim.process import SimProcess
 
 # name, slots, decode tokens/s, prefill tokens/s, models
 NODES = [

@@ -12,7 +12,7 @@ from ray import serve
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
-from sollol_serve.sim.process import free_port
+from sollol_serve.processes import free_port
 
 APP_NAME = "sollol"
 

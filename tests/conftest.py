@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from sollol_serve.sim.process import SimProcess, free_port
+from sollol_serve.processes import free_port
+from sollol_serve.sim.process import SimProcess
 
 
 @dataclass

@@ -231,9 +231,13 @@ def translate_error(err: object) -> str:
     return str(err.get("message", err)) if isinstance(err, dict) else str(err)
 
 
+# How a server shows its kind: the path it answers and a key its JSON answer has.
+KIND_PROBES: tuple[tuple[str, str, str], ...] = (("ollama", "/api/version", "version"), ("openai", "/v1/models", "data"))
+
+
 async def detect_kind(http: NodeHTTP, url: str) -> str | None:
     """'ollama' if the node answers Ollama's /api/version, 'openai' if it answers /v1/models."""
-    for kind, path, key in (("ollama", "/api/version", "version"), ("openai", "/v1/models", "data")):
+    for kind, path, key in KIND_PROBES:
         try:
             status, payload = await http.get_json(url + path)
         except NodeError:

@@ -21,6 +21,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sollol_serve.config import GatewayConfig, NodeConfig, default_node_name
+from sollol_serve.nodes.backends import KIND_PROBES
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
 from sollol_serve.nodes.placement import LOOPBACK_HOSTS
 from sollol_serve.routing.state_actor import NAMESPACE, state_actor
@@ -55,7 +56,7 @@ class Endpoint:
 
 def kind_of(client: httpx.Client, base: str) -> str | None:
     """'ollama' or 'openai' if `base` answers that API, else None."""
-    for kind, path, key in (("ollama", "/api/version", "version"), ("openai", "/v1/models", "data")):
+    for kind, path, key in KIND_PROBES:
         try:
             response = client.get(base + path)
             if response.status_code == 200 and key in response.json():

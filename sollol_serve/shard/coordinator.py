@@ -33,7 +33,7 @@ from sollol_serve.shard.build import ensure_binaries
 from sollol_serve.shard.models import read_gguf_info, resolve_gguf
 from sollol_serve.shard.plan import Backend, Host, activity, choose_hosts, llama_server_command, \
     rpc_buffers, rpc_server_command
-from sollol_serve.sim.process import die_with_parent, free_port
+from sollol_serve.processes import die_with_parent, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Group:
     log_path: str | None = None
     restarts: int = 0
     error: str | None = None
+    buffers: dict[str, float] = field(default_factory=dict)  # MiB of weights per backend, read once per start
     layers: int | None = None
     size_mb: int | None = None
     started_s: float | None = None  # seconds from launch to healthy, last start
@@ -98,10 +99,9 @@ class Group:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def as_dict(self) -> dict:
-        buffers = rpc_buffers(Path(self.log_path).read_text(errors="replace")) if self.log_path else {}
         return {"model": self.model, "node": shard_node_name(self.model), "state": self.state, "url": self.url,
                 "backends": [{"address": b.address, "node_id": b.host.node_id, "free_mb": b.host.free_mb,
-                              "pid": pid, "model_buffer_mib": buffers.get(b.address)}
+                              "pid": pid, "model_buffer_mib": self.buffers.get(b.address)}
                              for b, pid in zip(self.backends, self.rpc_pids)],
                 "pid": self.proc.pid if self.proc else None,
                 "layers": self.layers, "size_mb": self.size_mb, "restarts": self.restarts, "error": self.error,
@@ -186,6 +186,7 @@ class ShardCoordinator:
             group.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         group.url = f"http://{host}:{port}"
         await self._wait_healthy(group)
+        group.buffers = rpc_buffers(Path(group.log_path).read_text(errors="replace"))
         group.started_s = round(time.monotonic() - launched, 3)
         await self._register(group)
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,21 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGTERM when the parent dies, so a demo or
-    test that crashes leaves no simulated node behind."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from sollol_serve.processes import die_with_parent, free_port
 
 
 @dataclass

@@ -18,7 +18,8 @@ from ray.cluster_utils import Cluster
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
-from sollol_serve.sim.process import SimProcess, free_port
+from sollol_serve.processes import free_port
+from sollol_serve.sim.process import SimProcess
 from tests.helpers import nodes_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.cluster]

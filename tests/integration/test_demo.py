@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from sollol_serve.sim.process import free_port
+from sollol_serve.processes import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray]
 
