@@ -53,8 +53,12 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
 def _expect_chunks_within(response: aiohttp.ClientResponse, idle_s: float) -> None:
     """From now on a read waits at most `idle_s` (the connection's read timeout, which
     aiohttp resets for the next request on this connection)."""
-    if response.connection is not None and response.connection.protocol is not None:
-        response.connection.protocol.read_timeout = idle_s
+    protocol = response.connection.protocol if response.connection is not None else None
+    if protocol is not None:
+        protocol.read_timeout = idle_s
+        # The timer already armed still runs on the first-byte limit: re-arm it with the idle
+        # limit now (aiohttp re-arms it only when data arrives, and a hung node sends none).
+        protocol.start_timeout()
 
 
 class NodeHTTP:

@@ -1,0 +1,107 @@
+"""The node client's time limits against a real local HTTP server that stalls on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+
+import pytest
+from aiohttp import web
+
+from sollol_serve.config import TimeoutConfig
+from sollol_serve.nodes.http import NodeHTTP
+from sollol_serve.protocol import NodeError, StreamBroken
+from sollol_serve.shard.build import find_binaries
+
+
+async def _serve(handler) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_post("/stream", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}/stream"
+
+
+async def _lines(handler, timeouts: TimeoutConfig) -> tuple[list[str], BaseException | None, float]:
+    runner, url = await _serve(handler)
+    http = NodeHTTP(timeouts)
+    got: list[str] = []
+    started = time.monotonic()
+    try:
+        async for line in http.post_lines(url, {}):
+            got.append(line)
+        error = None
+    except (NodeError, StreamBroken) as exc:
+        error = exc
+    finally:
+        elapsed = time.monotonic() - started  # before the stalled handler is cleaned up
+        await http.close()
+        await runner.cleanup()
+    return got, error, elapsed
+
+
+def _stalling(first_after_s: float, then_stall_s: float):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await asyncio.sleep(first_after_s)
+        await response.write(b'{"n": 1}\n')
+        await asyncio.sleep(then_stall_s)
+        await response.write(b'{"n": 2}\n')
+        return response
+    return handler
+
+
+def test_silence_between_chunks_breaks_the_stream_after_idle_s():
+    limits = TimeoutConfig(connect_s=2, first_byte_s=5, idle_s=0.3, total_s=30)
+    got, error, elapsed = asyncio.run(_lines(_stalling(0.0, 3.0), limits))
+    assert got == ['{"n": 1}'] and isinstance(error, StreamBroken) and "silent" in error.message
+    assert elapsed < 2.0
+
+
+def test_no_first_byte_in_time_is_a_retryable_504():
+    limits = TimeoutConfig(connect_s=2, first_byte_s=0.3, idle_s=5, total_s=30)
+    got, error, _ = asyncio.run(_lines(_stalling(3.0, 0.0), limits))
+    assert got == [] and isinstance(error, NodeError) and error.status == 504 and error.retryable
+
+
+def test_a_slow_first_byte_within_its_limit_then_steady_chunks_pass():
+    limits = TimeoutConfig(connect_s=2, first_byte_s=2, idle_s=0.5, total_s=30)
+    got, error, _ = asyncio.run(_lines(_stalling(0.8, 0.1), limits))  # first byte slower than idle_s: fine
+    assert error is None and got == ['{"n": 1}', '{"n": 2}']
+
+
+def test_total_limit_ends_a_stream_that_keeps_trickling():
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i in range(50):
+            await response.write(f'{{"n": {i}}}\n'.encode())
+            await asyncio.sleep(0.1)
+        return response
+
+    limits = TimeoutConfig(connect_s=2, first_byte_s=2, idle_s=1, total_s=0.5)
+    got, error, elapsed = asyncio.run(_lines(trickle, limits))
+    assert 1 <= len(got) < 50 and isinstance(error, StreamBroken) and elapsed < 2.0
+
+
+@pytest.mark.parametrize("name", ["llama-server", "ggml-rpc-server"])
+def test_binaries_named_by_the_environment_win(tmp_path, name):
+    paths = {}
+    for binary in ("llama-server", "ggml-rpc-server"):
+        path = tmp_path / binary
+        path.write_text("#!/bin/sh\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+        paths[binary] = str(path)
+    env = {"SOLLOL_LLAMA_SERVER": paths["llama-server"], "SOLLOL_RPC_SERVER": paths["ggml-rpc-server"],
+           "PATH": os.environ.get("PATH", "")}
+    found = find_binaries("0.0.0-none", environ=env)
+    assert str(found.llama_server if name == "llama-server" else found.rpc_server) == paths[name]
+    missing = {**env, "SOLLOL_RPC_SERVER": str(tmp_path / "nope")}
+    assert find_binaries("0.0.0-none", environ=missing) is None or os.access(
+        find_binaries("0.0.0-none", environ=missing).rpc_server, os.X_OK)
