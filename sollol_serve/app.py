@@ -1,6 +1,7 @@
 """`build_app(args)`: the Serve application that `serve_config.yaml` imports.
 
-Ingress -> Analyzer -> Router (state in a named actor) -> one OllamaWorker per node.
+Ingress -> Analyzer -> Router (state in a named actor) -> one OllamaWorker per node;
+BatchJobs runs batch jobs through the same Analyzer and Router.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from ray.serve import Application
 
 from sollol_serve.analysis.deployment import Analyzer
 from sollol_serve.api.ingress import Ingress
+from sollol_serve.batch.deployment import BatchJobs
 from sollol_serve.config import GatewayConfig, load_config
 from sollol_serve.nodes.placement import worker_resources
 from sollol_serve.nodes.worker import OllamaWorker
@@ -40,9 +42,10 @@ def build_gateway(config: GatewayConfig) -> Application:
     analyzer = Analyzer.options(
         num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests
     ).bind(config.state_actor_name)
+    batch = BatchJobs.bind(analyzer, router, dumped)
     return Ingress.options(
         num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests
-    ).bind(analyzer, router, dumped)
+    ).bind(analyzer, router, batch, dumped)
 
 
 def build_app(args: dict) -> Application:

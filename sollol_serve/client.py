@@ -6,19 +6,25 @@
     for chunk in sollol.chat("llama3.2", messages, stream=True): ...
     vectors = sollol.embed("nomic-embed-text", ["a", "b"])
 
+    vectors = sollol.batch_embed("nomic-embed-text", many_texts, progress=print)  # a batch job
+
 `AsyncSollolClient` (from `connect_async`) has the same methods as coroutines and async
 iterators. Errors come back as `SollolError` with the HTTP status and the gateway's message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from enum import IntEnum
 
 import httpx
 
 DEFAULT_TIMEOUT_S = 300.0
+BATCH_POLL_S = 0.5
+Progress = Callable[[dict], object]  # called with the job's status after every poll
 
 
 class Priority(IntEnum):
@@ -76,6 +82,28 @@ def _chunk(line: str) -> dict:
     return chunk
 
 
+def _batch_finished(status: dict) -> bool:
+    return status["state"] not in ("queued", "running")
+
+
+def _batch_vectors(status: dict, results: list[dict]) -> list[list[float]]:
+    """The job's embeddings in input order, or SollolError if it did not finish every item."""
+    if status["state"] != "completed":
+        raise SollolError(409, f"batch job {status['id']} ended {status['state']} "
+                               f"({status['done']} of {status['total']} items done)")
+    failed = [r for r in results if "error" in r]
+    if failed:
+        raise SollolError(502, f"{len(failed)} of {status['total']} items failed; "
+                               f"item {failed[0]['index']}: {failed[0]['error']}")
+    return [r["result"] for r in sorted(results, key=lambda r: r["index"])]
+
+
+def _check_deadline(deadline: float | None, status: dict) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise SollolError(504, f"batch job {status['id']} not finished in time "
+                               f"({status['done'] + status['failed']} of {status['total']} items)")
+
+
 class SollolClient:
     def __init__(self, url: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=_headers(api_key), timeout=timeout_s)
@@ -90,10 +118,7 @@ class SollolClient:
         self.close()
 
     def _post(self, path: str, body: dict) -> dict:
-        response = self.http.post(path, json=body)
-        if response.status_code >= 400:
-            raise _error(response.status_code, response.text)
-        return response.json()
+        return self._call("POST", path, json=body)
 
     def _stream(self, path: str, body: dict) -> Iterator[dict]:
         with self.http.stream("POST", path, json={**body, "stream": True}) as response:
@@ -116,11 +141,53 @@ class SollolClient:
     def embed(self, model: str, inputs: str | list[str], *, priority: int = Priority.NORMAL) -> list[list[float]]:
         return self._post("/api/embed", _body(model, priority, None, input=inputs))["embeddings"]
 
-    def nodes(self) -> list[dict]:
-        response = self.http.get("/api/nodes")
+    def _call(self, method: str, path: str, **kwargs: object) -> dict:
+        response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:
             raise _error(response.status_code, response.text)
-        return response.json()["nodes"]
+        return response.json()
+
+    def nodes(self) -> list[dict]:
+        return self._call("GET", "/api/nodes")["nodes"]
+
+    # -- batch jobs ---------------------------------------------------------------------
+    def submit_batch_embed(self, model: str, inputs: list[str], *, priority: int = Priority.BATCH,
+                           **fields: object) -> dict:
+        """Start a batch job; returns its status (`id`, `state`, `progress`, ...) at once."""
+        return self._post("/api/batch/embed", _body(model, priority, None, input=inputs, **fields))
+
+    def batch_job(self, job_id: str) -> dict:
+        return self._call("GET", f"/api/batch/jobs/{job_id}")
+
+    def batch_jobs(self) -> list[dict]:
+        return self._call("GET", "/api/batch/jobs")["jobs"]
+
+    def cancel_batch(self, job_id: str) -> dict:
+        return self._call("DELETE", f"/api/batch/jobs/{job_id}")
+
+    def batch_results(self, job_id: str) -> list[dict]:
+        results, offset = [], 0
+        while offset is not None:
+            page = self._call("GET", f"/api/batch/results/{job_id}", params={"offset": offset})
+            results += page["results"]
+            offset = page["next_offset"]
+        return results
+
+    def batch_embed(self, model: str, inputs: list[str], *, priority: int = Priority.BATCH,
+                    progress: Progress | None = None, poll_s: float = BATCH_POLL_S,
+                    timeout_s: float | None = None, **fields: object) -> list[list[float]]:
+        """Embed many texts as a batch job and wait for it; `progress(status)` after every poll."""
+        status = self.submit_batch_embed(model, inputs, priority=priority, **fields)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not _batch_finished(status):
+            if progress:
+                progress(status)
+            _check_deadline(deadline, status)
+            time.sleep(poll_s)
+            status = self.batch_job(status["id"])
+        if progress:
+            progress(status)
+        return _batch_vectors(status, self.batch_results(status["id"]))
 
     def health(self) -> dict:
         response = self.http.get("/health")
@@ -141,10 +208,7 @@ class AsyncSollolClient:
         await self.aclose()
 
     async def _post(self, path: str, body: dict) -> dict:
-        response = await self.http.post(path, json=body)
-        if response.status_code >= 400:
-            raise _error(response.status_code, response.text)
-        return response.json()
+        return await self._call("POST", path, json=body)
 
     async def _stream(self, path: str, body: dict) -> AsyncIterator[dict]:
         async with self.http.stream("POST", path, json={**body, "stream": True}) as response:
@@ -174,6 +238,45 @@ class AsyncSollolClient:
 
     async def embed(self, model: str, inputs: str | list[str], *, priority: int = Priority.NORMAL) -> list[list[float]]:
         return (await self._post("/api/embed", _body(model, priority, None, input=inputs)))["embeddings"]
+
+    async def _call(self, method: str, path: str, **kwargs: object) -> dict:
+        response = await self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise _error(response.status_code, response.text)
+        return response.json()
+
+    async def submit_batch_embed(self, model: str, inputs: list[str], *, priority: int = Priority.BATCH,
+                                 **fields: object) -> dict:
+        return await self._post("/api/batch/embed", _body(model, priority, None, input=inputs, **fields))
+
+    async def batch_job(self, job_id: str) -> dict:
+        return await self._call("GET", f"/api/batch/jobs/{job_id}")
+
+    async def cancel_batch(self, job_id: str) -> dict:
+        return await self._call("DELETE", f"/api/batch/jobs/{job_id}")
+
+    async def batch_results(self, job_id: str) -> list[dict]:
+        results, offset = [], 0
+        while offset is not None:
+            page = await self._call("GET", f"/api/batch/results/{job_id}", params={"offset": offset})
+            results += page["results"]
+            offset = page["next_offset"]
+        return results
+
+    async def batch_embed(self, model: str, inputs: list[str], *, priority: int = Priority.BATCH,
+                          progress: Progress | None = None, poll_s: float = BATCH_POLL_S,
+                          timeout_s: float | None = None, **fields: object) -> list[list[float]]:
+        status = await self.submit_batch_embed(model, inputs, priority=priority, **fields)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not _batch_finished(status):
+            if progress:
+                progress(status)
+            _check_deadline(deadline, status)
+            await asyncio.sleep(poll_s)
+            status = await self.batch_job(status["id"])
+        if progress:
+            progress(status)
+        return _batch_vectors(status, await self.batch_results(status["id"]))
 
 
 def connect(url: str = "http://127.0.0.1:8000", api_key: str | None = None,

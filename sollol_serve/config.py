@@ -27,6 +27,7 @@ DEFAULT_ROLES: dict[str, list[Permission]] = {
 Strategy = Literal["intelligent", "least_busy", "round_robin", "random"]
 
 NODES_ENV = "SOLLOL_NODES"
+DATA_DIR_ENV = "SOLLOL_DATA_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}$")
 
 
@@ -218,6 +219,32 @@ class DeploymentSizing(_Strict):
     analyzer_replicas: int = Field(default=1, ge=1)
 
 
+class BatchConfig(_Strict):
+    """Batch jobs: run at low priority through the router, kept in SQLite under `data_dir`."""
+
+    # "" = $SOLLOL_DATA_DIR, else ~/.local/share/sollol_serve (on the head node).
+    data_dir: str = ""
+    concurrency: int = Field(default=4, ge=1, le=256)  # upstream calls in flight, all jobs together
+    embed_chunk: int = Field(default=16, ge=1, le=1024)  # inputs per /api/embed call
+    max_items: int = Field(default=100_000, ge=1)
+    priority: int = Field(default=1, ge=1, le=10)  # unless the job asks otherwise
+    ttl_s: float = Field(default=86_400.0, gt=0)  # a finished job's results are kept this long
+    max_attempts: int = Field(default=8, ge=1)  # per chunk, for retryable failures
+    retry_base_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+
+class CacheConfig(_Strict):
+    """Responses answered again from memory: embeddings always (when on); completions only if
+    `deterministic_completions` and the request pins temperature 0 and a seed."""
+
+    embeddings: bool = True
+    deterministic_completions: bool = False
+    max_entries: int = Field(default=10_000, ge=1)
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    ttl_s: float = Field(default=3600.0, gt=0)
+
+
 class ApiKeyConfig(_Strict):
     """An API key, stored only as the SHA-256 of the key (`sollol keys new` prints both)."""
 
@@ -255,6 +282,8 @@ class GatewayConfig(_Strict):
     shard: ShardConfig = Field(default_factory=ShardConfig)
     sizing: DeploymentSizing = Field(default_factory=DeploymentSizing)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     # Largest accepted request body; larger ones get 413.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Namespace-unique name of the node state actor, so two gateways on one Ray cluster
@@ -307,6 +336,13 @@ def merge_nodes(configured: list[NodeConfig], extra: list[NodeConfig]) -> list[N
             names.add(node.name)
             urls.add(node.url)
     return merged
+
+
+def data_dir(config: BatchConfig, environ: dict[str, str] | None = None) -> str:
+    """Where batch jobs are kept: the config's directory, $SOLLOL_DATA_DIR, or the user's data dir."""
+    environ = os.environ if environ is None else environ
+    chosen = config.data_dir or environ.get(DATA_DIR_ENV) or os.path.join("~", ".local", "share", "sollol_serve")
+    return os.path.expanduser(chosen)
 
 
 def load_config(args: dict | None = None, environ: dict[str, str] | None = None) -> GatewayConfig:

@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def gateway():
+def gateway(tmp_path_factory):
     from sollol_serve.config import GatewayConfig
     from sollol_serve.local import start_local_gateway, stop_local_gateway, wait_for_nodes
 
@@ -53,6 +53,7 @@ def gateway():
                       for n in nodes.values()],
             "routing": {"snapshot_interval_s": 0.2, "queue_max": QUEUE_MAX},
             "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
+            "batch": {"data_dir": str(tmp_path_factory.mktemp("batch-data"))},
         })
         url = start_local_gateway(config, port=free_port())
         wait_for_nodes(url, len(nodes))

@@ -30,12 +30,15 @@ from sollol_serve.api.auth import Authenticator, Principal, check_bind
 from sollol_serve.api.errors import error_response
 from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
 from sollol_serve.api.middleware import PoweredByHeader
+from sollol_serve.batch.jobs import BatchChatRequest, BatchEmbedRequest, chat_items, job_settings
 from sollol_serve.config import GatewayConfig, NodeConfig, Permission
 from sollol_serve.observability.activity import MAX_DECISIONS, decision
 from sollol_serve.observability.metrics import RequestMetrics, render
 from sollol_serve.observability.metrics_actor import metrics_actor
-from sollol_serve.protocol import Api, BadRequest, GatewayError, NodeRequest, Operation, StreamEnd, StreamStart
+from sollol_serve.protocol import (Api, BadRequest, GatewayError, ModelNotFound, NodeRequest, Operation, StreamEnd,
+                                   StreamStart)
 from sollol_serve.routing.router import unwrap
+from sollol_serve.routing.state import normalize_model
 
 app = FastAPI(title="sollol_serve", version=__version__, docs_url="/docs", redoc_url=None)
 app.add_middleware(PoweredByHeader)
@@ -99,6 +102,18 @@ def dashboard_page() -> str:
 METRICS_FLUSH_S = 1.0
 
 
+def job_owner(principal: Principal) -> str | None:
+    """Whose batch jobs a caller may see: its own, or (admin) everyone's."""
+    return None if "admin" in principal.permissions else principal.name
+
+
+def query_int(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name, str(default))
+    if not raw.isdigit() or len(raw) > 9:
+        raise BadRequest(f"{name} must be a whole number below 10^9")
+    return int(raw)
+
+
 class StreamAccount:
     """What a stream's end settles: the key's tokens and the metrics (with time to first chunk)."""
 
@@ -128,9 +143,11 @@ class StreamAccount:
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Ingress:
-    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, config: dict):
+    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, batch: DeploymentHandle,
+                       config: dict):
         self.analyzer = analyzer
         self.router = router
+        self.batch = batch
         self.config = GatewayConfig.model_validate(config)
         self.auth = Authenticator(self.config.security)
         check_bind(await serve_http_host(), self.config.security)
@@ -413,10 +430,7 @@ class Ingress:
     async def decisions_json(self, request: Request) -> Response:
         """The most recent routing decisions, newest first, with their reasons and candidates."""
         async def handle() -> Response:
-            raw = request.query_params.get("limit", "50")
-            if not raw.isdigit():
-                raise BadRequest("limit must be a whole number")
-            limit = max(1, min(int(raw), MAX_DECISIONS))
+            limit = max(1, min(query_int(request, "limit", 50), MAX_DECISIONS))
             return await self._json_of(self.metrics_book.decisions.remote(limit), "decisions")
 
         return await self._guard(request, handle, "stats")
@@ -481,6 +495,70 @@ class Ingress:
     async def stop_shard(self, request: Request, model: str) -> Response:
         return await self._guard(
             request, lambda: self._json_of(self.router.shard_action.remote(model, "stop"), "shard"), "admin")
+
+    # -- batch jobs -----------------------------------------------------------------------
+    async def _submit(self, request: Request, kind: str, schema: type[BaseModel]) -> Response:
+        async def handle() -> Response:
+            body = await self._json(request, schema)
+            job = schema.model_validate(body)
+            try:
+                inputs = job.input if kind == "embed" else chat_items(job)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            limit = self.config.batch.max_items
+            if len(inputs) > limit:
+                raise PayloadTooLarge(f"a batch job takes at most {limit} items; this one has {len(inputs)}")
+            await self._known_model(job.model)
+            status = await self.batch.submit.remote(kind, job.model, request.state.principal.name, job_settings(job),
+                                                    inputs, job.ttl_s)
+            return JSONResponse(status, status_code=202)
+
+        return await self._guard(request, handle, "batch")
+
+    async def _known_model(self, model: str) -> None:
+        """A job for a model no node has would fail every item: refuse it up front."""
+        wanted = normalize_model(model)
+        known = {normalize_model(m.get("name") or m.get("model", "")) for m in await self.router.tags.remote()}
+        if wanted not in known | {normalize_model(m) for m in self.config.shard.models}:
+            raise ModelNotFound(f"model '{model}' not found on any node")
+
+    @app.post("/api/batch/embed")
+    async def batch_embed(self, request: Request) -> Response:
+        return await self._submit(request, "embed", BatchEmbedRequest)
+
+    @app.post("/api/batch/chat")
+    async def batch_chat(self, request: Request) -> Response:
+        return await self._submit(request, "chat", BatchChatRequest)
+
+    @app.get("/api/batch/jobs")
+    async def batch_jobs(self, request: Request) -> Response:
+        return await self._guard(
+            request, lambda: self._json_of(self.batch.list_jobs.remote(job_owner(request.state.principal)), "jobs"),
+            "batch")
+
+    @app.get("/api/batch/jobs/{job_id}")
+    async def batch_job(self, request: Request, job_id: str) -> Response:
+        async def handle() -> Response:
+            return JSONResponse(await self.batch.status.remote(job_id, job_owner(request.state.principal)))
+
+        return await self._guard(request, handle, "batch")
+
+    @app.get("/api/batch/results/{job_id}")
+    async def batch_results(self, request: Request, job_id: str) -> Response:
+        """Finished items in index order, a page at a time (`offset` = the next index wanted)."""
+        async def handle() -> Response:
+            offset, limit = query_int(request, "offset", 0), max(1, query_int(request, "limit", 1000))
+            return JSONResponse(await self.batch.results.remote(
+                job_id, job_owner(request.state.principal), offset, limit))
+
+        return await self._guard(request, handle, "batch")
+
+    @app.delete("/api/batch/jobs/{job_id}")
+    async def cancel_batch_job(self, request: Request, job_id: str) -> Response:
+        async def handle() -> Response:
+            return JSONResponse(await self.batch.cancel.remote(job_id, job_owner(request.state.principal)))
+
+        return await self._guard(request, handle, "batch")
 
     @app.get("/dashboard")
     async def dashboard(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ import hashlib
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class SimNodeConfig(BaseModel):
     # Each additional active slot slows decoding by this fraction (batching is not free).
     slot_slowdown: float = Field(default=0.08, ge=0)
     load_s: float = Field(default=1.0, ge=0)
+    # Count every embedded text (GET /_sim/inputs): lets tests see work repeated; grows with use.
+    record_inputs: bool = False
     keep_alive_s: float = Field(default=300.0, ge=0)
     default_output_tokens: tuple[int, int] = (16, 96)
 
@@ -121,6 +124,8 @@ class SimEngine:
         self.active = 0
         self.waiting = 0
         self.served = 0
+        self.received = 0  # work requests that arrived (chat, generate, embed), served or not
+        self.embedded: Counter[str] = Counter()  # every text an embed request carried
         self._slots = asyncio.Semaphore(config.slots)
         self._loaded: dict[str, float] = {}  # model -> monotonic expiry
         self._load_locks: dict[str, asyncio.Lock] = {}
@@ -235,6 +240,7 @@ class SimEngine:
 
     async def run(self, plan: Plan, keep_alive_s: float | None, stats: Stats, stream: bool = True) -> AsyncIterator[str]:
         """Wait for a slot, load, prefill, then decode. Errors raise before the first token."""
+        self.received += 1
         await self.check_faults()
         started = time.monotonic()
         async with self.slot():
@@ -245,6 +251,9 @@ class SimEngine:
         stats.total_ns = int((time.monotonic() - started) * 1e9)
 
     async def embed(self, model: SimModel, texts: list[str], keep_alive_s: float | None) -> tuple[list[list[float]], Stats, int]:
+        self.received += 1
+        if self.config.record_inputs:
+            self.embedded.update(texts)
         await self.check_faults()
         stats = Stats()
         started = time.monotonic()

@@ -63,3 +63,7 @@ class SimProcess:
 
     def state(self) -> dict:
         return httpx.get(self.url + "/_sim/state", timeout=5, trust_env=False).json()
+
+    def embedded(self) -> dict[str, int]:
+        """How many times each text reached this node in an embed request (needs --record-inputs)."""
+        return httpx.get(self.url + "/_sim/inputs", timeout=5, trust_env=False).json()["embedded"]

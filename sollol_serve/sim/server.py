@@ -2,7 +2,8 @@
 
 It is a simulator for demos, tests and benchmarks and says so on `/` and `/api/version`.
 Faults are injected at run time with `POST /_sim/faults {"mode": "error"|"hang"|"slow"|"none", ...}`;
-`GET /_sim/state` shows slots in use, queue length and requests served.
+`GET /_sim/state` shows slots in use, queue length and requests received and served;
+`GET /_sim/inputs` counts the texts embedded (with `--record-inputs`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def build_sim_app(config: SimNodeConfig) -> Starlette:
                 "active": engine.active,
                 "waiting": engine.waiting,
                 "served": engine.served,
+                "received": engine.received,
                 "loaded": sorted(engine.loaded_models()),
                 "faults": engine.faults.model_dump(),
             }
@@ -65,8 +67,12 @@ def build_sim_app(config: SimNodeConfig) -> Starlette:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(engine.faults.model_dump())
 
+    async def get_inputs(request: Request) -> Response:
+        return JSONResponse({"recording": config.record_inputs, "embedded": dict(engine.embedded)})
+
     routes = facade.routes() + [
         Route("/_sim/state", get_state, methods=["GET"]),
+        Route("/_sim/inputs", get_inputs, methods=["GET"]),
         Route("/_sim/faults", set_faults, methods=["POST"]),
     ]
     return Starlette(routes=routes)
@@ -86,6 +92,7 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-slowdown", type=float, default=0.08)
     p.add_argument("--load-s", type=float, default=1.0)
     p.add_argument("--keep-alive-s", type=float, default=300.0)
+    p.add_argument("--record-inputs", action="store_true", help="count embedded texts (GET /_sim/inputs)")
     return p
 
 
@@ -101,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> SimNodeConfig:
         slot_slowdown=args.slot_slowdown,
         load_s=args.load_s,
         keep_alive_s=args.keep_alive_s,
+        record_inputs=args.record_inputs,
     )
 
 

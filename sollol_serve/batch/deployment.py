@@ -1,0 +1,102 @@
+"""The BatchJobs deployment: one replica, on the head node, that owns the jobs file.
+
+Jobs go through the same Analyzer and Router as live requests, at low priority, so they
+fill the cluster's spare slots and yield to interactive traffic. On start the replica resumes
+every job that had not finished (a gateway restart, or Serve replacing a dead replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from sollol_serve.batch.jobs import job_status
+from sollol_serve.batch.runner import BatchRunner
+from sollol_serve.batch.store import UNFINISHED, JobStore
+from sollol_serve.config import GatewayConfig, data_dir
+from sollol_serve.protocol import NodeRequest, NotFound
+
+EXPIRE_EVERY_S = 60.0
+RESULTS_PAGE_MAX = 10_000
+
+
+def jobs_file(config: GatewayConfig) -> Path:
+    return Path(data_dir(config.batch)) / f"{config.state_actor_name}-batch.sqlite3"
+
+
+@serve.deployment(num_replicas=1, max_ongoing_requests=256,
+                  # The jobs file lives on the head node's disk, which outlives the other hosts.
+                  ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}})
+class BatchJobs:
+    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, config: dict):
+        self.analyzer, self.router = analyzer, router
+        self.config = GatewayConfig.model_validate(config)
+        self.store = await JobStore.open(jobs_file(self.config))
+        self.runner = BatchRunner(self.store, self._send, self.config.batch)
+        await self.runner.resume()
+        self._expirer = asyncio.create_task(self._expire_loop())
+
+    async def _send(self, kind: str, model: str, settings: dict, inputs: list) -> tuple[list, str]:
+        """One chunk through the router, as the Ollama request a client would have sent."""
+        settings = dict(settings)
+        priority = settings.pop("priority", None) or self.config.batch.priority
+        if kind == "embed":
+            op, body = "embed", {**settings, "model": model, "input": inputs}
+        else:
+            op, body = "chat", {**inputs[0], "model": model, "stream": False}
+        profile = await self.analyzer.profile.remote("ollama", op, body, priority)
+        response = self.router.call.remote(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,
+                                                                model=model))
+        try:
+            routed = await response
+        except asyncio.CancelledError:  # the job was cancelled: stop the node's work too
+            response.cancel()
+            raise
+        return (routed.body["embeddings"] if kind == "embed" else [routed.body]), routed.node
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await self.store.expire()
+            await asyncio.sleep(EXPIRE_EVERY_S)
+
+    async def _owned(self, job_id: str, owner: str | None) -> dict:
+        """The job, if it exists and `owner` may see it (None: an admin sees every job)."""
+        job = await self.store.job(job_id)
+        if job is None or owner is not None and job["owner"] != owner:
+            raise NotFound(f"batch job '{job_id}' not found")
+        return job
+
+    async def _status(self, job: dict) -> dict:
+        counts, nodes = await asyncio.gather(self.store.counts(job["id"]), self.store.nodes(job["id"]))
+        return job_status(job, counts, nodes, time.time())
+
+    # -- called by the ingress ----------------------------------------------------------
+    async def submit(self, kind: str, model: str, owner: str, settings: dict, inputs: list,
+                     ttl_s: float | None) -> dict:
+        job_id = await self.store.create(kind, model, owner, settings, inputs, ttl_s or self.config.batch.ttl_s)
+        self.runner.start(job_id)
+        return await self.status(job_id, None)
+
+    async def status(self, job_id: str, owner: str | None) -> dict:
+        return await self._status(await self._owned(job_id, owner))
+
+    async def list_jobs(self, owner: str | None) -> list[dict]:
+        return [await self._status(job) for job in await self.store.jobs(owner)]
+
+    async def results(self, job_id: str, owner: str | None, offset: int, limit: int) -> dict:
+        job = await self._owned(job_id, owner)
+        rows = await self.store.results(job_id, offset, min(limit, RESULTS_PAGE_MAX))
+        more = len(rows) == min(limit, RESULTS_PAGE_MAX)
+        return {"id": job_id, "state": job["state"], "total": job["total"], "results": rows,
+                "next_offset": rows[-1]["index"] + 1 if rows and more else None}
+
+    async def cancel(self, job_id: str, owner: str | None) -> dict:
+        """Stop an unfinished job (its calls in flight too); a finished job is left as it is."""
+        job = await self._owned(job_id, owner)
+        if job["state"] in UNFINISHED:
+            await self.runner.cancel(job_id)
+        return await self.status(job_id, None)

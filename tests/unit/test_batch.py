@@ -1,0 +1,198 @@
+"""Batch jobs without Ray: the SQLite store, the runner (chunks, retries, cancel, resume) and payloads."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sollol_serve.batch.jobs import BatchChatRequest, chat_items, job_settings, job_status, BatchEmbedRequest
+from sollol_serve.batch.runner import BatchRunner, chunked
+from sollol_serve.batch.store import JobStore, Outcome
+from sollol_serve.config import BatchConfig
+from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
+
+FAST = BatchConfig(concurrency=2, embed_chunk=3, retry_base_s=0.001, retry_max_s=0.002, max_attempts=3)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _store(tmp_path) -> JobStore:
+    return await JobStore.open(tmp_path / "data" / "jobs.sqlite3")
+
+
+async def _wait_done(runner: BatchRunner, job_id: str) -> None:
+    for _ in range(500):
+        if job_id not in runner.tasks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("job did not finish")
+
+
+class Node:
+    """A fake `send`: records every call's inputs; can fail or hang on demand."""
+
+    def __init__(self, fail: list[Exception] | None = None, hang: bool = False):
+        self.calls: list[list] = []
+        self.fail = list(fail or [])
+        self.hang = hang
+        self.cancelled = 0
+
+    async def __call__(self, kind, model, settings, inputs):
+        self.calls.append(list(inputs))
+        if self.fail:
+            raise self.fail.pop(0)
+        if self.hang:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        return [f"{model}:{x}" for x in inputs], "n1"
+
+
+def test_chunked():
+    assert chunked(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_job_runs_in_chunks_and_records_every_item(tmp_path):
+    async def main():
+        store = await _store(tmp_path)
+        node = Node()
+        runner = BatchRunner(store, node, FAST)
+        job = await store.create("embed", "m", "alice", {}, [f"t{i}" for i in range(7)], 60)
+        runner.start(job)
+        await _wait_done(runner, job)
+        assert sorted(len(c) for c in node.calls) == [1, 3, 3]
+        assert (await store.job(job))["state"] == "completed"
+        assert await store.counts(job) == {"pending": 0, "done": 7, "failed": 0}
+        results = await store.results(job, 0, 100)
+        assert [r["result"] for r in results] == [f"m:t{i}" for i in range(7)]
+        assert await store.nodes(job) == {"n1": 7}
+        await store.close()
+
+    run(main())
+
+
+def test_retryable_errors_are_retried_and_refusals_fail_the_items(tmp_path):
+    async def main():
+        store = await _store(tmp_path)
+        busy = Node(fail=[NoNodeAvailable("full"), NoNodeAvailable("full")])
+        runner = BatchRunner(store, busy, FAST)
+        job = await store.create("embed", "m", "a", {}, ["x"], 60)
+        runner.start(job)
+        await _wait_done(runner, job)
+        assert len(busy.calls) == 3 and await store.counts(job) == {"pending": 0, "done": 1, "failed": 0}
+
+        refused = Node(fail=[ModelNotFound("no such model")])
+        runner = BatchRunner(store, refused, FAST)
+        job = await store.create("embed", "m", "a", {}, ["x", "y"], 60)
+        runner.start(job)
+        await _wait_done(runner, job)
+        assert len(refused.calls) == 1
+        assert [r["error"] for r in await store.results(job, 0, 10)] == ["no such model"] * 2
+
+        stuck = Node(fail=[NoNodeAvailable("down")] * 5)
+        runner = BatchRunner(store, stuck, FAST)
+        job = await store.create("embed", "m", "a", {}, ["x"], 60)
+        runner.start(job)
+        await _wait_done(runner, job)
+        assert len(stuck.calls) == FAST.max_attempts and (await store.counts(job))["failed"] == 1
+        await store.close()
+
+    run(main())
+
+
+def test_cancel_stops_calls_in_flight_and_takes_no_more(tmp_path):
+    async def main():
+        store = await _store(tmp_path)
+        node = Node(hang=True)
+        runner = BatchRunner(store, node, FAST)
+        job = await store.create("embed", "m", "a", {}, [str(i) for i in range(30)], 60)
+        runner.start(job)
+        await asyncio.sleep(0.05)
+        assert len(node.calls) == 2  # concurrency 2
+        await runner.cancel(job)
+        await asyncio.sleep(0.05)
+        assert node.cancelled == 2 and len(node.calls) == 2
+        assert (await store.job(job))["state"] == "cancelled"
+        assert (await store.counts(job))["pending"] == 30
+        await store.close()
+
+    run(main())
+
+
+def test_a_restart_resumes_only_pending_items(tmp_path):
+    async def main():
+        store = await _store(tmp_path)
+        job = await store.create("embed", "m", "a", {}, [str(i) for i in range(6)], 60)
+        await store.set_state(job, "running")
+        await store.finish_items(job, [Outcome(0, result="done before"), Outcome(4, result="done before")])
+        await store.close()
+
+        store = await _store(tmp_path)  # the restarted replica
+        node = Node()
+        runner = BatchRunner(store, node, FAST)
+        assert await runner.resume() == [job]
+        await _wait_done(runner, job)
+        sent = sorted(x for call in node.calls for x in call)
+        assert sent == ["1", "2", "3", "5"]
+        results = {r["index"]: r["result"] for r in await store.results(job, 0, 10)}
+        assert results[0] == results[4] == "done before" and results[1] == "m:1"
+        # an item finished twice keeps its first result
+        await store.finish_items(job, [Outcome(1, result="again")])
+        assert (await store.results(job, 1, 1))[0]["result"] == "m:1"
+        await store.close()
+
+    run(main())
+
+
+def test_finished_jobs_expire_after_their_ttl(tmp_path):
+    async def main():
+        store = await _store(tmp_path)
+        old = await store.create("embed", "m", "a", {}, ["x"], 10, now=1000.0)
+        await store.set_state(old, "completed", now=1000.0)
+        live = await store.create("embed", "m", "a", {}, ["x"], 10, now=1000.0)
+        assert await store.expire(now=1011.0) == [old]
+        assert await store.job(old) is None and await store.job(live) is not None
+        assert await store.results(old, 0, 10) == []
+        await store.close()
+
+    run(main())
+
+
+def test_owner_filter_and_status(tmp_path):
+    async def main():
+        store = await _store(tmp_path)
+        mine = await store.create("embed", "m", "alice", {"priority": 2}, ["a", "b"], 60, now=100.0)
+        await store.create("embed", "m", "bob", {}, ["c"], 60, now=101.0)
+        assert [j["id"] for j in await store.jobs("alice")] == [mine]
+        assert len(await store.jobs()) == 2
+        job = await store.job(mine)
+        assert job["request"] == {"priority": 2}
+        await store.set_state(mine, "running", now=110.0)
+        await store.finish_items(mine, [Outcome(0, result=[0.1])])
+        status = job_status(await store.job(mine), await store.counts(mine), {}, now=112.5)
+        assert status["progress"] == 0.5 and status["done"] == 1 and status["pending"] == 1
+        assert status["duration_s"] == 2.5 and status["expires_at"] is None
+        await store.close()
+
+    run(main())
+
+
+def test_payloads():
+    embed = BatchEmbedRequest.model_validate({"model": "m", "input": ["a"], "priority": 2, "truncate": True})
+    assert job_settings(embed) == {"truncate": True, "priority": 2}
+    with pytest.raises(ValueError):
+        BatchEmbedRequest.model_validate({"model": "m", "input": []})
+    chat = BatchChatRequest.model_validate({"model": "m", "requests": [
+        {"messages": [{"role": "user", "content": "hi"}], "options": {"temperature": 0}, "stream": True}]})
+    assert chat_items(chat) == [{"messages": [{"role": "user", "content": "hi"}], "options": {"temperature": 0}}]
+    bad = BatchChatRequest.model_validate({"model": "m", "requests": [{"messages": []}]})
+    with pytest.raises(ValueError, match=r"requests\[0\]\.messages"):
+        chat_items(bad)
+    bad = BatchChatRequest.model_validate({"model": "m", "requests": [{"messages": "nope"}]})
+    with pytest.raises(ValueError, match=r"requests\[0\]"):
+        chat_items(bad)
