@@ -54,6 +54,7 @@ def gateway(tmp_path_factory):
             "routing": {"snapshot_interval_s": 0.2, "queue_max": QUEUE_MAX},
             "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
             "batch": {"data_dir": str(tmp_path_factory.mktemp("batch-data"))},
+            "cache": {"deterministic_completions": True},
         })
         url = start_local_gateway(config, port=free_port())
         wait_for_nodes(url, len(nodes))

@@ -30,6 +30,9 @@ from sollol_serve.api.auth import Authenticator, Principal, check_bind
 from sollol_serve.api.errors import error_response
 from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
 from sollol_serve.api.middleware import PoweredByHeader
+from sollol_serve.cache.actor import cache_actor
+from sollol_serve.cache.policy import cache_key, cacheable
+from sollol_serve.cache.store import Cached
 from sollol_serve.batch.jobs import BatchChatRequest, BatchEmbedRequest, chat_items, job_settings
 from sollol_serve.config import GatewayConfig, NodeConfig, Permission
 from sollol_serve.observability.activity import MAX_DECISIONS, decision
@@ -102,6 +105,13 @@ def dashboard_page() -> str:
 METRICS_FLUSH_S = 1.0
 
 
+def cached_routing(hit: Cached, lookup_s: float) -> dict:
+    """`_sollol_routing` of an answer from the cache: which node computed it, and that none was called."""
+    return {"node": hit.node, "cache": "hit", "strategy": "cache", "attempts": [], "queue_wait_ms": 0.0,
+            "routing_ms": round(lookup_s * 1000, 3),
+            "reasoning": "answered from the response cache: same model, input and options as an earlier request"}
+
+
 def job_owner(principal: Principal) -> str | None:
     """Whose batch jobs a caller may see: its own, or (admin) everyone's."""
     return None if "admin" in principal.permissions else principal.name
@@ -157,6 +167,8 @@ class Ingress:
         self.metrics = RequestMetrics()  # this replica's counts since the last flush
         self.decisions: list[dict] = []  # and its routing decisions
         self.metrics_book = metrics_actor(self.config.state_actor_name)
+        self.cache = cache_actor(self.config.state_actor_name, self.config.cache)
+        await self.cache.configure.remote(self.config.cache.model_dump())
         self._flusher = asyncio.create_task(self._flush_metrics())
 
     # -- request plumbing --------------------------------------------------------------
@@ -215,6 +227,12 @@ class Ingress:
             request.state.model = str(body.get("model"))
             priority = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
             streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
+            key = cache_key(api, op, body) if cacheable(api, op, body, streams, self.config.cache) else None
+            if key is not None:
+                hit = await self.cache.get.remote(key)
+                self.metrics.cache_lookup(endpoint, body["model"], hit is not None)
+                if hit is not None:
+                    return self._cached(endpoint, body["model"], hit, started)
             profile = await self.analyzer.profile.remote(api, op, body, priority)
             req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
             charge = self._charger(request.state.principal)
@@ -223,8 +241,12 @@ class Ingress:
                 charge(tokens_used(routed.body))
                 self._record(endpoint, req.model, routed.node, 200, time.perf_counter() - started, None,
                              routed.routing)
+                headers = {"X-SOLLOL-Node": routed.node}
+                if key is not None:
+                    self.cache.put.remote(key, req.model, routed.body, routed.node)  # not awaited: off the path
+                    headers["X-SOLLOL-Cache"] = "miss"
                 payload = {**routed.body, "_sollol_routing": routed.routing}
-                return JSONResponse(payload, headers={"X-SOLLOL-Node": routed.node})
+                return JSONResponse(payload, headers=headers)
             items = self.router.stream.options(stream=True).remote(profile, req)
             start = await items.__anext__()  # errors before the first byte surface here
             if not isinstance(start, StreamStart):
@@ -241,6 +263,13 @@ class Ingress:
             self._record(endpoint, getattr(request.state, "model", "none"), "none", response.status_code,
                          time.perf_counter() - started, None, None)
         return response
+
+    def _cached(self, endpoint: str, model: str, hit: Cached, started: float) -> Response:
+        """An answer from the cache: no node was called, so no tokens are charged."""
+        elapsed = time.perf_counter() - started
+        self._record(endpoint, model, hit.node, 200, elapsed, None, None)
+        return JSONResponse({**hit.body, "_sollol_routing": cached_routing(hit, elapsed)},
+                            headers={"X-SOLLOL-Node": hit.node, "X-SOLLOL-Cache": "hit"})
 
     def _charger(self, principal: Principal) -> Callable[[int], None]:
         """Charges the tokens a response used to its key, if the key is rate limited."""
@@ -404,10 +433,10 @@ class Ingress:
     async def metrics_text(self, request: Request) -> Response:
         """Prometheus text format: the whole app's counts (merged from every replica) and gauges."""
         async def handle() -> Response:
-            book, nodes, queue, shards = await asyncio.gather(
+            book, nodes, queue, shards, cache = await asyncio.gather(
                 self.metrics_book.snapshot.remote(), self.router.nodes.remote(), self.router.queue_stats.remote(),
-                self.router.shards.remote())
-            return Response(render(book, nodes, queue, shards), media_type=CONTENT_TYPE_LATEST)
+                self.router.shards.remote(), self.cache.stats.remote())
+            return Response(render(book, nodes, queue, shards, cache), media_type=CONTENT_TYPE_LATEST)
 
         return await self._guard(request, handle, "stats")
 
@@ -415,14 +444,14 @@ class Ingress:
     async def stats(self, request: Request) -> Response:
         """What the dashboard shows, as JSON: nodes, queue, shard groups, latency over time, totals."""
         async def handle() -> Response:
-            nodes, queue, shards, latency, book = await asyncio.gather(
+            nodes, queue, shards, latency, book, cache = await asyncio.gather(
                 self.router.nodes.remote(), self.router.queue_stats.remote(), self.router.shards.remote(),
-                self.metrics_book.latency.remote(), self.metrics_book.snapshot.remote())
+                self.metrics_book.latency.remote(), self.metrics_book.snapshot.remote(), self.cache.stats.remote())
             totals = {"requests": sum(book.requests.values()),
                       "errors": sum(n for key, n in book.requests.items() if int(key[3]) >= 400),
                       "retries": sum(book.retries.values()), "hedges": sum(book.hedges.values())}
             return JSONResponse({"nodes": nodes, "queue": queue, "shards": shards, "latency": latency,
-                                 "totals": totals})
+                                 "totals": totals, "cache": cache})
 
         return await self._guard(request, handle, "stats")
 
@@ -495,6 +524,21 @@ class Ingress:
     async def stop_shard(self, request: Request, model: str) -> Response:
         return await self._guard(
             request, lambda: self._json_of(self.router.shard_action.remote(model, "stop"), "shard"), "admin")
+
+    # -- response cache -------------------------------------------------------------------
+    @app.get("/api/cache")
+    async def cache_stats(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.cache.stats.remote(), "cache"), "stats")
+
+    @app.delete("/api/cache")
+    async def clear_cache(self, request: Request) -> Response:
+        return await self._guard(request, lambda: self._json_of(self.cache.invalidate.remote(), "removed"), "admin")
+
+    @app.delete("/api/cache/{model:path}")
+    async def invalidate_model(self, request: Request, model: str) -> Response:
+        """Forget one model's answers, e.g. after the model was pulled again with new weights."""
+        return await self._guard(
+            request, lambda: self._json_of(self.cache.invalidate.remote(model), "removed"), "admin")
 
     # -- batch jobs -----------------------------------------------------------------------
     async def _submit(self, request: Request, kind: str, schema: type[BaseModel]) -> Response:

@@ -56,6 +56,8 @@ class RequestMetrics:
     ttft: dict[tuple[str, str], Histogram] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node that failed
     hedges: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node hedged to
+    cache_hits: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # endpoint, model
+    cache_misses: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def record(self, endpoint: str, model: str, node: str, status: int, latency_s: float,
                ttft_s: float | None = None, attempts: Iterable[dict] = ()) -> None:
@@ -69,6 +71,9 @@ class RequestMetrics:
             elif attempt.get("ok") is False:
                 self.retries[attempt["node"]] += 1
 
+    def cache_lookup(self, endpoint: str, model: str, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses)[(endpoint, model)] += 1
+
     def merge(self, other: "RequestMetrics") -> None:
         for key, n in other.requests.items():
             self.requests[key] += n
@@ -78,12 +83,13 @@ class RequestMetrics:
                     mine[key].merge(hist)
                 else:
                     mine[key] = Histogram(hist.buckets, list(hist.counts), hist.total)
-        for mine, theirs in ((self.retries, other.retries), (self.hedges, other.hedges)):
+        for mine, theirs in ((self.retries, other.retries), (self.hedges, other.hedges),
+                             (self.cache_hits, other.cache_hits), (self.cache_misses, other.cache_misses)):
             for key, n in theirs.items():
                 mine[key] += n
 
     def empty(self) -> bool:
-        return not (self.requests or self.retries or self.hedges)
+        return not (self.requests or self.retries or self.hedges or self.cache_hits or self.cache_misses)
 
 
 def _counter(name: str, doc: str, labels: list[str], values: dict) -> CounterMetricFamily:
@@ -110,9 +116,9 @@ def _gauge(name: str, doc: str, labels: list[str], values: Iterable[tuple[list[s
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
-def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict]) -> list:
+def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict) -> list:
     """Every metric family: the request book, and gauges from `Router.nodes()`,
-    `Router.queue_stats()` and the shard groups' status."""
+    `Router.queue_stats()`, the shard groups' status and the response cache's size."""
     out = [
         _counter("sollol_requests", "Requests answered, by endpoint, model, node and HTTP status",
                  ["endpoint", "model", "node", "status"], book.requests),
@@ -121,6 +127,13 @@ def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[
         _histogram("sollol_time_to_first_token_seconds", "Time to the first chunk of a stream", book.ttft),
         _counter("sollol_retries", "Attempts that failed on a node and moved the request on", ["node"], book.retries),
         _counter("sollol_hedges", "Hedged copies sent to a second node", ["node"], book.hedges),
+        _counter("sollol_cache_hits", "Requests answered from the response cache (no node called)",
+                 ["endpoint", "model"], book.cache_hits),
+        _counter("sollol_cache_misses", "Cacheable requests that went to a node", ["endpoint", "model"],
+                 book.cache_misses),
+        _gauge("sollol_cache_entries", "Answers held by the response cache", [],
+               [([], float(cache.get("entries", 0)))]),
+        _gauge("sollol_cache_bytes", "Bytes of JSON held by the response cache", [], [([], float(cache.get("bytes", 0)))]),
         _gauge("sollol_node_healthy", "1 if the node answers its health probe", ["node"],
                ([[n["name"]], float(n["healthy"])] for n in nodes)),
         _gauge("sollol_node_in_flight", "Requests in flight on the node (all routers)", ["node"],
@@ -157,8 +170,8 @@ class _Families:
         return iter(self.items)
 
 
-def render(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict]) -> bytes:
+def render(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict) -> bytes:
     """The Prometheus text exposition of everything."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families(book, nodes, queue, shards)))
+    registry.register(_Families(families(book, nodes, queue, shards, cache)))
     return generate_latest(registry)

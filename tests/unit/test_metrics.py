@@ -28,10 +28,13 @@ def test_two_replicas_books_merge_into_one_consistent_scrape():
     a.record("/api/chat", "llama3.2", "gpu-1", 200, 1.5, ttft_s=0.02)
     b.record("/api/chat", "llama3.2", "gpu-1", 200, 0.7, attempts=[{"node": "gpu-2", "hedge": True}])
     b.record("/v1/embeddings", "nomic", "none", 404, 0.01)
+    a.cache_lookup("/api/embed", "nomic", hit=False)
+    b.cache_lookup("/api/embed", "nomic", hit=True)
+    b.cache_lookup("/api/embed", "nomic", hit=True)
     merged = RequestMetrics()
     merged.merge(a)
     merged.merge(b)
-    samples = _samples(render(merged, NODES, QUEUE, SHARDS))
+    samples = _samples(render(merged, NODES, QUEUE, SHARDS, {}))
     chat = (("endpoint", "/api/chat"), ("model", "llama3.2"), ("node", "gpu-1"), ("status", "200"))
     assert samples[("sollol_requests_total", chat)] == 3
     assert samples[("sollol_requests_total", (("endpoint", "/v1/embeddings"), ("model", "nomic"), ("node", "none"),
@@ -44,10 +47,12 @@ def test_two_replicas_books_merge_into_one_consistent_scrape():
     assert samples[("sollol_time_to_first_token_seconds_count", hist)] == 1
     assert samples[("sollol_retries_total", (("node", "cpu"),))] == 1
     assert samples[("sollol_hedges_total", (("node", "gpu-2"),))] == 1
+    embed = (("endpoint", "/api/embed"), ("model", "nomic"))
+    assert samples[("sollol_cache_hits_total", embed)] == 2 and samples[("sollol_cache_misses_total", embed)] == 1
 
 
 def test_gauges_from_nodes_queue_and_shards():
-    samples = _samples(render(RequestMetrics(), NODES, QUEUE, SHARDS))
+    samples = _samples(render(RequestMetrics(), NODES, QUEUE, SHARDS, {"entries": 7, "bytes": 4096}))
     assert samples[("sollol_node_healthy", (("node", "cpu"),))] == 0
     assert samples[("sollol_node_in_flight", (("node", "gpu-1"),))] == 2
     assert samples[("sollol_node_breaker", (("node", "gpu-1"), ("state", "half_open")))] == 1
@@ -58,3 +63,4 @@ def test_gauges_from_nodes_queue_and_shards():
     assert samples[("sollol_queue_waiting", ())] == 3
     assert samples[("sollol_queue_wait_seconds_mean", (("priority", "9"),))] == 0.12
     assert samples[("sollol_shard_group_state", (("model", "big:latest"), ("state", "running")))] == 1
+    assert samples[("sollol_cache_entries", ())] == 7 and samples[("sollol_cache_bytes", ())] == 4096
