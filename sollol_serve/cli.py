@@ -1,4 +1,5 @@
-"""The `sollol` command: `demo`, `sim-node`, `keys`, `build-llamacpp`, `status`, `nodes`."""
+"""The `sollol` command: `demo`, `sim-node`, `keys`, `build-llamacpp`, `status`, `nodes`, `warm`,
+`batch-embed`."""
 
 from __future__ import annotations
 
@@ -46,11 +47,15 @@ def build_llamacpp_command(argv: list[str]) -> None:
     print(f"llama-server     {found.llama_server}\nggml-rpc-server  {found.rpc_server}")
 
 
-def _gateway_args(prog: str, description: str, argv: list[str]) -> argparse.Namespace:
+def _gateway_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the gateway")
-    parser.add_argument("--api-key", default=None, help="a key with the stats permission, when keys are on")
-    return parser.parse_args(argv)
+    parser.add_argument("--api-key", default=None, help="a key with the permission the command needs, when keys are on")
+    return parser
+
+
+def _gateway_args(prog: str, description: str, argv: list[str]) -> argparse.Namespace:
+    return _gateway_parser(prog, description).parse_args(argv)
 
 
 def status_command(argv: list[str]) -> None:
@@ -77,6 +82,70 @@ def nodes_command(argv: list[str]) -> None:
               f"{', '.join(n['models'])}")
 
 
+def warm_command(argv: list[str]) -> None:
+    from sollol_serve.client import connect
+
+    parser = _gateway_parser("sollol warm", "load a model into memory now, on chosen nodes (admin permission)")
+    parser.add_argument("model")
+    parser.add_argument("--nodes", default=None, help="comma-separated node names (default: every node with the model)")
+    parser.add_argument("--keep-alive", default=None, help="how long the node keeps it loaded, e.g. 30m or -1")
+    args = parser.parse_args(argv)
+    nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
+    keep_alive = int(args.keep_alive) if args.keep_alive and args.keep_alive.lstrip("-").isdigit() else args.keep_alive
+    with connect(args.url, args.api_key) as sollol:
+        failed = _print_warm(sollol.warm(args.model, nodes=nodes, keep_alive=keep_alive))
+    if failed:
+        raise SystemExit(1)
+
+
+def _print_warm(events) -> int:
+    """Progress as each node finishes; returns how many failed."""
+    total, finished, failed = 0, 0, 0
+    for event in events:
+        if event.get("status") == "loading":
+            total = len(event["nodes"])
+            print(f"loading {event['model']} on {total} node(s): {', '.join(event['nodes'])}", flush=True)
+        elif "node" in event:
+            finished += 1
+            if event["status"] == "loaded":
+                took = "resident (no load step)" if event["load_s"] is None else f"loaded in {event['load_s']:.2f} s"
+                print(f"[{finished}/{total}] {event['node']}: {took}", flush=True)
+            else:
+                failed += 1
+                print(f"[{finished}/{total}] {event['node']}: FAILED: {event['error']}", flush=True)
+        elif event.get("status") == "error":
+            failed += 1
+            print(f"FAILED: {event['error']}", flush=True)
+    return failed
+
+
+def batch_embed_command(argv: list[str]) -> None:
+    import json
+
+    from sollol_serve.client import connect
+
+    parser = _gateway_parser("sollol batch-embed", "embed a file's lines as a batch job, with progress")
+    parser.add_argument("model")
+    parser.add_argument("file", help="one text per line ('-' for stdin)")
+    parser.add_argument("--out", default="-", help="JSON lines of {index, embedding} ('-' for stdout)")
+    args = parser.parse_args(argv)
+    source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    with source:
+        texts = [line.rstrip("\n") for line in source if line.strip()]
+
+    def progress(status: dict) -> None:
+        print(f"\r{status['id']}: {status['state']} {status['done'] + status['failed']}/{status['total']} "
+              f"({status['progress']:.0%})", end="", file=sys.stderr, flush=True)
+
+    with connect(args.url, args.api_key) as sollol:
+        vectors = sollol.batch_embed(args.model, texts, progress=progress)
+    print(file=sys.stderr)
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
+    with out:
+        for i, vector in enumerate(vectors):
+            out.write(json.dumps({"index": i, "embedding": vector}) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="sollol", description="sollol_serve: one endpoint for a cluster of LLM nodes")
@@ -87,8 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("build-llamacpp", help="build llama.cpp's llama-server and ggml-rpc-server", add_help=False)
     sub.add_parser("status", help="the gateway's health", add_help=False)
     sub.add_parser("nodes", help="the gateway's nodes", add_help=False)
+    sub.add_parser("warm", help="load a model on nodes now, with progress", add_help=False)
+    sub.add_parser("batch-embed", help="embed a file's lines as a batch job, with progress", add_help=False)
     own = {"keys": keys_command, "build-llamacpp": build_llamacpp_command, "status": status_command,
-           "nodes": nodes_command}
+           "nodes": nodes_command, "warm": warm_command, "batch-embed": batch_embed_command}
     if not argv or argv[0] not in (*DELEGATED, *own):
         parser.parse_args(argv)
         return

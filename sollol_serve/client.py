@@ -121,12 +121,15 @@ class SollolClient:
         return self._call("POST", path, json=body)
 
     def _stream(self, path: str, body: dict) -> Iterator[dict]:
-        with self.http.stream("POST", path, json={**body, "stream": True}) as response:
+        return self._lines(path, {**body, "stream": True}, _chunk)
+
+    def _lines(self, path: str, body: dict, parse: Callable[[str], dict]) -> Iterator[dict]:
+        with self.http.stream("POST", path, json=body) as response:
             if response.status_code >= 400:
                 raise _error(response.status_code, response.read().decode("utf-8", "replace"))
             for line in response.iter_lines():
                 if line.strip():
-                    yield _chunk(line)
+                    yield parse(line)
 
     def chat(self, model: str, messages: list[dict], *, stream: bool = False, priority: int = Priority.NORMAL,
              options: dict | None = None, **fields: object) -> dict | Iterator[dict]:
@@ -149,6 +152,13 @@ class SollolClient:
 
     def nodes(self) -> list[dict]:
         return self._call("GET", "/api/nodes")["nodes"]
+
+    def warm(self, model: str, *, nodes: list[str] | None = None,
+             keep_alive: str | int | None = None) -> Iterator[dict]:
+        """Load a model on nodes now (admin): an event as each node finishes, then a summary."""
+        body = {"model": model, **({"nodes": nodes} if nodes else {}),
+                **({"keep_alive": keep_alive} if keep_alive is not None else {})}
+        return self._lines("/api/admin/warm", body, json.loads)
 
     # -- batch jobs ---------------------------------------------------------------------
     def submit_batch_embed(self, model: str, inputs: list[str], *, priority: int = Priority.BATCH,

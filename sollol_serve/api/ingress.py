@@ -509,6 +509,29 @@ class Ingress:
 
         return await self._guard(request, handle, "admin")
 
+    @app.post("/api/admin/warm")
+    async def warm(self, request: Request) -> Response:
+        """Load a model on nodes now (before traffic needs it): NDJSON progress, a line per node."""
+        async def handle() -> Response:
+            body = schemas.WarmRequest.model_validate(await self._json(request, schemas.WarmRequest))
+            events = self.router.warm.options(stream=True).remote(body.model, body.nodes, body.keep_alive)
+            first = await events.__anext__()  # an unknown model or node is an error status, not a stream
+            return StreamingResponse(self._events(first, events), media_type="application/x-ndjson")
+
+        return await self._guard(request, handle, "admin")
+
+    async def _events(self, first: dict, events) -> AsyncIterator[str]:
+        yield _dumps(first) + "\n"
+        try:
+            async for event in events:
+                yield _dumps(event) + "\n"
+        except Exception as exc:
+            error = unwrap(exc)
+            yield _dumps({"status": "error", "error": error.message if isinstance(error, GatewayError)
+                          else str(error)}) + "\n"
+        finally:
+            events.cancel()
+
     # -- admin: shard groups --------------------------------------------------------------
     @app.get("/api/shards")
     async def shards(self, request: Request) -> Response:

@@ -92,3 +92,12 @@ class OpenAICompletion(_Open):
 
 class OpenAIEmbeddings(_Open):
     input: StrictStr | list[StrictStr] = Field(min_length=1)
+
+
+class WarmRequest(BaseModel):
+    """`POST /api/admin/warm`: load a model now, on the nodes named or on every node that has it."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: StrictStr = Field(min_length=1, max_length=512)
+    nodes: list[StrictStr] | None = Field(default=None, min_length=1)
+    keep_alive: StrictStr | StrictInt | None = None

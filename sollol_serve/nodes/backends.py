@@ -55,6 +55,11 @@ class NodeBackend(ABC):
     @abstractmethod
     async def inventory(self) -> NodeInventory: ...
 
+    async def load(self, node_model: str, keep_alive: str | int | None, timeouts: TimeoutConfig) -> float | None:
+        """Load the model into memory now; the seconds loading took, or None if the node
+        has no such step (a llama-server holds its one model from the start)."""
+        return None
+
     async def _assemble(self, chunks: AsyncIterator[dict], assembler: Assembler,
                         on_first: Callable[[], None] | None) -> tuple[dict, float | None]:
         """The node's stream as the one answer it stands for, and the time to its first chunk."""
@@ -107,6 +112,14 @@ class OllamaBackend(NodeBackend):
         if req.api == "ollama":
             return resp, usage
         return translate.ollama_response_to_openai(req.op, resp, req.model, usage, req.body.get("encoding_format")), usage
+
+    async def load(self, node_model: str, keep_alive: str | int | None, timeouts: TimeoutConfig) -> float | None:
+        # Ollama loads a model on a generate request without a prompt.
+        body: dict = {"model": node_model, "prompt": "", "stream": False}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        answer = await self.http.post_json(self.url + "/api/generate", body, timeouts)
+        return (answer.get("load_duration") or 0) / 1e9
 
     @staticmethod
     def _op(req: NodeRequest):

@@ -151,6 +151,14 @@ class NodeWorker:
             self.schedule.disturbed()
             self._wake.set()
 
+    async def warm(self, node_model: str, keep_alive: str | int | None) -> float | None:
+        """Load a model now (`sollol warm`), then probe so the routers see it resident."""
+        timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, node_model)
+        try:
+            return await self._backend().load(node_model, keep_alive, timeouts)
+        finally:
+            self._wake.set()
+
     async def ps(self) -> list[dict]:
         inventory = await self._backend().inventory()
         return [{**entry, "node": self.node.name} for entry in inventory.loaded]

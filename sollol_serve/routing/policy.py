@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from itertools import count
 
 from sollol_serve.config import Strategy
+from sollol_serve.protocol import BadRequest, ModelNotFound, NoNodeAvailable, NotFound
 from sollol_serve.routing.predict import Prediction
 from sollol_serve.routing.state import NodeView, normalize_model
 
@@ -44,6 +45,25 @@ def candidates(snapshot: dict[str, NodeView], model: str, exclude: set[str] = fr
 
 def model_known(snapshot: dict[str, NodeView], model: str) -> bool:
     return any(v.has_model(model) for v in snapshot.values())
+
+
+def warm_targets(snapshot: dict[str, NodeView], model: str, names: list[str] | None) -> list[NodeView]:
+    """The nodes `sollol warm` loads `model` on: the ones named (each must exist and have the
+    model), or every routable node that has it."""
+    if not model_known(snapshot, model):
+        raise ModelNotFound(f"model '{model}' not found on any node")
+    if names is None:
+        chosen = candidates(snapshot, model)
+        if not chosen:
+            raise NoNodeAvailable(f"no healthy node that has '{model}' is taking work")
+        return chosen
+    unknown = [n for n in names if n not in snapshot]
+    if unknown:
+        raise NotFound(f"node '{unknown[0]}' not found")
+    without = [n for n in names if not snapshot[n].has_model(model)]
+    if without:
+        raise BadRequest(f"node '{without[0]}' does not have model '{model}'")
+    return [snapshot[n] for n in dict.fromkeys(names)]
 
 
 def score_least_busy(node: NodeView, busy: int, slots: int, resident: bool) -> Scored:

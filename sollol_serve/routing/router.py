@@ -46,7 +46,7 @@ from sollol_serve.routing.core import Flight, Grant, RoutingCore
 from sollol_serve.routing.failover import backoff_s, hedge_delay_s, should_hedge
 from sollol_serve.routing.learning import Observation
 from sollol_serve.routing.links import ActorLink, ItemStream, ServeLink, WorkerLink
-from sollol_serve.routing.policy import candidates, needs_shard
+from sollol_serve.routing.policy import candidates, needs_shard, warm_targets
 from sollol_serve.routing.state import NodeView, normalize_model
 from sollol_serve.routing.state_actor import NAMESPACE, state_actor
 from sollol_serve.shard.coordinator import coordinator_name, shard_coordinator, shard_node_name
@@ -558,6 +558,33 @@ class Router:
                 if isinstance(error, NodeError) and not error.retryable:
                     raise error from None
         raise NoNodeAvailable(f"no node answered /api/show for '{model}'")
+
+    async def warm(self, model: str, names: list[str] | None, keep_alive: str | int | None) -> AsyncIterator[dict]:
+        """Load `model` on the chosen nodes at once; an event as each one finishes."""
+        targets = warm_targets(self.core.snapshot, model, names)
+        yield {"status": "loading", "model": model, "nodes": [v.name for v in targets]}
+        pending = {asyncio.ensure_future(self.links[v.name].ask("warm", v.node_model(model), keep_alive)): v.name
+                   for v in targets}
+        loaded = 0
+        try:
+            while pending:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    node = pending.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        loaded += 1
+                        seconds = future.result()
+                        yield {"node": node, "status": "loaded",
+                               "load_s": None if seconds is None else round(seconds, 3)}
+                    else:
+                        failure = unwrap(error)
+                        message = failure.message if isinstance(failure, GatewayError) else str(failure)
+                        yield {"node": node, "status": "error", "error": message}
+        finally:
+            for future in pending:
+                future.cancel()
+        yield {"status": "done", "model": model, "loaded": loaded, "failed": len(targets) - loaded}
 
     async def versions(self) -> list[str]:
         reports = await self.state.reports.remote()
