@@ -7,10 +7,14 @@ the Ray instance this process owns.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import pytest
 
+from sollol_serve.config import DATA_DIR_ENV
 from sollol_serve.processes import free_port
 from sollol_serve.sim.process import SimProcess
 
@@ -36,13 +40,24 @@ SIM_NODES = {
 QUEUE_MAX = 20
 
 
+def pytest_configure(config):
+    # Every app the tests deploy keeps its batch jobs in a directory of this run, not the user's.
+    # Set before any Ray starts, so its workers inherit it.
+    config.sollol_data_dir = tempfile.mkdtemp(prefix="sollol-test-data-")
+    os.environ[DATA_DIR_ENV] = config.sollol_data_dir
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "sollol_data_dir", ""), ignore_errors=True)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests that start their own Ray run first, before the shared gateway's Ray exists."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("own_ray") else 1)
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory):
+def gateway():
     from sollol_serve.config import GatewayConfig
     from sollol_serve.local import start_local_gateway, stop_local_gateway, wait_for_nodes
 
@@ -53,7 +68,6 @@ def gateway(tmp_path_factory):
                       for n in nodes.values()],
             "routing": {"snapshot_interval_s": 0.2, "queue_max": QUEUE_MAX},
             "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
-            "batch": {"data_dir": str(tmp_path_factory.mktemp("batch-data"))},
             "cache": {"deterministic_completions": True},
         })
         url = start_local_gateway(config, port=free_port())
@@ -63,3 +77,34 @@ def gateway(tmp_path_factory):
         stop_local_gateway()
         for node in nodes.values():
             node.stop()
+
+
+# Keys of the `secure` app (a second app with keys, on the shared Ray).
+ADMIN, USER, READER = "sk-sollol-admin-test", "sk-sollol-user-test", "sk-sollol-reader-test"
+LIMITED = "sk-sollol-limited-test"
+LIMIT_RPM = 10
+
+
+@pytest.fixture(scope="session")
+def secure(gateway):
+    """The gateway's URL of an app with API keys over the shared `fast` node."""
+    from ray import serve
+
+    from sollol_serve.api.auth import hash_key
+    from sollol_serve.app import build_gateway
+    from sollol_serve.config import GatewayConfig
+
+    config = GatewayConfig.model_validate({
+        "nodes": [{"name": "fast", "url": gateway.nodes["fast"].url}],
+        "state_actor_name": "sollol_state_secure",
+        "security": {"keys": [{"name": "root", "sha256": hash_key(ADMIN), "role": "admin"},
+                              {"name": "app", "sha256": hash_key(USER), "role": "user"},
+                              {"name": "grafana", "sha256": hash_key(READER), "role": "reader"},
+                              {"name": "metered", "sha256": hash_key(LIMITED), "role": "user",
+                               "requests_per_minute": LIMIT_RPM}]},
+    })
+    serve.run(build_gateway(config), name="secure", route_prefix="/secure")
+    try:
+        yield gateway.url + "/secure"
+    finally:
+        serve.delete("secure")

@@ -1,6 +1,9 @@
 """API keys, roles and permissions (pure; the ingress calls `Authenticator`).
 
 Keys are compared as SHA-256 digests in constant time and never stored, logged or echoed.
+A browser logs in to the dashboard once with a key and gets a session cookie: the key's
+name, an expiry and an HMAC keyed by the key's stored digest (rotating the key ends its
+sessions). Sessions only authorize GET requests, so a forged cross-site POST gets nothing.
 Without configured keys every request is allowed, but only on a loopback bind
 (`check_bind`), unless the config says `allow_remote_without_keys`.
 """
@@ -11,6 +14,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +22,8 @@ from sollol_serve.config import ALL_PERMISSIONS, Permission, SecurityConfig
 from sollol_serve.protocol import GatewayError
 
 KEY_PREFIX = "sk-sollol-"
+SESSION_COOKIE = "sollol_session"
+SESSION_TTL_S = 8 * 3600
 
 
 class Unauthorized(GatewayError):
@@ -80,6 +86,7 @@ class Authenticator:
         self.security = security
         self._keys = [(k.sha256, Principal(k.name, k.role, frozenset(security.roles[k.role])))
                       for k in security.keys]
+        self._by_name = {principal.name: (digest, principal) for digest, principal in self._keys}
 
     @property
     def enabled(self) -> bool:
@@ -100,8 +107,37 @@ class Authenticator:
             raise Unauthorized("invalid API key")
         return found
 
-    def authorize(self, headers: Mapping[str, str], permission: Permission | None) -> Principal:
-        principal = self.authenticate(headers)
+    def authorize(self, headers: Mapping[str, str], permission: Permission | None,
+                  session: str | None = None) -> Principal:
+        """The caller by its key, else by its session cookie (pass one only for GET requests)."""
+        if self._keys and session and presented_key(headers) is None:
+            principal = self.session(session)
+        else:
+            principal = self.authenticate(headers)
         if permission is not None and permission not in principal.permissions:
             raise Forbidden(f"key '{principal.name}' (role {principal.role}) lacks the '{permission}' permission")
         return principal
+
+    # -- browser sessions (the dashboard) ---------------------------------------------------
+    def login(self, key: str, now: float | None = None) -> tuple[Principal, str]:
+        """The key's principal and a session token for it."""
+        principal = self.authenticate({"x-api-key": key})
+        expiry = int((now or time.time()) + SESSION_TTL_S)
+        return principal, f"{principal.name}.{expiry}.{self._sign(principal.name, expiry)}"
+
+    def session(self, token: str, now: float | None = None) -> Principal:
+        try:
+            name, expiry, signature = token.rsplit(".", 2)
+            expiry_at = int(expiry)
+        except ValueError:
+            raise Unauthorized("invalid session: log in again") from None
+        known = self._by_name.get(name)
+        if known is None or not hmac.compare_digest(signature, self._sign(name, expiry_at)):
+            raise Unauthorized("invalid session: log in again")
+        if expiry_at <= (now or time.time()):
+            raise Unauthorized("session expired: log in again")
+        return known[1]
+
+    def _sign(self, name: str, expiry: int) -> str:
+        digest = self._by_name[name][0] if name in self._by_name else "00"
+        return hmac.new(bytes.fromhex(digest), f"{name}.{expiry}".encode(), hashlib.sha256).hexdigest()

@@ -8,8 +8,11 @@ as they arrive. Errors are written in the API's own format.
 
 import asyncio
 import functools
+import html
 import json
+import string
 import time
+import urllib.parse
 from importlib import resources
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -21,12 +24,13 @@ from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
+                                 StreamingResponse)
 
 from sollol_serve import __version__
 from sollol_serve.analysis.profile import parse_priority
 from sollol_serve.api import schemas
-from sollol_serve.api.auth import Authenticator, Principal, check_bind
+from sollol_serve.api.auth import SESSION_COOKIE, SESSION_TTL_S, Authenticator, Principal, check_bind
 from sollol_serve.api.errors import error_response
 from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
 from sollol_serve.api.middleware import PoweredByHeader
@@ -97,9 +101,25 @@ def _version_key(version: str) -> tuple:
 
 
 @functools.cache
+def _page(name: str) -> str:
+    return resources.files("sollol_serve.observability").joinpath(name).read_text()
+
+
 def dashboard_page() -> str:
     """The live dashboard: one static page that polls /api/stats and /api/routing/decisions."""
-    return resources.files("sollol_serve.observability").joinpath("dashboard.html").read_text()
+    return _page("dashboard.html")
+
+
+def login_page(root: str, message: str, status: int) -> HTMLResponse:
+    """The dashboard's login form (when keys are on and the browser has no session)."""
+    body = string.Template(_page("login.html")).substitute(action=html.escape(f"{root}/dashboard/login"),
+                                                           message=html.escape(message))
+    return HTMLResponse(body, status_code=status)
+
+
+def session_of(request: Request) -> str | None:
+    """The session cookie, honoured only on reads: a forged cross-site POST carries it too."""
+    return request.cookies.get(SESSION_COOKIE) if request.method in ("GET", "HEAD") else None
 
 
 METRICS_FLUSH_S = 1.0
@@ -206,7 +226,7 @@ class Ingress:
     async def _guard(self, request: Request, handler: Callable[[], Awaitable[Response]],
                      permission: Permission | None) -> Response:
         try:
-            principal = self.auth.authorize(request.headers, permission)
+            principal = self.auth.authorize(request.headers, permission, session_of(request))
             if principal.name in self.limited:
                 wait = await self.limiter.admit.remote(principal.name)
                 if wait:
@@ -632,4 +652,32 @@ class Ingress:
         async def page() -> Response:
             return HTMLResponse(dashboard_page())
 
-        return await self._guard(request, page, "admin")
+        response = await self._guard(request, page, "admin")
+        if response.status_code in (401, 403) and self.auth.enabled:  # a browser: offer the login form
+            message = ("that key lacks the admin permission" if response.status_code == 403
+                       else "log in with an API key that has the admin permission")
+            return login_page(request.scope.get("root_path", ""), message, response.status_code)
+        return response
+
+    @app.post("/dashboard/login")
+    async def dashboard_login(self, request: Request) -> Response:
+        """The login form's key -> a session cookie (HttpOnly, SameSite=Strict) -> the dashboard."""
+        root = request.scope.get("root_path", "")
+        try:
+            form = urllib.parse.parse_qs((await self._read_body(request)).decode("utf-8", "replace"))
+            principal, token = self.auth.login((form.get("key") or [""])[0].strip())
+            if "admin" not in principal.permissions:
+                return login_page(root, "that key lacks the admin permission", 403)
+        except GatewayError as exc:
+            return login_page(root, exc.message, exc.status)
+        response = RedirectResponse(f"{root}/dashboard", status_code=303)
+        response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_TTL_S, path=root or "/", httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    @app.post("/dashboard/logout")
+    async def dashboard_logout(self, request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        response = RedirectResponse(f"{root}/dashboard", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path=root or "/")
+        return response

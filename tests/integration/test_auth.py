@@ -5,36 +5,10 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from ray import serve
 
-from sollol_serve.api.auth import hash_key
-from sollol_serve.app import build_gateway
-from sollol_serve.config import GatewayConfig
+from tests.conftest import ADMIN, LIMIT_RPM, LIMITED, READER, USER
 
 pytestmark = pytest.mark.integration
-
-ADMIN, USER, READER = "sk-sollol-admin-test", "sk-sollol-user-test", "sk-sollol-reader-test"
-LIMITED = "sk-sollol-limited-test"
-LIMIT_RPM = 10
-
-
-@pytest.fixture(scope="module")
-def secure(gateway):
-    config = GatewayConfig.model_validate({
-        "nodes": [{"name": "fast", "url": gateway.nodes["fast"].url}],
-        "state_actor_name": "sollol_state_secure",
-        "security": {"keys": [{"name": "root", "sha256": hash_key(ADMIN), "role": "admin"},
-                              {"name": "app", "sha256": hash_key(USER), "role": "user"},
-                              {"name": "grafana", "sha256": hash_key(READER), "role": "reader"},
-                              {"name": "metered", "sha256": hash_key(LIMITED), "role": "user",
-                               "requests_per_minute": LIMIT_RPM}]},
-    })
-    serve.run(build_gateway(config), name="secure", route_prefix="/secure")
-    try:
-        yield gateway.url + "/secure"
-    finally:
-        serve.delete("secure")
-
 
 CHAT = {"model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "hi"}],
         "options": {"num_predict": 2}}

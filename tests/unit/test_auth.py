@@ -95,3 +95,27 @@ def test_keys_new_prints_the_key_once_and_its_hash(capsys):
     key = out.split("store it now): ")[1].split()[0]
     assert f"sha256: {hash_key(key)}" in out and "role: reader" in out and "name: alice" in out
     assert out.count(key) == 1
+
+
+def test_dashboard_sessions_are_signed_expire_and_end_with_the_key():
+    auth = Authenticator(security())
+    principal, token = auth.login(ADMIN, now=1000.0)
+    assert principal.name == "root" and ADMIN not in token
+    assert auth.session(token, now=1000.0 + 60) == principal
+    assert auth.authorize({}, "admin", session=auth.login(ADMIN)[1]).name == "root"
+    with pytest.raises(Unauthorized, match="expired"):
+        auth.session(token, now=1000.0 + 9 * 3600)
+    name, expiry, signature = token.rsplit(".", 2)
+    for forged in (f"app.{expiry}.{signature}", f"root.{int(expiry) + 10**6}.{signature}", "root.x.y", "garbage", ""):
+        with pytest.raises(Unauthorized):
+            auth.session(forged, now=1000.0)
+    rotated = Authenticator(SecurityConfig(keys=[{"name": "root", "sha256": hash_key("new-secret"), "role": "admin"}]))
+    with pytest.raises(Unauthorized):
+        rotated.session(token, now=1000.0)
+    _, user_token = auth.login(USER)
+    with pytest.raises(Forbidden):
+        auth.authorize({}, "admin", session=user_token)
+    with pytest.raises(Unauthorized):
+        auth.login("wrong")
+    # a key in the headers wins over the cookie
+    assert auth.authorize({"x-api-key": READER}, "stats", session=auth.login(ADMIN)[1]).name == "grafana"
