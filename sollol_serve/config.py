@@ -78,6 +78,11 @@ class RoutingConfig(_Strict):
     queue_max: int = Field(default=1000, ge=0)
     # A waiting request gains one priority level per `aging_s` seconds: nothing starves.
     aging_s: float = Field(default=10.0, gt=0)
+    # Background work (priority <= background_priority: batch jobs by default) never takes the
+    # last `reserved_slots` free slots of the nodes that could serve it, so live requests find
+    # one at once. Capped at one less than those nodes' slots, so background work still runs.
+    background_priority: int = Field(default=2, ge=0, le=10)
+    reserved_slots: int = Field(default=1, ge=0)
     # Longest time a request may wait in the queue before it is answered 503.
     queue_timeout_s: float = Field(default=300.0, gt=0)
     # A node removed through the admin API is drained first; it goes after this at the latest.

@@ -147,20 +147,30 @@ class RoutingCore:
                 scored.append(item)
         return self.chooser.rank(scored)
 
-    def pick(self, ranked: list[Scored]) -> Scored | None:
+    def pick(self, ranked: list[Scored], priority: float = 10.0) -> Scored | None:
         """The candidate to send to now, or None if the request should wait for a slot.
         `intelligent` waits for its best node rather than take a free but slower one (the
         wait is part of the prediction), except to measure a node it has no numbers for yet;
         the other strategies take their first free node. A node whose breaker is half-open
-        gets the request as its trial (one at a time), else it would never be closed again."""
+        gets the request as its trial (one at a time), else it would never be closed again.
+        Background work (`priority`, aged, at most `background_priority`) waits while only
+        the reserved slots are free."""
         trial = next((s for s in ranked if s.free and s.node.breaker == "half_open"), None)
         if trial is not None:
             return trial
+        if priority <= self.config.background_priority and not self.spare_for_background(ranked):
+            return None
         if self.strategy != "intelligent":
             return next((s for s in ranked if s.free), None)
         if ranked[0].free:
             return ranked[0]
         return next((s for s in ranked if s.free and s.prediction and s.prediction.factors.get("unmeasured")), None)
+
+    def spare_for_background(self, ranked: list[Scored]) -> bool:
+        """More slots free than the reserve (of the nodes that could serve the request)."""
+        total = sum(s.slots for s in ranked)
+        free = sum(max(s.slots - s.busy, 0) for s in ranked)
+        return free > min(self.config.reserved_slots, total - 1)
 
     def grant_now(self, profile: RequestProfile, exclude: set[str], now: float) -> Grant | None:
         """A slot on the best node that has one free right now, or None (never waits)."""
@@ -171,21 +181,22 @@ class RoutingCore:
         choice = next((s for s in ranked if s.free), None)
         return Grant(ranked, choice, self.start(choice, profile, now)) if choice else None
 
-    def plan(self, requests: list[tuple[RequestProfile, set[str]]], now: float) -> list[Grant | GatewayError | None]:
-        """Decide for queued requests, given most urgent first: a Grant (slot reserved), an
-        error, or None (keep waiting). A request that keeps waiting books its predicted work
-        on the node it waits for, so the ones behind it see the longer wait there and may
-        take another node instead."""
+    def plan(self, requests: list[tuple[RequestProfile, set[str], float]],
+             now: float) -> list[Grant | GatewayError | None]:
+        """Decide for queued requests (profile, nodes to avoid, priority with aging), given
+        most urgent first: a Grant (slot reserved), an error, or None (keep waiting). A
+        request that keeps waiting books its predicted work on the node it waits for, so the
+        ones behind it see the longer wait there and may take another node instead."""
         decisions: list[Grant | GatewayError | None] = []
         self._planned = {}
         try:
-            for profile, exclude in requests:
+            for profile, exclude, priority in requests:
                 try:
                     ranked = self.rank(profile, exclude, now)
                 except GatewayError as exc:
                     decisions.append(exc)
                     continue
-                choice = self.pick(ranked)
+                choice = self.pick(ranked, priority)
                 if choice is None:
                     best = ranked[0]
                     booked = best.prediction.total_s if best.prediction else 0.0

@@ -221,7 +221,7 @@ class Router:
         now = time.monotonic()
         if not len(self.core.queue):  # nobody waiting: no one to overtake
             ranked = self.core.rank(profile, exclude, now)
-            choice = self.core.pick(ranked)
+            choice = self.core.pick(ranked, profile.priority)
             if choice is not None:
                 return Grant(ranked, choice, self.core.start(choice, profile, now)), 0.0
         granted: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -258,7 +258,8 @@ class Router:
                 self.core.queue.remove(waiter, now, served=False)
             else:
                 waiters.append(waiter)
-        decisions = self.core.plan([(w.item[0], w.item[1]) for w in waiters], now)
+        aging_s = self.core.queue.aging_s
+        decisions = self.core.plan([(w.item[0], w.item[1], w.effective_priority(now, aging_s)) for w in waiters], now)
         for waiter, decision in zip(waiters, decisions):
             if decision is None:
                 continue

@@ -39,7 +39,8 @@ def _config(nodes: dict[str, SimProcess], data_dir: str) -> GatewayConfig:
     return GatewayConfig.model_validate({
         "nodes": [{"name": n.name, "url": n.url, "slots": 1} for n in nodes.values()],
         "state_actor_name": "sollol_state_batch",
-        "routing": {"snapshot_interval_s": 0.2},
+        # No slot kept back for live traffic: these tests want the batch on both nodes at once.
+        "routing": {"snapshot_interval_s": 0.2, "reserved_slots": 0},
         "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
         "batch": {"data_dir": data_dir, "concurrency": 2, "embed_chunk": 4},
         "cache": {"embeddings": False},  # every text must reach a node: these tests count them

@@ -313,7 +313,7 @@ def test_plan_waiters_book_their_work_so_later_ones_go_elsewhere():
     core = core_with("intelligent", nv("fast"), nv("slow"), book=book_of(speed("fast", 4000, 400),
                                                                           speed("slow", 2000, 200)))
     fill(core, "fast", 1, predicted_end=now + 0.1)
-    requests = [(prof(10, 100), set()), (prof(10, 100), set()), (prof(10, 100), set())]
+    requests = [(prof(10, 100), set(), 5), (prof(10, 100), set(), 5), (prof(10, 100), set(), 5)]
     decisions = core.plan(requests, now)
     # 1st: fast .1 + .2525 = .3525 < slow .505 -> waits for fast (booking .3525 there)
     # 2nd: fast waits for the 2nd to finish: .3525 + .2525 = .605 > .505 -> slow, granted
@@ -332,13 +332,38 @@ def test_plan_waiters_book_their_work_so_later_ones_go_elsewhere():
 
 def test_plan_reports_errors_per_request_and_keeps_going():
     core = core_with("least_busy", nv("a", slots=1), nv("b", healthy=False, models=["phi3:mini"]))
-    decisions = core.plan([(prof(model="nope"), set()), (prof(model="phi3:mini"), set()), (prof(), set()),
-                           (prof(), set())], now=0.0)
+    decisions = core.plan([(prof(model="nope"), set(), 5), (prof(model="phi3:mini"), set(), 5), (prof(), set(), 5),
+                           (prof(), set(), 5)], now=0.0)
     assert isinstance(decisions[0], ModelNotFound)
     assert isinstance(decisions[1], NoNodeAvailable)
     assert isinstance(decisions[2], Grant) and decisions[2].choice.node.name == "a"
     assert decisions[3] is None  # a's only slot went to the one before
     assert core.plan([], now=0.0) == []
+
+
+def test_background_work_leaves_the_reserved_slot_to_live_requests():
+    core = core_with("least_busy", nv("a", slots=2), nv("b", slots=2))
+    fill(core, "a", 2, predicted_end=5.0)
+    fill(core, "b", 1, predicted_end=5.0)  # one slot free in the cluster: the reserve
+    ranked = core.rank(prof(priority=1), set(), 0.0)
+    assert core.pick(ranked, priority=1) is None  # batch work waits
+    assert core.pick(ranked, priority=1.0 + 0.5) is None  # aged, still background
+    assert core.pick(ranked, priority=3).node.name == "b"  # aged past background: served
+    assert core.pick(ranked, priority=5).node.name == "b"  # live work takes it
+    decisions = core.plan([(prof(priority=8), set(), 8), (prof(priority=1), set(), 1)], now=0.0)
+    assert isinstance(decisions[0], Grant) and decisions[1] is None
+    for flight_id in list(core.flights["a"]):  # a is idle: two free, one beyond the reserve
+        core.finish(flight_id, "a", 0.0)
+    assert core.pick(core.rank(prof(priority=1), set(), 0.0), priority=1) is not None
+
+
+def test_the_reserve_never_stops_background_work_on_a_one_slot_cluster():
+    core = core_with("least_busy", nv("only", slots=1))
+    assert core.pick(core.rank(prof(priority=1), set(), 0.0), priority=1).node.name == "only"
+    reserved_nothing = core_with("least_busy", nv("a", slots=1), nv("b", slots=1))
+    reserved_nothing.config = RoutingConfig(strategy="least_busy", reserved_slots=0)
+    fill(reserved_nothing, "a", 1, predicted_end=5.0)
+    assert reserved_nothing.pick(reserved_nothing.rank(prof(priority=1), set(), 0.0), priority=1).node.name == "b"
 
 
 # =======================================================================================
