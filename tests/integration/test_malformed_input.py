@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.integration
 
 POST_ENDPOINTS = ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show",
-                  "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/admin/nodes"]
+                  "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/api/admin/nodes",
+                  "/api/batch/embed", "/api/batch/chat", "/api/admin/warm"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
@@ -24,7 +25,8 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.di
 models = st.one_of(st.just("no-such-model"), st.just("llama3.2"), st.text(max_size=10), st.integers(), st.none(),
                    st.lists(st.text(max_size=3), max_size=2))
 field_names = st.sampled_from(["messages", "prompt", "input", "stream", "priority", "format", "images", "tools",
-                               "keep_alive", "max_tokens", "name", "suffix", "system", "stream_options"])
+                               "keep_alive", "max_tokens", "name", "suffix", "system", "stream_options",
+                               "requests", "nodes", "ttl_s"])
 objects = st.builds(lambda model, extra: {"model": model, **extra}, models,
                     st.dictionaries(field_names, values, max_size=5))
 raw_bodies = st.one_of(
