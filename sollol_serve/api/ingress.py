@@ -206,6 +206,16 @@ class Ingress:
         return b"".join(chunks)
 
     async def _json(self, request: Request, schema: type[BaseModel]) -> dict:
+        """The body as the client sent it (forwarded as is), once `schema` accepts it."""
+        body = await self._object(request)
+        self._validated(body, schema)
+        return body
+
+    async def _payload(self, request: Request, schema: type[BaseModel]) -> BaseModel:
+        """The body as `schema`'s model (for the gateway's own endpoints)."""
+        return self._validated(await self._object(request), schema)
+
+    async def _object(self, request: Request) -> dict:
         raw = await self._read_body(request)
         try:
             body = json.loads(raw)
@@ -217,11 +227,14 @@ class Ingress:
             raise BadRequest("invalid JSON: nested too deeply") from None
         if not isinstance(body, dict):
             raise BadRequest("request body must be a JSON object")
+        return body
+
+    @staticmethod
+    def _validated(body: dict, schema: type[BaseModel]) -> BaseModel:
         try:
-            schema.model_validate(body)
+            return schema.model_validate(body)
         except ValidationError as exc:
             raise BadRequest(_validation_message(exc)) from None
-        return body
 
     async def _guard(self, request: Request, handler: Callable[[], Awaitable[Response]],
                      permission: Permission | None) -> Response:
@@ -453,10 +466,10 @@ class Ingress:
     async def metrics_text(self, request: Request) -> Response:
         """Prometheus text format: the whole app's counts (merged from every replica) and gauges."""
         async def handle() -> Response:
-            book, nodes, queue, shards, cache = await asyncio.gather(
+            book, nodes, queue, shards, cache, batch = await asyncio.gather(
                 self.metrics_book.snapshot.remote(), self.router.nodes.remote(), self.router.queue_stats.remote(),
-                self.router.shards.remote(), self.cache.stats.remote())
-            return Response(render(book, nodes, queue, shards, cache), media_type=CONTENT_TYPE_LATEST)
+                self.router.shards.remote(), self.cache.stats.remote(), self.batch.summary.remote(0))
+            return Response(render(book, nodes, queue, shards, cache, batch), media_type=CONTENT_TYPE_LATEST)
 
         return await self._guard(request, handle, "stats")
 
@@ -464,14 +477,15 @@ class Ingress:
     async def stats(self, request: Request) -> Response:
         """What the dashboard shows, as JSON: nodes, queue, shard groups, latency over time, totals."""
         async def handle() -> Response:
-            nodes, queue, shards, latency, book, cache = await asyncio.gather(
+            nodes, queue, shards, latency, book, cache, batch = await asyncio.gather(
                 self.router.nodes.remote(), self.router.queue_stats.remote(), self.router.shards.remote(),
-                self.metrics_book.latency.remote(), self.metrics_book.snapshot.remote(), self.cache.stats.remote())
+                self.metrics_book.latency.remote(), self.metrics_book.snapshot.remote(), self.cache.stats.remote(),
+                self.batch.summary.remote())
             totals = {"requests": sum(book.requests.values()),
                       "errors": sum(n for key, n in book.requests.items() if int(key[3]) >= 400),
                       "retries": sum(book.retries.values()), "hedges": sum(book.hedges.values())}
             return JSONResponse({"nodes": nodes, "queue": queue, "shards": shards, "latency": latency,
-                                 "totals": totals, "cache": cache})
+                                 "totals": totals, "cache": cache, "batch": batch})
 
         return await self._guard(request, handle, "stats")
 
@@ -533,7 +547,7 @@ class Ingress:
     async def warm(self, request: Request) -> Response:
         """Load a model on nodes now (before traffic needs it): NDJSON progress, a line per node."""
         async def handle() -> Response:
-            body = schemas.WarmRequest.model_validate(await self._json(request, schemas.WarmRequest))
+            body = await self._payload(request, schemas.WarmRequest)
             events = self.router.warm.options(stream=True).remote(body.model, body.nodes, body.keep_alive)
             first = await events.__anext__()  # an unknown model or node is an error status, not a stream
             return StreamingResponse(self._events(first, events), media_type="application/x-ndjson")
@@ -586,8 +600,7 @@ class Ingress:
     # -- batch jobs -----------------------------------------------------------------------
     async def _submit(self, request: Request, kind: str, schema: type[BaseModel]) -> Response:
         async def handle() -> Response:
-            body = await self._json(request, schema)
-            job = schema.model_validate(body)
+            job = await self._payload(request, schema)
             try:
                 inputs = job.input if kind == "embed" else chat_items(job)
             except ValueError as exc:

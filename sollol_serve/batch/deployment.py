@@ -87,6 +87,11 @@ class BatchJobs:
     async def list_jobs(self, owner: str | None) -> list[dict]:
         return [await self._status(job) for job in await self.store.jobs(owner)]
 
+    async def summary(self, recent: int = 10) -> dict:
+        """For the dashboard and /metrics: jobs per state, items to do, the latest jobs."""
+        totals = await self.store.totals()
+        return {**totals, "recent": [await self._status(job) for job in await self.store.jobs(limit=recent)]}
+
     async def results(self, job_id: str, owner: str | None, offset: int, limit: int) -> dict:
         job = await self._owned(job_id, owner)
         rows = await self.store.results(job_id, offset, min(limit, RESULTS_PAGE_MAX))

@@ -101,12 +101,23 @@ class JobStore:
             row = await cursor.fetchone()
         return _job(row) if row else None
 
-    async def jobs(self, owner: str | None = None) -> list[dict]:
+    async def jobs(self, owner: str | None = None, limit: int = -1) -> list[dict]:
+        """Newest first; `limit` -1 for all."""
         query, args = "SELECT * FROM jobs", ()
         if owner is not None:
             query, args = query + " WHERE owner = ?", (owner,)
-        async with self.db.execute(query + " ORDER BY created DESC", args) as cursor:
+        async with self.db.execute(query + " ORDER BY created DESC LIMIT ?", (*args, limit)) as cursor:
             return [_job(row) for row in await cursor.fetchall()]
+
+    async def totals(self) -> dict:
+        """Jobs per state, and the items still to do in unfinished jobs (for metrics)."""
+        async with self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state") as cursor:
+            by_state = {state: n for state, n in await cursor.fetchall()}
+        async with self.db.execute(
+                "SELECT COUNT(*) FROM items JOIN jobs ON items.job = jobs.id"
+                " WHERE jobs.state IN (?, ?) AND items.state = 'pending'", UNFINISHED) as cursor:
+            (pending,) = await cursor.fetchone()
+        return {"jobs": by_state, "pending_items": pending}
 
     async def counts(self, job_id: str) -> dict[str, int]:
         counts = dict.fromkeys(ITEM_STATES, 0)

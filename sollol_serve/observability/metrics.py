@@ -116,9 +116,11 @@ def _gauge(name: str, doc: str, labels: list[str], values: Iterable[tuple[list[s
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
-def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict) -> list:
+def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict,
+             batch: dict) -> list:
     """Every metric family: the request book, and gauges from `Router.nodes()`,
-    `Router.queue_stats()`, the shard groups' status and the response cache's size."""
+    `Router.queue_stats()`, the shard groups' status, the response cache's size and the
+    batch jobs' totals."""
     out = [
         _counter("sollol_requests", "Requests answered, by endpoint, model, node and HTTP status",
                  ["endpoint", "model", "node", "status"], book.requests),
@@ -134,6 +136,10 @@ def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[
         _gauge("sollol_cache_entries", "Answers held by the response cache", [],
                [([], float(cache.get("entries", 0)))]),
         _gauge("sollol_cache_bytes", "Bytes of JSON held by the response cache", [], [([], float(cache.get("bytes", 0)))]),
+        _gauge("sollol_batch_jobs", "Batch jobs kept, by state", ["state"],
+               ([[state], float(n)] for state, n in sorted(batch.get("jobs", {}).items()))),
+        _gauge("sollol_batch_items_pending", "Items still to do in unfinished batch jobs", [],
+               [([], float(batch.get("pending_items", 0)))]),
         _gauge("sollol_node_healthy", "1 if the node answers its health probe", ["node"],
                ([[n["name"]], float(n["healthy"])] for n in nodes)),
         _gauge("sollol_node_in_flight", "Requests in flight on the node (all routers)", ["node"],
@@ -170,8 +176,9 @@ class _Families:
         return iter(self.items)
 
 
-def render(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict) -> bytes:
+def render(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict,
+           batch: dict) -> bytes:
     """The Prometheus text exposition of everything."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families(book, nodes, queue, shards, cache)))
+    registry.register(_Families(families(book, nodes, queue, shards, cache, batch)))
     return generate_latest(registry)

@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from sollol_serve.app import build_gateway
@@ -161,3 +162,9 @@ def test_batch_chat_on_the_shared_gateway(gateway):
     results = httpx.get(f"{gateway.url}/api/batch/results/{job['id']}").json()["results"]
     assert [r["index"] for r in results] == list(range(6))
     assert all(r["result"]["message"]["content"] and r["result"]["eval_count"] == 3 for r in results)
+    batch = httpx.get(f"{gateway.url}/api/stats", timeout=30).json()["batch"]  # what the dashboard shows
+    assert any(j["id"] == job["id"] and j["state"] == "completed" for j in batch["recent"])
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text
+    completed = [s.value for f in text_string_to_metric_families(metrics) for s in f.samples
+                 if s.name == "sollol_batch_jobs" and s.labels == {"state": "completed"}]
+    assert completed and completed[0] >= 1

@@ -169,7 +169,8 @@ def test_owner_filter_and_status(tmp_path):
         mine = await store.create("embed", "m", "alice", {"priority": 2}, ["a", "b"], 60, now=100.0)
         await store.create("embed", "m", "bob", {}, ["c"], 60, now=101.0)
         assert [j["id"] for j in await store.jobs("alice")] == [mine]
-        assert len(await store.jobs()) == 2
+        assert len(await store.jobs()) == 2 and len(await store.jobs(limit=1)) == 1
+        assert await store.totals() == {"jobs": {"queued": 2}, "pending_items": 3}
         job = await store.job(mine)
         assert job["request"] == {"priority": 2}
         await store.set_state(mine, "running", now=110.0)

@@ -34,7 +34,7 @@ def test_two_replicas_books_merge_into_one_consistent_scrape():
     merged = RequestMetrics()
     merged.merge(a)
     merged.merge(b)
-    samples = _samples(render(merged, NODES, QUEUE, SHARDS, {}))
+    samples = _samples(render(merged, NODES, QUEUE, SHARDS, {}, {}))
     chat = (("endpoint", "/api/chat"), ("model", "llama3.2"), ("node", "gpu-1"), ("status", "200"))
     assert samples[("sollol_requests_total", chat)] == 3
     assert samples[("sollol_requests_total", (("endpoint", "/v1/embeddings"), ("model", "nomic"), ("node", "none"),
@@ -52,7 +52,8 @@ def test_two_replicas_books_merge_into_one_consistent_scrape():
 
 
 def test_gauges_from_nodes_queue_and_shards():
-    samples = _samples(render(RequestMetrics(), NODES, QUEUE, SHARDS, {"entries": 7, "bytes": 4096}))
+    samples = _samples(render(RequestMetrics(), NODES, QUEUE, SHARDS, {"entries": 7, "bytes": 4096},
+                               {"jobs": {"running": 1, "completed": 3}, "pending_items": 40}))
     assert samples[("sollol_node_healthy", (("node", "cpu"),))] == 0
     assert samples[("sollol_node_in_flight", (("node", "gpu-1"),))] == 2
     assert samples[("sollol_node_breaker", (("node", "gpu-1"), ("state", "half_open")))] == 1
@@ -64,3 +65,5 @@ def test_gauges_from_nodes_queue_and_shards():
     assert samples[("sollol_queue_wait_seconds_mean", (("priority", "9"),))] == 0.12
     assert samples[("sollol_shard_group_state", (("model", "big:latest"), ("state", "running")))] == 1
     assert samples[("sollol_cache_entries", ())] == 7 and samples[("sollol_cache_bytes", ())] == 4096
+    assert samples[("sollol_batch_jobs", (("state", "completed"),))] == 3
+    assert samples[("sollol_batch_items_pending", ())] == 40
