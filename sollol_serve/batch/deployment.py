@@ -8,6 +8,7 @@ every job that had not finished (a gateway restart, or Serve replacing a dead re
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from sollol_serve.batch.runner import BatchRunner
 from sollol_serve.batch.store import UNFINISHED, JobStore
 from sollol_serve.config import GatewayConfig, data_dir
 from sollol_serve.protocol import NodeRequest, NotFound
+
+logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 60.0
 RESULTS_PAGE_MAX = 10_000
@@ -60,7 +63,10 @@ class BatchJobs:
 
     async def _expire_loop(self) -> None:
         while True:
-            await self.store.expire()
+            try:
+                await self.store.expire()
+            except Exception:  # a locked or full disk must not end expiry for good
+                logger.exception("expiring batch jobs failed")
             await asyncio.sleep(EXPIRE_EVERY_S)
 
     async def _owned(self, job_id: str, owner: str | None) -> dict:

@@ -66,7 +66,7 @@ class BatchRunner:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        await self.store.set_state(job_id, "cancelled")
+        await self.store.end(job_id, "cancelled")
 
     async def stop(self) -> None:
         """Shutdown: stop every job's calls; their state stays `running` so a restart resumes them."""
@@ -79,18 +79,16 @@ class BatchRunner:
         job = await self.store.job(job_id)
         if job is None:
             return
-        await self.store.set_state(job_id, "running")
+        await self.store.started(job_id)
         chunks = deque(chunked(await self.store.pending(job_id), chunk_size(job["kind"], self.config)))
         workers = min(self.config.concurrency, len(chunks))
         try:
             await asyncio.gather(*(self._work(job, chunks) for _ in range(workers)))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
+        except Exception:  # not cancellation (a BaseException): that leaves the state to `cancel`
             logger.exception("batch job %s failed", job_id)
-            await self.store.set_state(job_id, "failed")
+            await self.store.end(job_id, "failed")
             return
-        await self.store.set_state(job_id, "completed")
+        await self.store.end(job_id, "completed")
 
     async def _work(self, job: dict, chunks: deque) -> None:
         while chunks:
@@ -107,8 +105,6 @@ class BatchRunner:
                 async with self.slots:
                     results, node = await self.send(job["kind"], job["model"], job["request"], [x for _, x in chunk])
                 return [Outcome(idx, result=r, node=node) for idx, r in zip(indexes, results, strict=True)]
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 message = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
                 failures += 1

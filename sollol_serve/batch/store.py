@@ -154,14 +154,17 @@ class JobStore:
         return [{"index": idx, "node": node, **({"error": error} if state == "failed" else {"result": json.loads(raw)})}
                 for idx, state, raw, error, node in rows]
 
-    async def set_state(self, job_id: str, state: str, now: float | None = None) -> None:
-        now = now or time.time()
-        if state == "running":
-            await self.db.execute("UPDATE jobs SET state = ?, started = COALESCE(started, ?) WHERE id = ?",
-                                  (state, now, job_id))
-        else:
-            await self.db.execute("UPDATE jobs SET state = ?, finished = ? WHERE id = ?", (state, now, job_id))
+    async def started(self, job_id: str, now: float | None = None) -> None:
+        await self.db.execute("UPDATE jobs SET state = 'running', started = COALESCE(started, ?) WHERE id = ?",
+                              (now or time.time(), job_id))
         await self.db.commit()
+
+    async def end(self, job_id: str, state: str, now: float | None = None) -> bool:
+        """Finish an unfinished job (completed, failed or cancelled); a finished one keeps its end."""
+        cursor = await self.db.execute("UPDATE jobs SET state = ?, finished = ? WHERE id = ? AND state IN (?, ?)",
+                                       (state, now or time.time(), job_id, *UNFINISHED))
+        await self.db.commit()
+        return cursor.rowcount == 1
 
     async def unfinished(self) -> list[str]:
         """Jobs to resume after a restart, oldest first."""

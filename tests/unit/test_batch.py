@@ -128,7 +128,7 @@ def test_a_restart_resumes_only_pending_items(tmp_path):
     async def main():
         store = await _store(tmp_path)
         job = await store.create("embed", "m", "a", {}, [str(i) for i in range(6)], 60)
-        await store.set_state(job, "running")
+        await store.started(job)
         await store.finish_items(job, [Outcome(0, result="done before"), Outcome(4, result="done before")])
         await store.close()
 
@@ -153,7 +153,9 @@ def test_finished_jobs_expire_after_their_ttl(tmp_path):
     async def main():
         store = await _store(tmp_path)
         old = await store.create("embed", "m", "a", {}, ["x"], 10, now=1000.0)
-        await store.set_state(old, "completed", now=1000.0)
+        assert await store.end(old, "completed", now=1000.0)
+        assert not await store.end(old, "cancelled", now=1000.0)  # finished stays finished
+        assert (await store.job(old))["state"] == "completed"
         live = await store.create("embed", "m", "a", {}, ["x"], 10, now=1000.0)
         assert await store.expire(now=1011.0) == [old]
         assert await store.job(old) is None and await store.job(live) is not None
@@ -173,7 +175,7 @@ def test_owner_filter_and_status(tmp_path):
         assert await store.totals() == {"jobs": {"queued": 2}, "pending_items": 3}
         job = await store.job(mine)
         assert job["request"] == {"priority": 2}
-        await store.set_state(mine, "running", now=110.0)
+        await store.started(mine, now=110.0)
         await store.finish_items(mine, [Outcome(0, result=[0.1])])
         status = job_status(await store.job(mine), await store.counts(mine), {}, now=112.5)
         assert status["progress"] == 0.5 and status["done"] == 1 and status["pending"] == 1
