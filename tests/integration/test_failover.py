@@ -32,7 +32,14 @@ def test_killed_node_loses_no_request_and_is_readmitted(gateway):
                     "options": {"num_predict": 100}})
 
             tasks = [asyncio.create_task(one(i)) for i in range(40)]
-            await asyncio.sleep(1.0)
+            # Kill while mid has work: the router only overflows to the slower node once fast's
+            # slots are booked, which on a busy machine may take more or less than a second.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                nodes = (await client.get("/api/nodes")).json()["nodes"]
+                if next(n for n in nodes if n["name"] == "mid")["in_flight"]:
+                    break
+                await asyncio.sleep(0.05)
             mid.kill()
             return await asyncio.gather(*tasks)
 
