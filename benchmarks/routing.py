@@ -101,17 +101,21 @@ def summarize(results: list[dict], wall_s: float) -> dict:
     }
 
 
-def deploy(specs: list[NodeSpec], sims: dict[str, SimProcess], strategy: str, tag: str) -> None:
+def deploy(specs: list[NodeSpec], sims: dict[str, SimProcess], strategy: str, tag: str,
+           reserved_slots: int | None = None) -> None:
+    routing = RoutingConfig(strategy=strategy)
+    if reserved_slots is not None:
+        routing = routing.model_copy(update={"reserved_slots": reserved_slots})
     config = GatewayConfig(
         nodes=[NodeConfig(name=s.name, url=sims[s.name].url, slots=s.slots) for s in specs],
-        routing=RoutingConfig(strategy=strategy),
+        routing=routing,
         state_actor_name=f"bench_state_{tag}_{strategy}",  # every strategy learns from scratch
     )
     deploy_gateway(config)
 
 
 def run_cluster(url: str, specs: list[NodeSpec], strategies: list[str], load: float, duration_s: float,
-                warmup_s: float, tag: str) -> dict:
+                warmup_s: float, tag: str, reserved_slots: int | None = None) -> dict:
     sims = {s.name: SimProcess(s.name, s.sim_args()).start() for s in specs}
     try:
         rate = load * capacity_rps(specs)
@@ -119,7 +123,7 @@ def run_cluster(url: str, specs: list[NodeSpec], strategies: list[str], load: fl
         warmup = make_workload(WARMUP_SEED, rate, warmup_s)
         out: dict = {"rate_rps": round(rate, 3), "load": load, "jobs": len(jobs), "strategies": {}}
         for strategy in strategies:
-            deploy(specs, sims, strategy, tag)
+            deploy(specs, sims, strategy, tag, reserved_slots)
             wait_for_nodes(url, len(specs))
             asyncio.run(replay(url, warmup))
             results, wall = asyncio.run(replay(url, jobs))
@@ -205,7 +209,12 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.75, help="offered load as a fraction of capacity")
     parser.add_argument("--saturated-load", type=float, default=1.2)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--compare-reserve", action="store_true",
+                        help="only the saturated run, with routing.reserved_slots 0 and 1 (routing_reserve.md)")
     args = parser.parse_args()
+    if args.compare_reserve:
+        compare_reserve(args)
+        return
 
     started = time.time()
     try:
@@ -227,6 +236,30 @@ def main() -> None:
     report["goals"] = goals(hetero, homo, saturated)
     write_outputs(Path(args.out), report)
     print((Path(args.out) / "routing.md").read_text())
+
+
+def compare_reserve(args: argparse.Namespace) -> None:
+    """What the slot reserve for live traffic costs a saturated cluster: the same run without
+    it and with it, one after the other on one Ray."""
+    rows = {}
+    try:
+        url = start_local_serve(free_port())
+        for reserved in (0, 1):
+            run = run_cluster(url, HETEROGENEOUS, ["intelligent"], args.saturated_load, args.duration, args.warmup,
+                              f"reserve{reserved}", reserved_slots=reserved)
+            rows[reserved] = run["strategies"]["intelligent"]
+    finally:
+        stop_local_gateway()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "routing_reserve.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/routing.py --compare-reserve`: "
+             f"the saturated heterogeneous run ({args.saturated_load:.0%} of capacity), intelligent routing.", "",
+             "| routing.reserved_slots | mean s | p50 s | p95 s | high-prio p95 s | req/s | per node |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['mean_s']} | {r['p50_s']} | {r['p95_s']} | {r['high_priority_p95_s']} | {r['throughput_rps']} | "
+              f"{r['by_node']} |" for k, r in rows.items()]
+    (out / "routing_reserve.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
