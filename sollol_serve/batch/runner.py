@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from sollol_serve.batch.store import JobStore, Outcome
 from sollol_serve.config import BatchConfig
 from sollol_serve.protocol import GatewayError
+from sollol_serve.routing.failover import full_jitter_s
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,6 @@ def chunk_size(kind: str, config: BatchConfig) -> int:
 
 def is_retryable(exc: BaseException) -> bool:
     return not isinstance(exc, GatewayError) or exc.status in RETRYABLE
-
-
-def retry_delay_s(failures: int, config: BatchConfig, rng: random.Random) -> float:
-    """Full-jitter exponential backoff."""
-    return rng.uniform(0, min(config.retry_max_s, config.retry_base_s * 2 ** failures))
 
 
 class BatchRunner:
@@ -67,13 +63,6 @@ class BatchRunner:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self.store.end(job_id, "cancelled")
-
-    async def stop(self) -> None:
-        """Shutdown: stop every job's calls; their state stays `running` so a restart resumes them."""
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, job_id: str) -> None:
         job = await self.store.job(job_id)
@@ -111,4 +100,5 @@ class BatchRunner:
                 if not is_retryable(exc) or failures >= self.config.max_attempts:
                     return [Outcome(idx, error=message) for idx in indexes]
                 logger.info("batch job %s: retrying a chunk after %s", job["id"], message)
-                await asyncio.sleep(retry_delay_s(failures, self.config, self.rng))
+                await asyncio.sleep(full_jitter_s(failures, self.config.retry_base_s, self.config.retry_max_s,
+                                                  self.rng))

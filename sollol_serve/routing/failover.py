@@ -14,12 +14,16 @@ from sollol_serve.config import FailoverConfig
 from sollol_serve.routing.learning import ModelPerf
 
 
-def backoff_s(failures: int, config: FailoverConfig, rng: random.Random) -> float:
-    """Seconds to wait before the attempt that follows `failures` failed ones."""
+def full_jitter_s(failures: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max_s, base_s * 2^(failures-1))]."""
     if failures <= 0:
         return 0.0
-    cap = min(config.backoff_max_s, config.backoff_s * 2 ** (failures - 1))
-    return rng.uniform(0.0, cap)
+    return rng.uniform(0.0, min(max_s, base_s * 2 ** (failures - 1)))
+
+
+def backoff_s(failures: int, config: FailoverConfig, rng: random.Random) -> float:
+    """Seconds to wait before the attempt that follows `failures` failed ones."""
+    return full_jitter_s(failures, config.backoff_s, config.backoff_max_s, rng)
 
 
 def should_hedge(priority: int, config: FailoverConfig) -> bool:
