@@ -1,9 +1,9 @@
 """A node that dies under load costs no non-streamed request, and comes back on its own.
 
 Kills a node's process (SIGKILL, like a crashed machine) while it has requests in flight for
-a model that another node also has, then restarts it on the same port. The victim is `mid`
-if the router has work on it, else `fast`: which of the two gets work under this load
-depends on what the router has learned of them in earlier tests.
+a model that the other node also has, then restarts it on the same port. An app of its own
+over two nodes, routed round robin: which node gets work must not depend on what the shared
+gateway's router has learned in earlier tests.
 """
 
 from __future__ import annotations
@@ -13,22 +13,46 @@ import time
 
 import httpx
 import pytest
+from ray import serve
+
+from sollol_serve.app import build_gateway
+from sollol_serve.config import GatewayConfig
+from sollol_serve.sim.process import SimProcess
+from tests.conftest import Gateway
+from tests.helpers import nodes_of, wait_until
 
 pytestmark = pytest.mark.integration
 
 REQUESTS = 40
+NODE_ARGS = ["--kind", "ollama", "--models", "llama3.2", "--slots", "2", "--decode-tps", "200", "--load-s", "0"]
 
 
-def _node(gateway, name: str) -> dict:
-    nodes = httpx.get(gateway.url + "/api/nodes", timeout=10).json()["nodes"]
-    return next(n for n in nodes if n["name"] == name)
+@pytest.fixture(scope="module")
+def pair(gateway):
+    nodes = {name: SimProcess(name, NODE_ARGS).start() for name in ("k1", "k2")}
+    config = GatewayConfig.model_validate({
+        "nodes": [{"name": n.name, "url": n.url, "slots": 2} for n in nodes.values()],
+        "state_actor_name": "sollol_state_failover",
+        "routing": {"strategy": "round_robin", "snapshot_interval_s": 0.2},
+        "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
+    })
+    serve.run(build_gateway(config), name="failover", route_prefix="/failover")
+    app = Gateway(url=gateway.url + "/failover", nodes=nodes)
+    try:
+        wait_until(lambda: all(n["healthy"] for n in nodes_of(app.url).values()), 30, "failover nodes healthy")
+        yield app
+    finally:
+        serve.delete("failover")
+        for node in nodes.values():
+            node.stop()
 
 
-def test_killed_node_loses_no_request_and_is_readmitted(gateway):
-    victim: list[str] = []
+def test_killed_node_loses_no_request_and_is_readmitted(pair):
+    victim = pair.nodes["k2"]
+    saw_work: list[bool] = []
 
     async def load() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=pair.url, timeout=60) as client:
             async def one(i: int) -> httpx.Response:
                 await asyncio.sleep(i * 0.05)
                 return await client.post("/api/chat", json={
@@ -37,12 +61,12 @@ def test_killed_node_loses_no_request_and_is_readmitted(gateway):
 
             tasks = [asyncio.create_task(one(i)) for i in range(REQUESTS)]
             deadline = time.monotonic() + 10
-            while not victim and time.monotonic() < deadline:
-                busy = {n["name"]: n["in_flight"] for n in (await client.get("/api/nodes")).json()["nodes"]}
-                victim.extend(name for name in ("mid", "fast") if busy[name])
+            while not saw_work and time.monotonic() < deadline:  # kill it while it has work
+                nodes = (await client.get("/api/nodes")).json()["nodes"]
+                if next(n for n in nodes if n["name"] == "k2")["in_flight"]:
+                    saw_work.append(True)
                 await asyncio.sleep(0.05)
-            assert victim, "no node had work in flight within 10 s"
-            gateway.nodes[victim[0]].kill()
+            victim.kill()
             return await asyncio.gather(*tasks)
 
     try:
@@ -51,16 +75,11 @@ def test_killed_node_loses_no_request_and_is_readmitted(gateway):
         assert statuses == [200] * REQUESTS, [(s, r.text[:200]) for s, r in zip(statuses, responses) if s != 200]
         retried = [r.json()["_sollol_routing"]["attempts"] for r in responses
                    if len(r.json()["_sollol_routing"]["attempts"]) > 1]
-        assert retried, f"no request was in flight on, or sent to, {victim[0]} when it was killed"
-        assert all(a[0]["node"] == victim[0] and not a[0]["ok"] and a[-1]["ok"] for a in retried)
-        deadline = time.monotonic() + 10
-        while _node(gateway, victim[0])["healthy"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _node(gateway, victim[0])["healthy"]
+        assert retried, f"no request was in flight on, or sent to, k2 when it was killed (busy seen: {saw_work})"
+        assert all(a[0]["node"] == "k2" and not a[0]["ok"] and a[-1]["ok"] for a in retried)
+        wait_until(lambda: not nodes_of(pair.url)["k2"]["healthy"], 10, "k2 marked down")
     finally:
-        if victim:
-            gateway.nodes[victim[0]].start()
+        victim.start()
     restarted = time.monotonic()
-    while not _node(gateway, victim[0])["healthy"]:
-        assert time.monotonic() - restarted < 10, "recovered node not re-admitted within 10 s"
-        time.sleep(0.2)
+    wait_until(lambda: nodes_of(pair.url)["k2"]["healthy"], 10, "recovered node re-admitted within 10 s")
+    assert time.monotonic() - restarted < 10
