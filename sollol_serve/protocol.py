@@ -141,3 +141,15 @@ class StreamBroken(GatewayError):
 
     status = 502
     code = "stream_broken"
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The user exception inside a Ray task error, if any."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def error_message(exc: BaseException) -> str:
+    """What to tell a client about a failure: the gateway's own message, else the error's type and text."""
+    error = unwrap(exc)
+    return error.message if isinstance(error, GatewayError) else f"{type(error).__name__}: {error}"

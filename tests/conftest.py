@@ -23,6 +23,7 @@ from sollol_serve.sim.process import SimProcess
 class Gateway:
     url: str
     nodes: dict[str, SimProcess]
+    config: object = None  # the GatewayConfig of a side app (tests that redeploy it)
 
 
 # Two Ollama-flavoured nodes of different speeds and one llama-server-flavoured node.

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
+
+# Probes a side app's nodes often, so tests see a node go down or come back within seconds.
+FAST_HEALTH = {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0}
 
 
 def wait_until(check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.2) -> None:
@@ -19,3 +23,39 @@ def wait_until(check: Callable[[], object], timeout_s: float, what: str, every_s
 def nodes_of(url: str, path: str = "/api/nodes") -> dict[str, dict]:
     """The gateway's nodes by name."""
     return {n["name"]: n for n in httpx.get(url + path, timeout=10).json()["nodes"]}
+
+
+def deploy_app(root_url: str, name: str, config) -> str:
+    """Deploy a gateway as the Serve app `name` at /<name> beside the shared one; its URL once
+    every node is healthy."""
+    from ray import serve
+
+    from sollol_serve.app import build_gateway
+
+    serve.run(build_gateway(config), name=name, route_prefix=f"/{name}")
+    url = f"{root_url}/{name}"
+    wait_until(lambda: all(n["healthy"] for n in nodes_of(url).values()), 30, f"{name} app's nodes healthy")
+    return url
+
+
+@contextmanager
+def side_app(gateway, name: str, node_args: list[str], node_names: tuple[str, ...], slots: int,
+             **settings: object) -> Iterator:
+    """An app of its own over simulated nodes of its own (its routers learn from nothing else);
+    `settings` are GatewayConfig fields beside the nodes. Stops what it started."""
+    from ray import serve
+
+    from sollol_serve.config import GatewayConfig
+    from sollol_serve.sim.process import SimProcess
+    from tests.conftest import Gateway
+
+    nodes = {n: SimProcess(n, node_args).start() for n in node_names}
+    try:
+        config = GatewayConfig.model_validate({
+            "nodes": [{"name": n.name, "url": n.url, "slots": slots} for n in nodes.values()],
+            "state_actor_name": f"sollol_state_{name}", "health": FAST_HEALTH, **settings})
+        yield Gateway(url=deploy_app(gateway.url, name, config), nodes=nodes, config=config)
+    finally:
+        serve.delete(name)
+        for node in nodes.values():
+            node.stop()

@@ -43,9 +43,7 @@ from sollol_serve.observability.activity import MAX_DECISIONS, decision
 from sollol_serve.observability.metrics import RequestMetrics, render
 from sollol_serve.observability.metrics_actor import metrics_actor
 from sollol_serve.protocol import (Api, BadRequest, GatewayError, ModelNotFound, NodeRequest, Operation, StreamEnd,
-                                   StreamStart)
-from sollol_serve.routing.router import unwrap
-from sollol_serve.routing.state import normalize_model
+                                   StreamStart, error_message, unwrap)
 
 app = FastAPI(title="sollol_serve", version=__version__, docs_url="/docs", redoc_url=None)
 app.add_middleware(PoweredByHeader)
@@ -349,9 +347,7 @@ class Ingress:
                     yield _dumps(item) + "\n"
         except Exception as exc:
             account.broken()
-            error = unwrap(exc)
-            message = error.message if isinstance(error, GatewayError) else str(error)
-            yield _dumps({"error": message, "done": True, "done_reason": "error"}) + "\n"
+            yield _dumps({"error": error_message(exc), "done": True, "done_reason": "error"}) + "\n"
         finally:
             items.cancel()
 
@@ -371,9 +367,8 @@ class Ingress:
                 yield f"data: {_dumps(item)}\n\n"
         except Exception as exc:
             account.broken()
-            error = unwrap(exc)
-            message = error.message if isinstance(error, GatewayError) else str(error)
-            yield f"data: {_dumps({'error': {'message': message, 'type': 'server_error', 'code': 'stream_broken'}})}\n\n"
+            error = {"message": error_message(exc), "type": "server_error", "code": "stream_broken"}
+            yield f"data: {_dumps({'error': error})}\n\n"
         finally:
             items.cancel()
 
@@ -560,9 +555,7 @@ class Ingress:
             async for event in events:
                 yield _dumps(event) + "\n"
         except Exception as exc:
-            error = unwrap(exc)
-            yield _dumps({"status": "error", "error": error.message if isinstance(error, GatewayError)
-                          else str(error)}) + "\n"
+            yield _dumps({"status": "error", "error": error_message(exc)}) + "\n"
         finally:
             events.cancel()
 
@@ -608,19 +601,13 @@ class Ingress:
             limit = self.config.batch.max_items
             if len(inputs) > limit:
                 raise PayloadTooLarge(f"a batch job takes at most {limit} items; this one has {len(inputs)}")
-            await self._known_model(job.model)
+            if not await self.router.knows.remote(job.model):  # every item would fail: refuse it up front
+                raise ModelNotFound(f"model '{job.model}' not found on any node")
             status = await self.batch.submit.remote(kind, job.model, request.state.principal.name, job_settings(job),
                                                     inputs, job.ttl_s)
             return JSONResponse(status, status_code=202)
 
         return await self._guard(request, handle, "batch")
-
-    async def _known_model(self, model: str) -> None:
-        """A job for a model no node has would fail every item: refuse it up front."""
-        wanted = normalize_model(model)
-        known = {normalize_model(m.get("name") or m.get("model", "")) for m in await self.router.tags.remote()}
-        if wanted not in known | {normalize_model(m) for m in self.config.shard.models}:
-            raise ModelNotFound(f"model '{model}' not found on any node")
 
     @app.post("/api/batch/embed")
     async def batch_embed(self, request: Request) -> Response:

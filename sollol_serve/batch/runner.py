@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from sollol_serve.batch.store import JobStore, Outcome
 from sollol_serve.config import BatchConfig
-from sollol_serve.protocol import GatewayError
+from sollol_serve.protocol import GatewayError, error_message, unwrap
 from sollol_serve.routing.failover import full_jitter_s
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,9 @@ class BatchRunner:
                     results, node = await self.send(job["kind"], job["model"], job["request"], [x for _, x in chunk])
                 return [Outcome(idx, result=r, node=node) for idx, r in zip(indexes, results, strict=True)]
             except Exception as exc:
-                message = exc.message if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+                message = error_message(exc)
                 failures += 1
-                if not is_retryable(exc) or failures >= self.config.max_attempts:
+                if not is_retryable(unwrap(exc)) or failures >= self.config.max_attempts:
                     return [Outcome(idx, error=message) for idx in indexes]
                 logger.info("batch job %s: retrying a chunk after %s", job["id"], message)
                 await asyncio.sleep(full_jitter_s(failures, self.config.retry_base_s, self.config.retry_max_s,

@@ -41,23 +41,19 @@ from sollol_serve.protocol import (
     StreamEnd,
     StreamStart,
     Usage,
+    error_message,
+    unwrap,
 )
 from sollol_serve.routing.core import Flight, Grant, RoutingCore
 from sollol_serve.routing.failover import backoff_s, hedge_delay_s, should_hedge
 from sollol_serve.routing.learning import Observation
 from sollol_serve.routing.links import ActorLink, ItemStream, ServeLink, WorkerLink
-from sollol_serve.routing.policy import candidates, needs_shard, warm_targets
+from sollol_serve.routing.policy import candidates, model_known, needs_shard, warm_targets
 from sollol_serve.routing.state import NodeView, normalize_model
 from sollol_serve.routing.state_actor import NAMESPACE, state_actor
 from sollol_serve.shard.coordinator import coordinator_name, shard_coordinator, shard_node_name
 
 logger = logging.getLogger("ray.serve")
-
-
-def unwrap(exc: BaseException) -> BaseException:
-    """The user exception inside a Ray task error, if any."""
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, BaseException) else exc
 
 
 def is_node_fault(exc: BaseException) -> bool:
@@ -92,9 +88,7 @@ class Relay:
                     yield item
         except Exception as exc:
             self.broken = True
-            error = unwrap(exc)
-            message = error.message if isinstance(error, GatewayError) else f"{type(error).__name__}: {error}"
-            raise StreamBroken(f"stream from {self.node} broke: {message}") from None
+            raise StreamBroken(f"stream from {self.node} broke: {error_message(exc)}") from None
 
     def outcome(self) -> bool | None:
         """True: the node delivered; False: it failed; None: the client left (learn nothing)."""
@@ -458,8 +452,7 @@ class Router:
         if not isinstance(error, NodeError):
             if isinstance(error, GatewayError) and not isinstance(error, StreamBroken):
                 raise error
-            message = error.message if isinstance(error, GatewayError) else f"{type(error).__name__}: {error}"
-            error = NodeError(f"worker for {node} failed: {message}", 502)
+            error = NodeError(f"worker for {node} failed: {error_message(error)}", 502)
         attempts.log.append({"node": node, "ok": False, "status": error.status, "error": error.message})
         attempts.failures += 1
         if not error.retryable:
@@ -539,6 +532,10 @@ class Router:
                 "aging_s": self.core.queue.aging_s,
                 "waited_by_priority": {str(p): stats[p].as_dict() for p in sorted(stats)}}
 
+    async def knows(self, model: str) -> bool:
+        """Whether some node (or a shard group) serves `model`, up or down."""
+        return model_known(self.core.snapshot, model) or normalize_model(model) in self.shard_models
+
     async def tags(self) -> list[dict]:
         return await self.state.tags.remote()
 
@@ -579,9 +576,7 @@ class Router:
                         yield {"node": node, "status": "loaded",
                                "load_s": None if seconds is None else round(seconds, 3)}
                     else:
-                        failure = unwrap(error)
-                        message = failure.message if isinstance(failure, GatewayError) else str(failure)
-                        yield {"node": node, "status": "error", "error": message}
+                        yield {"node": node, "status": "error", "error": error_message(error)}
         finally:
             for future in pending:
                 future.cancel()

@@ -15,13 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-from sollol_serve.app import build_gateway
 from sollol_serve.batch.deployment import jobs_file
 from sollol_serve.client import SollolError, connect
-from sollol_serve.config import GatewayConfig
-from sollol_serve.sim.process import SimProcess
 from tests.conftest import Gateway
-from tests.helpers import nodes_of, wait_until
+from tests.helpers import deploy_app, side_app, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,36 +33,15 @@ def _text(tag: str, i: int) -> str:
     return f"{tag} item {i} " + " ".join(f"w{j}" for j in range(36))
 
 
-def _config(nodes: dict[str, SimProcess], data_dir: str) -> GatewayConfig:
-    return GatewayConfig.model_validate({
-        "nodes": [{"name": n.name, "url": n.url, "slots": 1} for n in nodes.values()],
-        "state_actor_name": "sollol_state_batch",
-        # No slot kept back for live traffic: these tests want the batch on both nodes at once.
-        "routing": {"snapshot_interval_s": 0.2, "reserved_slots": 0},
-        "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
-        "batch": {"data_dir": data_dir, "concurrency": 2, "embed_chunk": 4},
-        "cache": {"embeddings": False},  # every text must reach a node: these tests count them
-    })
-
-
-def _deploy(config: GatewayConfig, root: str) -> None:
-    serve.run(build_gateway(config), name=APP, route_prefix="/batch")
-    wait_until(lambda: all(n["healthy"] for n in nodes_of(root + "/batch").values()), 30, "batch nodes healthy")
-
-
 @pytest.fixture(scope="module")
 def batch_app(gateway, tmp_path_factory):
-    nodes = {name: SimProcess(name, NODE_ARGS).start() for name in ("b1", "b2")}
-    config = _config(nodes, str(tmp_path_factory.mktemp("jobs")))
-    _deploy(config, gateway.url)
-    app = Gateway(url=gateway.url + "/batch", nodes=nodes)
-    app.config, app.root = config, gateway.url
-    try:
+    with side_app(gateway, APP, NODE_ARGS, ("b1", "b2"), slots=1,
+                  # No slot kept back for live traffic: these tests want the batch on both nodes at once.
+                  routing={"snapshot_interval_s": 0.2, "reserved_slots": 0},
+                  batch={"data_dir": str(tmp_path_factory.mktemp("jobs")), "concurrency": 2, "embed_chunk": 4},
+                  cache={"embeddings": False}) as app:  # every text must reach a node: these tests count them
+        app.root = gateway.url
         yield app
-    finally:
-        serve.delete(APP)
-        for node in nodes.values():
-            node.stop()
 
 
 def _status(url: str, job_id: str) -> dict:
@@ -125,7 +101,7 @@ def test_a_gateway_restart_mid_job_loses_nothing_and_repeats_no_finished_item(ba
         finished = {idx for (idx,) in db.execute(
             "SELECT idx FROM items WHERE job = ? AND state != 'pending'", (job["id"],))}
     assert 20 <= len(finished) < 200
-    _deploy(batch_app.config, batch_app.root)
+    deploy_app(batch_app.root, APP, batch_app.config)
     wait_until(lambda: _status(batch_app.url, job["id"])["state"] == "completed", 90, "the resumed job completes")
     status = _status(batch_app.url, job["id"])
     assert status["done"] == 200 and status["failed"] == 0

@@ -13,13 +13,8 @@ import time
 
 import httpx
 import pytest
-from ray import serve
 
-from sollol_serve.app import build_gateway
-from sollol_serve.config import GatewayConfig
-from sollol_serve.sim.process import SimProcess
-from tests.conftest import Gateway
-from tests.helpers import nodes_of, wait_until
+from tests.helpers import nodes_of, side_app, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,22 +24,9 @@ NODE_ARGS = ["--kind", "ollama", "--models", "llama3.2", "--slots", "2", "--deco
 
 @pytest.fixture(scope="module")
 def pair(gateway):
-    nodes = {name: SimProcess(name, NODE_ARGS).start() for name in ("k1", "k2")}
-    config = GatewayConfig.model_validate({
-        "nodes": [{"name": n.name, "url": n.url, "slots": 2} for n in nodes.values()],
-        "state_actor_name": "sollol_state_failover",
-        "routing": {"strategy": "round_robin", "snapshot_interval_s": 0.2},
-        "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
-    })
-    serve.run(build_gateway(config), name="failover", route_prefix="/failover")
-    app = Gateway(url=gateway.url + "/failover", nodes=nodes)
-    try:
-        wait_until(lambda: all(n["healthy"] for n in nodes_of(app.url).values()), 30, "failover nodes healthy")
+    with side_app(gateway, "failover", NODE_ARGS, ("k1", "k2"), slots=2,
+                  routing={"strategy": "round_robin", "snapshot_interval_s": 0.2}) as app:
         yield app
-    finally:
-        serve.delete("failover")
-        for node in nodes.values():
-            node.stop()
 
 
 def test_killed_node_loses_no_request_and_is_readmitted(pair):

@@ -15,13 +15,8 @@ import time
 import httpx
 import pytest
 
-from ray import serve
 
-from sollol_serve.app import build_gateway
-from sollol_serve.config import GatewayConfig
-from sollol_serve.sim.process import SimProcess
-from tests.conftest import Gateway
-from tests.helpers import nodes_of, wait_until
+from tests.helpers import FAST_HEALTH, nodes_of, side_app, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +29,11 @@ NODE_ARGS = ["--kind", "ollama", "--models", MODEL, "--slots", "2", "--decode-tp
 def faulty(gateway):
     """A second app beside the shared one, over two nodes of its own, routed round robin so
     that every other request meets the faulty node whatever the nodes' speeds."""
-    nodes = {name: SimProcess(name, NODE_ARGS).start() for name in ("f1", "f2")}
-    config = GatewayConfig.model_validate({
-        "nodes": [{"name": n.name, "url": n.url, "slots": 2} for n in nodes.values()],
-        "state_actor_name": "sollol_state_faults",
-        "routing": {"strategy": "round_robin", "snapshot_interval_s": 0.2},
-        "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0, "breaker_open_s": 2.0},
-        "model_timeouts": [{"match": f"{MODEL}*", "first_byte_s": HUNG_LIMIT_S, "idle_s": HUNG_LIMIT_S}],
-    })
-    serve.run(build_gateway(config), name="faults", route_prefix="/faults")
-    app = Gateway(url=gateway.url + "/faults", nodes=nodes)
-    try:
-        wait_until(lambda: all(n["healthy"] for n in nodes_of(app.url).values()), 30, "fault-test nodes healthy")
+    with side_app(gateway, "faults", NODE_ARGS, ("f1", "f2"), slots=2,
+                  routing={"strategy": "round_robin", "snapshot_interval_s": 0.2},
+                  health={**FAST_HEALTH, "breaker_open_s": 2.0},
+                  model_timeouts=[{"match": f"{MODEL}*", "first_byte_s": HUNG_LIMIT_S, "idle_s": HUNG_LIMIT_S}]) as app:
         yield app
-    finally:
-        serve.delete("faults")
-        for node in nodes.values():
-            node.stop()
 
 
 def _chat(i: int, **extra) -> dict:
