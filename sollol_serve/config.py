@@ -90,6 +90,13 @@ class RoutingConfig(_Strict):
     # A cold model goes to a GPU node only if its size times this fits in the node's free
     # VRAM (the KV cache and buffers need room beyond the weights).
     vram_headroom: float = Field(default=1.1, ge=1.0, le=4.0)
+    # A generation model in demand whose speed on a node has had no sample for this long is
+    # re-measured there with a short request of the router's own (when a slot is free), so a
+    # node that was slow once, and healed, gets its share back.
+    stale_after_s: float = Field(default=10.0, gt=0)
+    # Follow-up turns of a conversation go to the node that holds its prefix in its KV cache
+    # when that is predicted faster (prefill skipped) and the node has a free slot.
+    affinity: bool = True
 
 
 class HealthConfig(_Strict):

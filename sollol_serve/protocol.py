@@ -36,6 +36,10 @@ class Usage:
     load_s: float | None = None
     total_s: float = 0.0
     ttfb_s: float | None = None  # request sent -> first chunk from the node (hedging's clock)
+    # Waited inside the node for a slot, by the node's own clock (None: it doesn't say).
+    queued_s: float | None = None
+    # Prompt tokens the node evaluated (the rest came from its prefix cache); None: all.
+    prefill_tokens: int | None = None
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ Pure functions over the parsed request body; the Analyzer deployment wraps them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -38,6 +39,11 @@ class RequestProfile:
     requires_gpu: bool
     model: str
     priority: int
+    # A chat's identity (its opening messages) and the tokens before its last message: what a
+    # node that served the previous turn holds in its KV cache.
+    conversation: str | None = None
+    prefix_tokens: int = 0
+    num_ctx: int | None = None  # the context the client asks the node to load the model with
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +75,29 @@ def prompt_text(op: Operation, body: dict) -> tuple[str, str]:
     raw = body.get("input", body.get("prompt", ""))
     text = raw if isinstance(raw, str) else "\n".join(x for x in raw if isinstance(x, str)) if isinstance(raw, list) else ""
     return text, ""
+
+
+def conversation_of(op: Operation, body: dict) -> tuple[str | None, int]:
+    """(a key for the conversation: its messages up to the first user turn, the tokens of
+    every message but the last)."""
+    if op != "chat":
+        return None, 0
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    opening = []
+    for m in messages:
+        opening.append(_content_text(m.get("content")))
+        if m.get("role") == "user":
+            break
+    if not opening:
+        return None, 0
+    key = hashlib.blake2b("\x1f".join(opening).encode(), digest_size=8).hexdigest()
+    before_last = "\n".join(_content_text(m.get("content")) for m in messages[:-1])
+    return key, estimate_tokens(before_last)
+
+
+def requested_context(api: Api, body: dict) -> int | None:
+    value = (body.get("options") or {}).get("num_ctx") if api == "ollama" else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def classify_task(op: Operation, task_text: str) -> TaskType:
@@ -130,6 +159,7 @@ def profile_request(api: Api, op: Operation, body: dict, priority: int,
     else:
         tokens_out = learned_output_tokens or DEFAULT_OUTPUT_TOKENS
     complexity = complexity_of(task, tokens_in, tokens_out)
+    conversation, prefix_tokens = conversation_of(op, body)
     return RequestProfile(
         task_type=task,
         complexity=complexity,
@@ -139,4 +169,7 @@ def profile_request(api: Api, op: Operation, body: dict, priority: int,
         requires_gpu=complexity == "high" and task != "embedding",
         model=model,
         priority=priority,
+        conversation=conversation,
+        prefix_tokens=prefix_tokens,
+        num_ctx=requested_context(api, body),
     )

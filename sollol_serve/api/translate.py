@@ -409,13 +409,19 @@ def usage_from_ollama(final: dict, wall_s: float) -> Usage:
         value = final.get(key)
         return value / 1e9 if isinstance(value, (int, float)) and value > 0 else None
 
+    total, prefill, decode, load = (seconds(k) for k in
+                                    ("total_duration", "prompt_eval_duration", "eval_duration", "load_duration"))
+    # Ollama's total covers the whole request inside the node: what its parts don't is the
+    # wait for a free slot. (Ollama counts only evaluated prompt tokens, cached ones skipped.)
+    queued = max(0.0, total - (load or 0.0) - prefill - decode) if total and prefill and decode else None
     return Usage(
         prompt_tokens=int(final.get("prompt_eval_count") or 0),
         completion_tokens=int(final.get("eval_count") or 0),
-        prefill_s=seconds("prompt_eval_duration"),
-        decode_s=seconds("eval_duration"),
-        load_s=seconds("load_duration"),
-        total_s=seconds("total_duration") or wall_s,
+        prefill_s=prefill,
+        decode_s=decode,
+        load_s=load,
+        total_s=total or wall_s,
+        queued_s=queued,
     )
 
 
@@ -424,10 +430,12 @@ def usage_from_openai(usage: dict | None, timings: dict | None, wall_s: float) -
     timings = timings or {}
     prompt_ms = timings.get("prompt_ms")
     predicted_ms = timings.get("predicted_ms")
+    evaluated = timings.get("prompt_n")  # llama-server: the prompt tokens not in its cache
     return Usage(
         prompt_tokens=int(usage.get("prompt_tokens") or timings.get("prompt_n") or 0),
         completion_tokens=int(usage.get("completion_tokens") or timings.get("predicted_n") or 0),
         prefill_s=prompt_ms / 1000 if prompt_ms else None,
         decode_s=predicted_ms / 1000 if predicted_ms else None,
         total_s=wall_s,
+        prefill_tokens=evaluated if isinstance(evaluated, int) and evaluated >= 0 else None,
     )

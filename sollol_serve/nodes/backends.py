@@ -226,18 +226,35 @@ class OpenAIBackend(NodeBackend):
         if status != 200 or not isinstance(data, list):
             raise NodeError(f"cannot list models of {self.url}: HTTP {status}", status=503)
         ids = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
+        slots, n_ctx = await self._props()
         entries = [{"name": i, "model": i, "modified_at": translate.now_iso(), "size": 0, "digest": "",
-                    "details": {"format": "gguf"}} for i in ids]
-        return NodeInventory("openai", None, entries, entries, await self._slots())
+                    "details": {"format": "gguf"}, **({"context_length": n_ctx} if n_ctx else {})} for i in ids]
+        return NodeInventory("openai", None, entries, entries, slots)
 
-    async def _slots(self) -> int | None:
-        """llama-server tells its parallel slots on /props; other servers don't."""
+    async def _props(self) -> tuple[int | None, int | None]:
+        """llama-server tells its parallel slots and their context on /props (else /slots);
+        other servers tell neither."""
+        props = await self._get_optional("/props")
+        settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+        slots = _positive_int(props.get("total_slots")) if isinstance(props, dict) else None
+        n_ctx = _positive_int(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        if slots is None:
+            listed = await self._get_optional("/slots")
+            if isinstance(listed, list) and listed:
+                slots = len(listed)
+                n_ctx = n_ctx or (_positive_int(listed[0].get("n_ctx")) if isinstance(listed[0], dict) else None)
+        return slots, n_ctx
+
+    async def _get_optional(self, path: str) -> object:
         try:
-            status, payload = await self.http.get_json(self.url + "/props")
+            status, payload = await self.http.get_json(self.url + path)
         except NodeError:
             return None
-        value = payload.get("total_slots") if status == 200 and isinstance(payload, dict) else None
-        return int(value) if isinstance(value, int) and value > 0 else None
+        return payload if status == 200 else None
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def translate_error(err: object) -> str:

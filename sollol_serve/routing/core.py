@@ -8,6 +8,7 @@ the chosen slot happen together and concurrent requests never herd onto one node
 from __future__ import annotations
 
 import itertools
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -21,9 +22,6 @@ from sollol_serve.routing.policy import Chooser, Scored, candidates, model_known
 from sollol_serve.routing.predict import Priors, Prediction, predict
 from sollol_serve.routing.state import NodeView, normalize_model
 
-# Without configured or reported slots, allow one request more than the node has been seen
-# to serve without queueing, so the router finds out how far it goes (up to this many).
-MAX_PROBED_SLOTS = 16
 # Remaining time assumed for a request another router replica has in flight on a node.
 ELSEWHERE_REMAINING_S = 1.0
 # A request past its predicted end still holds its slot for at least this long.
@@ -31,6 +29,12 @@ MIN_REMAINING_S = 0.05
 # A model this router used on a node this recently is taken as still loaded there (Ollama
 # keeps a model 5 minutes by default; /api/ps is only polled now and then).
 RECENT_USE_S = 240.0
+# A model requested this recently is in demand: its stale estimates are worth re-measuring.
+DEMAND_S = 60.0
+# Conversations remembered per router (where their last turn ran), oldest forgotten first.
+MAX_CONVERSATIONS = 10_000
+# A re-measurement: a short generation, enough for the node's own decode timing.
+REMEASURE_TOKENS = 16
 
 
 def unavailable_reason(view: NodeView, exclude: set[str]) -> str:
@@ -51,7 +55,12 @@ class Flight:
     model: str
     started: float
     predicted_end: float
-    concurrent: int
+    concurrent: int  # in flight on the node when it was sent, all routers, itself included
+    probe: bool = False  # sent above the node's proven capacity, to explore it
+    remeasure: bool = False  # the router's own short request to refresh a stale estimate
+    siblings: frozenset[int] = frozenset()  # this router's flights on the node when it was sent
+    alone: bool = True  # no other router had work on the node then
+    began: bool = False  # the node's first byte has come
 
 
 @dataclass(slots=True)
@@ -61,6 +70,16 @@ class Grant:
     ranked: list[Scored]
     choice: Scored
     flight_id: int
+    probe: bool = False
+
+
+@dataclass(slots=True)
+class Turn:
+    """Where a conversation's last turn ran, and how busy that node has been since."""
+
+    node: str
+    serial: int  # the node's request count when the turn finished
+    at: float  # monotonic
 
 
 class RoutingCore:
@@ -74,6 +93,10 @@ class RoutingCore:
         self.queue: PriorityQueue = PriorityQueue(config.queue_max, config.aging_s)
         self._ids = itertools.count()
         self.last_used: dict[tuple[str, str], float] = {}  # (node, model) -> monotonic time
+        self.requested: dict[str, float] = {}  # model -> monotonic time it was last asked for
+        self.served: dict[str, int] = defaultdict(int)  # node -> requests started there
+        self.turns: dict[str, Turn] = {}  # conversation -> where its last turn ran (insertion = age)
+        self.wall = time.time  # the clock of learned estimates (shared across processes)
         # Per node: predicted seconds of work that queued requests plan to put there, so that
         # one waiter's plan is part of the next one's prediction (filled during `plan`).
         self._planned: dict[str, list[float]] = {}
@@ -90,21 +113,35 @@ class RoutingCore:
         return len(self.flights.get(view.name, ())) + view.in_flight_elsewhere
 
     def slots(self, view: NodeView) -> int:
+        """The slots the predictor believes in: configured, reported, or proven."""
         if view.breaker == "half_open":  # one trial request at a time decides the breaker
             return 1
         if view.slots_known:
             return view.slots
-        return min(self.book.learned_slots(view.name) + 1, MAX_PROBED_SLOTS)
+        return self.book.learned_slots(view.name)
+
+    def probing(self, node: str) -> bool:
+        return any(f.probe and not f.began for f in self.flights.get(node, {}).values())
+
+    def explorable(self, s: Scored, now_wall: float) -> bool:
+        """The node is full by what it has proved, and one request more may find a slot."""
+        view = s.node
+        return (not view.slots_known and view.breaker == "closed" and s.busy == s.slots
+                and not self.probing(view.name) and self.book.capacity_of(view.name).may_probe(now_wall))
 
     def remaining(self, view: NodeView, now: float) -> list[float]:
         own = [max(f.predicted_end - now, MIN_REMAINING_S) for f in self.flights.get(view.name, {}).values()]
         return own + [ELSEWHERE_REMAINING_S] * view.in_flight_elsewhere + self._planned.get(view.name, [])
 
-    def resident(self, view: NodeView, model: str, now: float) -> bool:
-        """Loaded on the node, in use there by one of our requests, or used there recently."""
+    def resident(self, view: NodeView, model: str, now: float, num_ctx: int | None = None) -> bool:
+        """Loaded on the node, in use there by one of our requests, or used there recently;
+        not if the request asks for another context than it is loaded with (a reload)."""
+        wanted = normalize_model(model)
+        loaded_ctx = view.contexts.get(wanted)
+        if num_ctx is not None and loaded_ctx is not None and num_ctx != loaded_ctx:
+            return False
         if model_loaded(view, model):
             return True
-        wanted = normalize_model(model)
         if any(normalize_model(f.model) == wanted for f in self.flights.get(view.name, {}).values()):
             return True
         used = self.last_used.get((view.name, wanted))
@@ -118,11 +155,37 @@ class RoutingCore:
         size_mb = view.model_sizes.get(normalize_model(model), 0) / 2**20
         return size_mb * self.config.vram_headroom <= view.vram_free_mb
 
+    @staticmethod
+    def fits_context(view: NodeView, profile: RequestProfile) -> bool:
+        """The prompt and the answer fit in the context the model is loaded with there (a
+        request that asks for its own `num_ctx` gets it, with a reload)."""
+        ctx = view.contexts.get(normalize_model(profile.model))
+        if ctx is None or profile.num_ctx is not None:
+            return True
+        return profile.tokens_in + profile.tokens_out_est <= ctx
+
+    def cached_tokens(self, view: NodeView, profile: RequestProfile, now: float) -> int:
+        """Prompt tokens the node likely still holds in a slot's KV cache: the conversation's
+        last turn ran there, recently, and fewer requests than it has slots came after it."""
+        if not self.config.affinity or profile.conversation is None:
+            return 0
+        turn = self.turns.get(profile.conversation)
+        if turn is None or turn.node != view.name or now - turn.at > RECENT_USE_S:
+            return 0
+        if self.served[view.name] - turn.serial >= self.slots(view):
+            return 0
+        return profile.prefix_tokens
+
     # -- ranking -----------------------------------------------------------------------
-    def predict(self, view: NodeView, profile: RequestProfile, priors: Priors, now: float) -> Prediction:
+    def predict(self, view: NodeView, profile: RequestProfile, priors: Priors, now: float,
+                slots: int | None = None) -> Prediction:
         perf = self.book.perf(view.name, normalize_model(profile.model))
-        return predict(view.name, self.slots(view), profile, perf, priors, self.remaining(view, now),
-                       self.resident(view, profile.model, now))
+        slots = self.slots(view) if slots is None else slots
+        remaining = self.remaining(view, now)
+        # A cached prefix only counts where a slot is free: affinity never queues a request.
+        cached = self.cached_tokens(view, profile, now) if len(remaining) < slots else 0
+        return predict(view.name, slots, profile, perf, priors, remaining,
+                       self.resident(view, profile.model, now, profile.num_ctx), self.wall(), cached)
 
     def rank(self, profile: RequestProfile, exclude: set[str], now: float) -> list[Scored]:
         """Every candidate, best first. Raises when no node can take the model."""
@@ -134,6 +197,8 @@ class RoutingCore:
             having = sorted((v for v in self.snapshot.values() if v.has_model(model)), key=lambda v: v.name)
             why = "; ".join(f"{v.name}: {unavailable_reason(v, exclude)}" for v in having)
             raise NoNodeAvailable(f"no node can serve model '{model}' now ({why})")
+        self.requested[normalize_model(model)] = now
+        nodes = [v for v in nodes if self.fits_context(v, profile)] or nodes  # else the node truncates
         nodes = [v for v in nodes if self.fits(v, model, now)] or nodes  # else one may evict an idle model
         priors = Priors.from_book(self.book, normalize_model(model))
         scored = []
@@ -142,35 +207,63 @@ class RoutingCore:
             if self.strategy == "intelligent":
                 scored.append(score_predicted(view, self.busy(view), self.slots(view), prediction))
             else:
-                item = score_least_busy(view, self.busy(view), self.slots(view), self.resident(view, model, now))
+                item = score_least_busy(view, self.busy(view), self.slots(view),
+                                        self.resident(view, model, now, profile.num_ctx))
                 item.prediction = prediction
                 scored.append(item)
         return self.chooser.rank(scored)
 
-    def pick(self, ranked: list[Scored], priority: float = 10.0) -> Scored | None:
-        """The candidate to send to now, or None if the request should wait for a slot.
+    def pick(self, ranked: list[Scored], profile: RequestProfile, priority: float, now: float) -> Grant | None:
+        """The slot to take now, or None if the request should wait for one.
         `intelligent` waits for its best node rather than take a free but slower one (the
         wait is part of the prediction), except to measure a node it has no numbers for yet;
         the other strategies take their first free node. A node whose breaker is half-open
         gets the request as its trial (one at a time), else it would never be closed again.
         Background work (`priority`, aged, at most `background_priority`) waits while only
-        the reserved slots are free."""
+        the reserved slots are free. Where the request would wait, a node full only by what
+        it has proved gets it as a probe instead, if that is predicted sooner than waiting."""
         trial = next((s for s in ranked if s.free and s.node.breaker == "half_open"), None)
         if trial is not None:
-            return trial
+            return Grant(ranked, trial, -1)
         if priority <= self.config.background_priority and not self.spare_for_background(ranked):
             return None
         if self.strategy != "intelligent":
-            return next((s for s in ranked if s.free), None)
-        if ranked[0].free:
-            return ranked[0]
-        return next((s for s in ranked if s.free and s.prediction and s.prediction.factors.get("unmeasured")), None)
+            chosen = next((s for s in ranked if s.free), None)
+        elif ranked[0].free:
+            chosen = ranked[0]
+        else:
+            chosen = next((s for s in ranked if s.free and s.prediction and s.prediction.factors.get("unmeasured")),
+                          None)
+        if chosen is not None:
+            return Grant(ranked, chosen, -1)
+        return self._probe(ranked, profile, now)
+
+    def _probe(self, ranked: list[Scored], profile: RequestProfile, now: float) -> Grant | None:
+        wall = self.wall()
+        options = [s for s in ranked if self.explorable(s, wall)]
+        if not options:
+            return None
+        if self.strategy != "intelligent":
+            return Grant(ranked, options[0], -1, probe=True)
+        priors = Priors.from_book(self.book, normalize_model(profile.model))
+        scored = [(self.predict(s.node, profile, priors, now, slots=s.slots + 1), s) for s in options]
+        prediction, s = min(scored, key=lambda item: item[0].total_s)
+        if prediction.total_s >= ranked[0].score:  # waiting for the best node is sooner
+            return None
+        probe = Scored(s.node, prediction.total_s, s.busy, f"{s.reason}; probe: one above its proven "
+                       f"{s.slots} slots, predicted {prediction.total_s:.2f} s", s.slots, prediction)
+        return Grant(ranked, probe, -1, probe=True)
 
     def spare_for_background(self, ranked: list[Scored]) -> bool:
         """More slots free than the reserve (of the nodes that could serve the request)."""
         total = sum(s.slots for s in ranked)
         free = sum(max(s.slots - s.busy, 0) for s in ranked)
         return free > min(self.config.reserved_slots, total - 1)
+
+    def admit_now(self, profile: RequestProfile, exclude: set[str], priority: float, now: float) -> Grant | None:
+        """Rank and take a slot if the request should go now (raises if no node can take it)."""
+        ranked = self.rank(profile, exclude, now)
+        return self.start(self.pick(ranked, profile, priority, now), profile, now)
 
     def grant_now(self, profile: RequestProfile, exclude: set[str], now: float) -> Grant | None:
         """A slot on the best node that has one free right now, or None (never waits)."""
@@ -179,7 +272,7 @@ class RoutingCore:
         except GatewayError:
             return None
         choice = next((s for s in ranked if s.free), None)
-        return Grant(ranked, choice, self.start(choice, profile, now)) if choice else None
+        return self.start(Grant(ranked, choice, -1), profile, now) if choice else None
 
     def plan(self, requests: list[tuple[RequestProfile, set[str], float]],
              now: float) -> list[Grant | GatewayError | None]:
@@ -196,32 +289,90 @@ class RoutingCore:
                 except GatewayError as exc:
                     decisions.append(exc)
                     continue
-                choice = self.pick(ranked, priority)
-                if choice is None:
+                grant = self.pick(ranked, profile, priority, now)
+                if grant is None:
                     best = ranked[0]
                     booked = best.prediction.total_s if best.prediction else 0.0
                     self._planned.setdefault(best.node.name, []).append(booked)
-                    decisions.append(None)
-                else:
-                    decisions.append(Grant(ranked, choice, self.start(choice, profile, now)))
+                decisions.append(self.start(grant, profile, now))
         finally:
             self._planned = {}
         return decisions
 
     # -- flights -----------------------------------------------------------------------
-    def start(self, choice: Scored, profile: RequestProfile, now: float) -> int:
-        flight_id = next(self._ids)
-        self.last_used[(choice.node.name, normalize_model(profile.model))] = now
+    def start(self, grant: Grant | None, profile: RequestProfile, now: float, remeasure: bool = False) -> Grant | None:
+        """Reserve the grant's slot (a flight); gives the grant back with its flight id."""
+        if grant is None:
+            return None
+        choice = grant.choice
+        node = choice.node.name
+        grant.flight_id = flight_id = next(self._ids)
+        self.last_used[(node, normalize_model(profile.model))] = now
+        self.served[node] += 1
         predicted = choice.prediction.total_s if choice.prediction else 0.0
-        self.flights[choice.node.name][flight_id] = Flight(
-            choice.node.name, profile.model, now, now + predicted, self.busy(choice.node) + 1)
-        return flight_id
+        own = self.flights[node]
+        self.flights[node][flight_id] = Flight(
+            node, profile.model, now, now + predicted, self.busy(choice.node) + 1, probe=grant.probe,
+            remeasure=remeasure, siblings=frozenset(own), alone=choice.node.in_flight_elsewhere == 0)
+        return grant
 
-    def finish(self, flight_id: int, node: str, now: float) -> Flight | None:
+    def began(self, flight_id: int, node: str) -> None:
+        """The node's first byte for a flight. If every request sent there before it is still
+        running, the node runs them all at once: that many slots are proven, now rather than
+        when the request ends (so a burst to a wide node is not held back one by one)."""
+        flight = self.flights.get(node, {}).get(flight_id)
+        if flight is None or flight.began:
+            return
+        flight.began = True
+        if flight.alone and flight.concurrent > 1 and flight.siblings <= self.flights[node].keys():
+            self.learn(Observation(node=node, model=normalize_model(flight.model), task_type="", ok=True,
+                                   concurrent=flight.concurrent, probe=flight.probe, phase="first_byte",
+                                   at=self.wall()))
+
+    def finish(self, flight_id: int, node: str, now: float, conversation: str | None = None) -> Flight | None:
         flight = self.flights.get(node, {}).pop(flight_id, None)
         if flight is not None:  # the model stays loaded for its keep-alive from now on
             self.last_used[(node, normalize_model(flight.model))] = now
+            if conversation is not None:
+                self.remember_turn(conversation, node, now)
         return flight
+
+    def remember_turn(self, conversation: str, node: str, now: float) -> None:
+        self.turns.pop(conversation, None)
+        self.turns[conversation] = Turn(node, self.served[node], now)
+        while len(self.turns) > MAX_CONVERSATIONS:
+            del self.turns[next(iter(self.turns))]
+
+    # -- re-measuring stale estimates --------------------------------------------------
+    def stale(self, now: float) -> list[tuple[NodeView, str]]:
+        """(node, model) pairs to re-measure now: a generation model in demand, resident on a
+        routable node with a free slot and nothing of ours in flight there, whose estimate
+        has had no sample for `stale_after_s` (its last figure may be from a slow spell)."""
+        wall = self.wall()
+        out = []
+        for (node, model), perf in self.book.models.items():
+            view = self.snapshot.get(node)
+            if (view is None or not view.routable or view.breaker != "closed" or not perf.decode_tps.n
+                    or now - self.requested.get(model, float("-inf")) > DEMAND_S
+                    or wall - perf.last_sample_at() < self.config.stale_after_s
+                    or self.flights.get(node) or self.busy(view) >= self.slots(view)
+                    or not view.has_model(model) or not self.resident(view, model, now)):
+                continue
+            out.append((view, model))
+        return out
+
+    def remeasure_profile(self, model: str) -> RequestProfile:
+        return RequestProfile(task_type="generation", complexity="low", tokens_in=1,
+                              tokens_out_est=REMEASURE_TOKENS, output_capped=True, requires_gpu=False,
+                              model=model, priority=1)
+
+    def start_remeasure(self, view: NodeView, model: str, now: float) -> int:
+        profile = self.remeasure_profile(model)
+        priors = Priors.from_book(self.book, normalize_model(model))
+        prediction = self.predict(view, profile, priors, now)
+        scored = Scored(view, prediction.total_s, self.busy(view), "re-measure a stale estimate",
+                        self.slots(view), prediction)
+        return self.start(Grant([scored], scored, -1), profile, now, remeasure=True).flight_id
 
     def learn(self, observation: Observation) -> None:
         self.book.observe(observation)

@@ -33,7 +33,8 @@ class Scored:
 
     def as_dict(self) -> dict:
         out = {"node": self.node.name, "score": round(self.score, 4), "in_flight": self.busy,
-               "slots": self.slots, "predicted_s": None, "reason": self.reason}
+               "slots": self.slots, "slots_source": self.node.slots_source, "predicted_s": None,
+               "reason": self.reason}
         if self.prediction is not None:
             out.update(self.prediction.as_dict())
         return out
@@ -84,6 +85,8 @@ def score_predicted(node: NodeView, busy: int, slots: int, prediction: Predictio
         reason += f", +{p.factors['risk_s']:.2f} s speed uncertainty"
     if p.factors.get("unmeasured"):
         reason += ", not measured yet (cluster prior)"
+    if p.factors.get("cached_tokens"):
+        reason += f", {p.factors['cached_tokens']:.0f} prompt tokens cached there"
     return Scored(node, p.total_s, busy, reason, slots, p)
 
 

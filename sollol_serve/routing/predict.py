@@ -4,17 +4,20 @@
             inflated by recent failures (expected retries) and, for urgent requests, by the
             uncertainty of the node's speed.
 
-Speeds come from what the node has shown (`learning.ModelPerf`); a node not yet measured
-borrows the cluster's typical speed for the model (`Priors`), so it gets tried and learned.
+Speeds come from what the node has shown (`learning.ModelPerf`), leaning back toward the
+cluster's typical speed for the model (`Priors`) as they age; a node not yet measured borrows
+that typical speed outright, so it gets tried and learned. A prompt prefix the node holds in
+its KV cache (`cached_tokens`) costs no prefill.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from statistics import median
 
 from sollol_serve.analysis.profile import RequestProfile
-from sollol_serve.routing.learning import ModelPerf, PerfBook
+from sollol_serve.routing.learning import Ewma, ModelPerf, PerfBook
 
 MIN_SUCCESS = 0.2
 
@@ -78,23 +81,29 @@ def risk_z(priority: int) -> float:
     return 1.5 if priority >= 8 else 0.5 if priority >= 4 else 0.0
 
 
+def _speed(e: Ewma | None, prior: float, now: float) -> float:
+    return e.toward(prior, now) if e is not None and e.n else prior
+
+
 def predict(node: str, slots: int, profile: RequestProfile, perf: ModelPerf | None, priors: Priors,
-            remaining_s: list[float], resident: bool) -> Prediction:
+            remaining_s: list[float], resident: bool, now: float = 0.0, cached_tokens: int = 0) -> Prediction:
     """`remaining_s`: predicted seconds left for each request in flight on the node.
-    `resident`: the model is loaded on the node (or already being loaded for it)."""
+    `resident`: the model is loaded on the node (or already being loaded for it).
+    `now`: wall-clock time, for the age of the estimates (0: the current time)."""
     wait = slot_wait(remaining_s, slots)
     measured = perf is not None and perf.samples > 0
     load = 0.0 if resident else (perf.load_s.mean if perf and perf.load_s.n else priors.load_s)
     spread = 0.0
+    fresh = now or time.time()
     if profile.task_type == "embedding":
-        tps = perf.embed_tps.mean if perf and perf.embed_tps.n else priors.embed_tps
+        tps = _speed(perf and perf.embed_tps, priors.embed_tps, fresh)
         prefill, decode = profile.tokens_in / tps, 0.0
         if perf and perf.embed_tps.n:
             spread = prefill * perf.embed_tps.relative_std()
     else:
-        prefill_tps = perf.prefill_tps.mean if perf and perf.prefill_tps.n else priors.prefill_tps
-        decode_tps = perf.decode_tps.mean if perf and perf.decode_tps.n else priors.decode_tps
-        prefill = profile.tokens_in / prefill_tps
+        prefill_tps = _speed(perf and perf.prefill_tps, priors.prefill_tps, fresh)
+        decode_tps = _speed(perf and perf.decode_tps, priors.decode_tps, fresh)
+        prefill = max(profile.tokens_in - cached_tokens, 1) / prefill_tps
         decode = profile.tokens_out_est / decode_tps
         if perf and perf.decode_tps.n:
             spread = decode * perf.decode_tps.relative_std()
@@ -105,4 +114,6 @@ def predict(node: str, slots: int, profile: RequestProfile, perf: ModelPerf | No
     factors = {"wait_s": wait, "service_s": service, "failure_inflation": 1 / success, "risk_s": risk}
     if not measured:
         factors["unmeasured"] = 1.0
+    if cached_tokens:
+        factors["cached_tokens"] = float(cached_tokens)
     return Prediction(node, total, wait, load, prefill, decode, len(remaining_s) < slots, factors)

@@ -97,11 +97,13 @@ class Relay:
 
 def observation(flight: Flight, profile: RequestProfile, ok: bool, usage: Usage | None, wall_s: float) -> Observation:
     usage = usage or Usage()
+    evaluated = usage.prompt_tokens if usage.prefill_tokens is None else usage.prefill_tokens
     return Observation(
         node=flight.node, model=normalize_model(profile.model), task_type=profile.task_type, ok=ok,
-        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+        prompt_tokens=evaluated, completion_tokens=usage.completion_tokens,
         prefill_s=usage.prefill_s, decode_s=usage.decode_s, load_s=usage.load_s, wall_s=wall_s,
         concurrent=flight.concurrent, embedding=profile.task_type == "embedding", ttfb_s=usage.ttfb_s,
+        node_queued_s=usage.queued_s, probe=flight.probe, remeasure=flight.remeasure, at=time.time(),
     )
 
 
@@ -184,6 +186,7 @@ class Router:
                 logger.exception("node state sync failed")
                 continue
             self._pump()
+            self._remeasure_stale()
 
     async def _sync(self) -> None:
         """Send what this router learned and its in-flight counts; adopt the shared state."""
@@ -214,10 +217,9 @@ class Router:
         """A reserved slot and the seconds waited for it in the queue."""
         now = time.monotonic()
         if not len(self.core.queue):  # nobody waiting: no one to overtake
-            ranked = self.core.rank(profile, exclude, now)
-            choice = self.core.pick(ranked, profile.priority)
-            if choice is not None:
-                return Grant(ranked, choice, self.core.start(choice, profile, now)), 0.0
+            grant = self.core.admit_now(profile, exclude, profile.priority, now)
+            if grant is not None:
+                return grant, 0.0
         granted: asyncio.Future = asyncio.get_running_loop().create_future()
         waiter = self.core.queue.push((profile, exclude, granted), profile.priority, now, self.core.retry_after_s())
         self._pump()
@@ -267,10 +269,31 @@ class Router:
     def _release(self, flight_id: int, node: str, profile: RequestProfile, ok: bool | None,
                  usage: Usage | None) -> None:
         """Free the slot; learn from the outcome unless there is none (the client left)."""
-        flight = self.core.finish(flight_id, node, time.monotonic())
+        flight = self.core.finish(flight_id, node, time.monotonic(), profile.conversation if ok else None)
         if flight is not None and ok is not None:
             self.core.learn(observation(flight, profile, ok, usage, time.monotonic() - flight.started))
         self._pump()
+
+    # -- re-measuring: a short request of the router's own to a node whose estimate aged ----
+    def _remeasure_stale(self) -> None:
+        now = time.monotonic()
+        for view, model in self.core.stale(now):
+            flight_id = self.core.start_remeasure(view, model, now)
+            asyncio.create_task(self._remeasure(view, model, flight_id))
+
+    async def _remeasure(self, view: NodeView, model: str, flight_id: int) -> None:
+        profile = self.core.remeasure_profile(model)
+        body = {"model": view.node_model(model), "prompt": "Count from one to twenty.", "stream": False,
+                "options": {"num_predict": profile.tokens_out_est}}
+        ok, usage = False, None
+        try:
+            _, usage = await self.links[view.name].call(NodeRequest("ollama", "generate", body, False, model),
+                                                        view.node_model(model))
+            ok = True
+        except Exception as exc:
+            ok = False if is_node_fault(exc) else None
+        finally:
+            self._release(flight_id, view.name, profile, ok, usage)
 
     # -- the request path --------------------------------------------------------------
     async def _attempt(self, profile: RequestProfile, attempts: Attempts) -> Grant:
@@ -284,6 +307,11 @@ class Router:
         attempts = await self._attempts_for(profile)
         while True:
             grant = await self._attempt(profile, attempts)
+            if grant.probe:  # a watched call shows the node's first byte, which proves the slot early
+                routed = await self._watched(profile, req, attempts, grant)
+                if routed is not None:
+                    return routed
+                continue
             node = grant.choice.node
             usage, ok = None, None  # stays None if the caller goes away (cancellation)
             try:
@@ -303,23 +331,31 @@ class Router:
         """A non-streamed call that can be hedged: the worker signals the node's first byte."""
         attempts = await self._attempts_for(profile)
         while True:
-            leg, item = await self._start(profile, req, "call_watched", attempts)
-            try:
-                while isinstance(item, FirstByte):
-                    item = await leg.items.__anext__()
-                body, leg.relay.usage = item
-            except Exception as exc:  # failed after its first byte: the client has nothing yet
-                leg.relay.broken = is_node_fault(exc)
-                self._drop(leg, profile)
-                self._failed_attempt(exc, leg.node, attempts, profile.model)
-                await self._backoff(attempts)
-                continue
-            except BaseException:
-                self._drop(leg, profile)
-                raise
+            routed = await self._watched(profile, req, attempts)
+            if routed is not None:
+                return routed
+
+    async def _watched(self, profile: RequestProfile, req: NodeRequest, attempts: Attempts,
+                       grant: Grant | None = None) -> Routed | None:
+        """One watched try (on `grant`, else a new one): the answer, or None when it failed
+        after the node's first byte (the next try follows a backoff)."""
+        leg, item = await self._start(profile, req, "call_watched", attempts, grant)
+        try:
+            while isinstance(item, FirstByte):
+                item = await leg.items.__anext__()
+            body, leg.relay.usage = item
+        except Exception as exc:  # failed after its first byte: the client has nothing yet
+            leg.relay.broken = is_node_fault(exc)
             self._drop(leg, profile)
-            attempts.log.append({"node": leg.node, "ok": True})
-            return Routed(body=body, node=leg.node, routing=attempts.routing(profile, self.core.strategy, leg.grant))
+            self._failed_attempt(exc, leg.node, attempts, profile.model)
+            await self._backoff(attempts)
+            return None
+        except BaseException:
+            self._drop(leg, profile)
+            raise
+        self._drop(leg, profile)
+        attempts.log.append({"node": leg.node, "ok": True})
+        return Routed(body=body, node=leg.node, routing=attempts.routing(profile, self.core.strategy, leg.grant))
 
     async def stream(self, profile: RequestProfile, req: NodeRequest) -> AsyncIterator[object]:
         attempts = await self._attempts_for(profile)
@@ -376,12 +412,14 @@ class Router:
 
     # -- legs: one node's try at a request; several at once when hedging ----------------
     async def _start(self, profile: RequestProfile, req: NodeRequest, method: str,
-                     attempts: Attempts) -> tuple[Leg, object]:
-        """The first leg to produce its first item, and that item. A leg that fails first
-        moves the request to the next node (after a backoff); an urgent request whose node
-        has not begun to answer by its p95 time to first byte gets a second leg."""
+                     attempts: Attempts, grant: Grant | None = None) -> tuple[Leg, object]:
+        """The first leg to produce its first item, and that item (on `grant` first, if
+        given). A leg that fails first moves the request to the next node (after a backoff);
+        an urgent request whose node has not begun to answer by its p95 time to first byte
+        gets a second leg."""
         while True:
-            legs = [self._open(await self._attempt(profile, attempts), method, req)]
+            legs = [self._open(grant or await self._attempt(profile, attempts), method, req)]
+            grant = None
             try:
                 if should_hedge(profile.priority, self.config.failover):
                     await self._hedge(legs, profile, req, method, attempts)
@@ -426,6 +464,7 @@ class Router:
                 legs.remove(leg)
                 error = future.exception()
                 if error is None or isinstance(error, StopAsyncIteration):
+                    self.core.began(leg.grant.flight_id, leg.node)
                     for loser in pending.values():
                         legs.remove(loser)
                         self._drop(loser, profile)
@@ -514,6 +553,9 @@ class Router:
             report = reports.get(v.name)
             out.append({
                 "name": v.name, "url": v.url, "kind": v.kind, "healthy": v.healthy, "slots": self.core.slots(v),
+                "slots_source": v.slots_source, "slots_configured": v.slots if v.slots_source == "configured" else None,
+                "slots_learned": self.core.book.learned_slots(v.name),
+                "capacity": self.core.book.capacity_of(v.name).as_dict(),
                 "in_flight": self.core.busy(v), "breaker": v.breaker, "draining": v.draining,
                 "added_at_run_time": self.links[v.name].runtime,
                 "models": sorted(v.models.values()), "loaded": sorted(v.loaded), "error": v.error,

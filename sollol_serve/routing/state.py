@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sollol_serve.routing.breaker import DEFAULT_POLICY, Breaker, BreakerPolicy, BreakerState
 from sollol_serve.routing.learning import Observation, PerfBook
@@ -21,10 +22,21 @@ def normalize_model(name: str) -> str:
 
 
 NOT_PROBED = "not probed yet"
+SlotsSource = Literal["configured", "reported", "learned"]
 
 
 def _entry_name(entry: dict) -> str:
     return entry.get("name") or entry.get("model") or ""
+
+
+def _contexts(loaded: list[dict]) -> dict[str, int]:
+    """Loaded model -> its context length, where the node says (Ollama's /api/ps)."""
+    out = {}
+    for entry in loaded:
+        ctx = entry.get("context_length")
+        if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0:
+            out[normalize_model(_entry_name(entry))] = ctx
+    return out
 
 
 @dataclass(slots=True)
@@ -59,12 +71,15 @@ class NodeView:
     slots: int
     slots_known: bool  # configured, or reported by the node (llama-server); else learned
     in_flight_elsewhere: int  # requests other router replicas have on this node
+    slots_source: SlotsSource = "learned"
     error: str | None = None
     breaker: BreakerState = "closed"
     draining: bool = False  # finishes what it has, gets nothing new
     vram_free_mb: int | None = None  # None: no GPU readings (a CPU node, or none yet)
     ram_available_mb: int | None = None
     model_sizes: dict[str, int] = field(default_factory=dict)  # normalized name -> bytes on disk
+    # normalized name -> the context (tokens) the model is loaded with now
+    contexts: dict[str, int] = field(default_factory=dict)
 
     @property
     def routable(self) -> bool:
@@ -129,7 +144,7 @@ class ClusterState:
         self.book.merge_from(list(observations))
         now = time.monotonic()
         for o in observations:
-            if o.node in self.breakers:
+            if o.node in self.breakers and o.phase == "done":
                 self.breakers[o.node].record(o.ok, now)
         return self.snapshot(exclude_router=router_id), self.book
 
@@ -138,7 +153,8 @@ class ClusterState:
         now = time.monotonic()
         for name, r in self.reports.items():
             others = sum(v.get(name, 0) for rid, v in self.in_flight.items() if rid != exclude_router)
-            known = self.configured_slots.get(name) or r.slots
+            configured = self.configured_slots.get(name)
+            known = configured or r.slots
             views[name] = NodeView(
                 name=name,
                 url=r.url,
@@ -149,12 +165,14 @@ class ClusterState:
                 slots=known or 1,
                 slots_known=known is not None,
                 in_flight_elsewhere=others,
+                slots_source="configured" if configured else "reported" if r.slots else "learned",
                 error=r.error,
                 breaker=self.breakers[name].state(now) if name in self.breakers else "closed",
                 draining=name in self.draining,
                 vram_free_mb=(r.telemetry or {}).get("vram_free_mb"),
                 ram_available_mb=(r.telemetry or {}).get("ram_available_mb"),
                 model_sizes={normalize_model(_entry_name(m)): int(m.get("size") or 0) for m in r.models},
+                contexts=_contexts(r.loaded),
             )
         return views
 

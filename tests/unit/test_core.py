@@ -11,7 +11,6 @@ from sollol_serve.config import RoutingConfig
 from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
 from sollol_serve.routing.core import (
     ELSEWHERE_REMAINING_S,
-    MAX_PROBED_SLOTS,
     MIN_REMAINING_S,
     RECENT_USE_S,
     Flight,
@@ -58,6 +57,18 @@ def core_with(strategy: str, *views: NodeView, book: PerfBook | None = None) -> 
     if book is not None:
         core.book = book
     return core
+
+
+def pick(core: RoutingCore, ranked, priority: float = 10.0, profile: RequestProfile | None = None,
+         now: float = 0.0):
+    """The node `core.pick` chose (its Scored), or None."""
+    grant = core.pick(ranked, profile or prof(priority=min(int(priority), 10)), priority, now)
+    return grant.choice if grant else None
+
+
+def start(core: RoutingCore, choice, profile: RequestProfile, now: float) -> int:
+    """Reserve a slot on `choice` as the router does; the flight id."""
+    return core.start(Grant([choice], choice, -1), profile, now).flight_id
 
 
 def names(ranked) -> list[str]:
@@ -132,7 +143,7 @@ def test_intelligent_waits_for_busy_fast_node_rather_than_take_idle_slow_one():
     assert (slow.busy, slow.slots, slow.free) == (0, 1, True)
     assert fast.prediction.wait_s == pytest.approx(0.5) and fast.prediction.load_s == 0.0
     assert fast.prediction.free_slot is False
-    assert core.pick(ranked) is None  # wait for the fast node
+    assert pick(core, ranked) is None  # wait for the fast node
 
 
 def test_intelligent_takes_slow_node_when_the_fast_one_is_busy_for_long():
@@ -142,7 +153,7 @@ def test_intelligent_takes_slow_node_when_the_fast_one_is_busy_for_long():
     ranked = core.rank(prof(10, 100), set(), now)
     assert names(ranked) == ["slow", "fast"]
     assert ranked[1].score == pytest.approx(5.2525)
-    assert core.pick(ranked).node.name == "slow"
+    assert pick(core, ranked).node.name == "slow"
 
 
 def test_least_busy_takes_free_slow_node():
@@ -153,7 +164,7 @@ def test_least_busy_takes_free_slow_node():
     assert [(s.node.name, s.score) for s in ranked] == [("slow", 0.0), ("fast", 1.0)]
     # Predictions are attached for reporting even when they don't decide.
     assert ranked[0].prediction.total_s == pytest.approx(2.02)
-    assert core.pick(ranked).node.name == "slow"
+    assert pick(core, ranked).node.name == "slow"
 
 
 def test_intelligent_takes_a_free_unmeasured_node_to_measure_it_while_the_best_is_busy():
@@ -165,10 +176,10 @@ def test_intelligent_takes_a_free_unmeasured_node_to_measure_it_while_the_best_i
     ranked = core.rank(prof(10, 100), set(), now)
     assert names(ranked) == ["fast", "slow", "new"]
     assert ranked[2].score == pytest.approx(5.0 + 10 / 2250 + 100 / 225)  # priors: medians of fast and slow
-    assert core.pick(ranked).node.name == "new"  # not the measured, free, slow one
+    assert pick(core, ranked).node.name == "new"  # not the measured, free, slow one
     # Busy too: wait.
     fill(core, "new", 1, predicted_end=now + 1.0)  # its one slot taken
-    assert core.pick(core.rank(prof(10, 100), set(), now)) is None
+    assert pick(core, core.rank(prof(10, 100), set(), now)) is None
 
 
 def test_pick_non_intelligent_none_when_all_full():
@@ -176,7 +187,7 @@ def test_pick_non_intelligent_none_when_all_full():
     fill(core, "a", 1, predicted_end=1.0)
     fill(core, "b", 2, predicted_end=1.0)
     ranked = core.rank(prof(), set(), now=0.0)
-    assert core.pick(ranked) is None
+    assert pick(core, ranked) is None
 
 
 def test_intelligent_prefers_faster_idle_node_and_unmeasured_node_gets_cluster_prior():
@@ -189,7 +200,7 @@ def test_intelligent_prefers_faster_idle_node_and_unmeasured_node_gets_cluster_p
     assert new.score == pytest.approx(10 / 2250 + 100 / 225)
     assert new.prediction.factors["unmeasured"] == 1.0
     assert "not measured yet" in new.reason
-    assert core.pick(ranked).node.name == "fast"
+    assert pick(core, ranked).node.name == "fast"
 
 
 def test_intelligent_cold_node_pays_learned_load_time():
@@ -217,10 +228,10 @@ def test_start_reserves_and_finish_releases():
     assert core.busy(view) == 1  # the other routers' request
     assert core.remaining(view, now) == [ELSEWHERE_REMAINING_S]
     ranked = core.rank(prof(10, 100), set(), now)
-    choice = core.pick(ranked)
+    choice = pick(core, ranked)
     total = choice.prediction.total_s
     assert total == pytest.approx(0.2525)
-    fid = core.start(choice, prof(10, 100), now)
+    fid = start(core, choice, prof(10, 100), now)
     assert core.busy(view) == 2
     assert core.in_flight_counts() == {"a": 1}
     flight = core.flights["a"][fid]
@@ -232,7 +243,7 @@ def test_start_reserves_and_finish_releases():
     # Now full (2 slots): the next ranking sees it.
     ranked = core.rank(prof(10, 100), set(), now)
     assert (ranked[0].busy, ranked[0].free) == (2, False)
-    assert core.pick(ranked) is None
+    assert pick(core, ranked) is None
     # finish releases
     assert core.finish(fid, "a", now) is flight
     assert core.busy(view) == 1
@@ -240,15 +251,15 @@ def test_start_reserves_and_finish_releases():
     assert core.remaining(view, now) == [ELSEWHERE_REMAINING_S]
     assert core.finish(fid, "a", now) is None  # twice: nothing
     assert core.finish(fid, "nowhere", now) is None
-    assert core.pick(core.rank(prof(10, 100), set(), now)) is not None
+    assert pick(core, core.rank(prof(10, 100), set(), now)) is not None
 
 
 def test_start_ids_unique_and_concurrency_counts_up():
     core = core_with("least_busy", nv("a", slots=3))
     ids, concurrency = [], []
     for _ in range(3):
-        choice = core.pick(core.rank(prof(), set(), now=0.0))
-        fid = core.start(choice, prof(), now=0.0)
+        choice = pick(core, core.rank(prof(), set(), now=0.0))
+        fid = start(core, choice, prof(), now=0.0)
         ids.append(fid)
         concurrency.append(core.flights["a"][fid].concurrent)
     assert len(set(ids)) == 3
@@ -259,7 +270,7 @@ def test_start_ids_unique_and_concurrency_counts_up():
 def test_start_without_prediction_ends_now():
     from sollol_serve.routing.policy import score_least_busy
     core = core_with("least_busy", nv("a"))
-    fid = core.start(score_least_busy(nv("a"), 0, 1, True), prof(), now=5.0)
+    fid = start(core, score_least_busy(nv("a"), 0, 1, True), prof(), now=5.0)
     assert core.flights["a"][fid].predicted_end == 5.0
 
 
@@ -268,10 +279,10 @@ def test_resident_when_same_model_already_in_flight():
     other = nv("b", loaded=())
     core = core_with("least_busy", view, other)
     assert not core.resident(view, "llama3.2", now=10.0)
-    core.start(core.rank(prof(model="qwen2.5:0.5b"), set(), now=10.0)[0], prof(model="qwen2.5:0.5b"), now=10.0)
+    start(core, core.rank(prof(model="qwen2.5:0.5b"), set(), now=10.0)[0], prof(model="qwen2.5:0.5b"), now=10.0)
     assert not core.resident(view, "llama3.2", now=10.0)  # another model doesn't make it resident
     choice = next(s for s in core.rank(prof(), set(), now=10.0) if s.node.name == "a")
-    fid = core.start(choice, prof(model="llama3.2"), now=10.0)  # unnormalized name
+    fid = start(core, choice, prof(model="llama3.2"), now=10.0)  # unnormalized name
     assert core.resident(view, "llama3.2:latest", now=10.0)
     assert core.resident(view, "llama3.2", now=10.0)
     assert not core.resident(other, "llama3.2", now=10.0)  # other node
@@ -287,7 +298,7 @@ def test_resident_when_same_model_already_in_flight():
 def test_resident_while_a_long_flight_is_still_on_the_node():
     view = nv("a", loaded=())
     core = core_with("least_busy", view)
-    core.start(core.rank(prof(), set(), now=0.0)[0], prof(), now=0.0)
+    start(core, core.rank(prof(), set(), now=0.0)[0], prof(), now=0.0)
     assert core.in_flight_counts() == {"a": 1}
     assert core.resident(view, "llama3.2", now=300.0)
 
@@ -298,7 +309,7 @@ def test_resident_flight_removes_cold_penalty_and_load_time():
     first = core.rank(prof(10, 100), set(), now=0.0)[0]
     assert first.score == pytest.approx(0.5 / 4)
     assert first.prediction.load_s == 5.0  # the default prior: nobody has measured a cold load
-    core.start(first, prof(10, 100), now=0.0)
+    start(core, first, prof(10, 100), now=0.0)
     second = core.rank(prof(10, 100), set(), now=0.0)[0]
     assert second.score == pytest.approx(1 / 4)  # 1 in flight, no cold penalty
     assert second.prediction.load_s == 0.0
@@ -346,24 +357,24 @@ def test_background_work_leaves_the_reserved_slot_to_live_requests():
     fill(core, "a", 2, predicted_end=5.0)
     fill(core, "b", 1, predicted_end=5.0)  # one slot free in the cluster: the reserve
     ranked = core.rank(prof(priority=1), set(), 0.0)
-    assert core.pick(ranked, priority=1) is None  # batch work waits
-    assert core.pick(ranked, priority=1.0 + 0.5) is None  # aged, still background
-    assert core.pick(ranked, priority=3).node.name == "b"  # aged past background: served
-    assert core.pick(ranked, priority=5).node.name == "b"  # live work takes it
+    assert pick(core, ranked, priority=1) is None  # batch work waits
+    assert pick(core, ranked, priority=1.0 + 0.5) is None  # aged, still background
+    assert pick(core, ranked, priority=3).node.name == "b"  # aged past background: served
+    assert pick(core, ranked, priority=5).node.name == "b"  # live work takes it
     decisions = core.plan([(prof(priority=8), set(), 8), (prof(priority=1), set(), 1)], now=0.0)
     assert isinstance(decisions[0], Grant) and decisions[1] is None
     for flight_id in list(core.flights["a"]):  # a is idle: two free, one beyond the reserve
         core.finish(flight_id, "a", 0.0)
-    assert core.pick(core.rank(prof(priority=1), set(), 0.0), priority=1) is not None
+    assert pick(core, core.rank(prof(priority=1), set(), 0.0), priority=1) is not None
 
 
 def test_the_reserve_never_stops_background_work_on_a_one_slot_cluster():
     core = core_with("least_busy", nv("only", slots=1))
-    assert core.pick(core.rank(prof(priority=1), set(), 0.0), priority=1).node.name == "only"
+    assert pick(core, core.rank(prof(priority=1), set(), 0.0), priority=1).node.name == "only"
     reserved_nothing = core_with("least_busy", nv("a", slots=1), nv("b", slots=1))
     reserved_nothing.config = RoutingConfig(strategy="least_busy", reserved_slots=0)
     fill(reserved_nothing, "a", 1, predicted_end=5.0)
-    assert reserved_nothing.pick(reserved_nothing.rank(prof(priority=1), set(), 0.0), priority=1).node.name == "b"
+    assert pick(reserved_nothing, reserved_nothing.rank(prof(priority=1), set(), 0.0), priority=1).node.name == "b"
 
 
 # =======================================================================================
@@ -371,31 +382,33 @@ def test_the_reserve_never_stops_background_work_on_a_one_slot_cluster():
 # =======================================================================================
 def test_slots_known_used_as_is():
     core = core_with("intelligent")
-    core.book.slots_ok["a"] = 10
+    core.book.capacity_of("a").proven = 10
     assert core.slots(nv("a", slots=3, slots_known=True)) == 3
     assert core.slots(nv("a", slots=1, slots_known=True)) == 1
 
 
-@pytest.mark.parametrize(("learned", "slots"), [(None, 2), (1, 2), (5, 6), (MAX_PROBED_SLOTS - 1, MAX_PROBED_SLOTS),
-                                                (MAX_PROBED_SLOTS, MAX_PROBED_SLOTS), (100, MAX_PROBED_SLOTS)])
-def test_slots_unknown_probe_one_above_learned(learned, slots):
-    assert MAX_PROBED_SLOTS == 16
+@pytest.mark.parametrize(("proven", "slots"), [(None, 1), (1, 1), (5, 5), (100, 100)])
+def test_slots_unknown_are_the_proven_ones_only(proven, slots):
+    # The predictor never believes in the probe above what the node has proved.
     core = core_with("intelligent")
-    if learned is not None:
-        core.book.slots_ok["a"] = learned
+    if proven is not None:
+        core.book.capacity_of("a").proven = proven
     assert core.slots(nv("a", slots=1, slots_known=False)) == slots
 
 
 def test_unknown_slots_learned_from_observations_reach_ranking():
     view = nv("a", slots=1, slots_known=False)
     core = core_with("least_busy", view)
+    fill(core, "a", 1, predicted_end=1.0)
+    grant = core.pick(core.rank(prof(), set(), now=0.0), prof(), 5, 0.0)
+    assert grant.probe and grant.choice.node.name == "a"  # full by its proven 1: one probe may go
     fill(core, "a", 2, predicted_end=1.0)
-    assert core.pick(core.rank(prof(), set(), now=0.0)) is None  # 2 in flight of 1 + 1 probed
+    assert pick(core, core.rank(prof(), set(), now=0.0)) is None  # 2 in flight of 1 proven: no second probe
     obs = speed("a", 4000, 400)
     obs.concurrent = 3
     core.learn(obs)  # served 3 at once without queueing
     ranked = core.rank(prof(), set(), now=0.0)
-    assert (ranked[0].slots, ranked[0].free) == (4, True)
+    assert (ranked[0].slots, ranked[0].free) == (3, True)
 
 
 # =======================================================================================
@@ -434,7 +447,7 @@ def test_adopt_from_cluster_state_sync():
     o.concurrent = 2
     core.adopt(*state.sync("r1", core.in_flight_counts(), [o]))
     assert core.snapshot["a"].slots_known is False
-    assert core.slots(core.snapshot["a"]) == 3  # learned 2 + 1
+    assert core.slots(core.snapshot["a"]) == 2  # proven by the observation, no more
     assert core.rank(prof(10, 100), set(), now=0.0)[0].score == pytest.approx(0.2525)
 
 
@@ -484,10 +497,10 @@ def test_half_open_node_gets_one_trial_request_at_a_time():
         book.observe(speed("fast", 4000, 400))
         book.observe(speed("trial", 400, 40))
     core = core_with("intelligent", nv("fast", slots=4), _with(nv("trial", slots=4), breaker="half_open"), book=book)
-    first = core.pick(core.rank(prof(), set(), now=0.0))
+    first = pick(core, core.rank(prof(), set(), now=0.0))
     assert first.node.name == "trial"  # slower, but the breaker needs a trial to close
-    core.start(first, prof(), 0.0)
-    second = core.pick(core.rank(prof(), set(), now=0.0))
+    start(core, first, prof(), 0.0)
+    second = pick(core, core.rank(prof(), set(), now=0.0))
     assert second.node.name == "fast"
 
 

@@ -172,7 +172,7 @@ def test_observe_failures_only_move_success():
     assert perf.max_ok_concurrency == 0
     assert perf.samples == 0
     assert book.expected_output(M, "generation") is None
-    assert book.slots_ok == {}
+    assert book.capacity == {}
     # success: 0, then 1 (a = 1/2) -> .5, then 1 (a = 1/3) -> 2/3
     book.observe(obs(completion_tokens=10, wall_s=1.0))
     book.observe(obs(completion_tokens=10, wall_s=1.0))
@@ -272,7 +272,7 @@ def test_slots_not_learned_without_timings_or_on_failure():
     book.observe(obs(ok=False, prompt_tokens=1, completion_tokens=1, prefill_s=0.1, decode_s=0.1, wall_s=0.2,
                      concurrent=7))
     assert book.learned_slots("a") == 1
-    assert book.slots_ok == {}
+    assert all(c.proven == 1 for c in book.capacity.values())
 
 
 def test_merge_from_is_observe_in_order():
@@ -281,5 +281,6 @@ def test_merge_from_is_observe_in_order():
     merged.merge_from(observations)
     for o in observations:
         one_by_one.observe(o)
-    assert merged.slots_ok == one_by_one.slots_ok == {"a": 2, "b": 1}
+    assert ({n: c.proven for n, c in merged.capacity.items()} == {n: c.proven for n, c in one_by_one.capacity.items()}
+            == {"a": 2, "b": 1})
     assert merged.perf("b", M).decode_tps.n == 2

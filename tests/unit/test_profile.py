@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from sollol_serve.analysis.profile import (
@@ -9,6 +11,7 @@ from sollol_serve.analysis.profile import (
     DEFAULT_PRIORITY,
     classify_task,
     complexity_of,
+    conversation_of,
     estimate_tokens,
     output_cap,
     parse_priority,
@@ -215,8 +218,33 @@ def test_profile_request_ollama_chat_default_output():
         "requires_gpu": False,
         "model": "llama3.2",
         "priority": 7,
+        # opened by its first user turn; the previous turn ("x" * 40) is 10 tokens
+        "conversation": hashlib.blake2b(b"x" * 40, digest_size=8).hexdigest(),
+        "prefix_tokens": 10,
+        "num_ctx": None,
     }
     assert DEFAULT_OUTPUT_TOKENS == 128
+
+
+def test_conversation_key_follows_the_opening_not_later_turns():
+    system = {"role": "system", "content": "be brief"}
+    turn1 = {"model": "m", "messages": [system, {"role": "user", "content": "first question"}]}
+    turn2 = {"model": "m", "messages": turn1["messages"] + [{"role": "assistant", "content": "an answer"},
+                                                           {"role": "user", "content": "and then?"}]}
+    other = {"model": "m", "messages": [system, {"role": "user", "content": "another question"}]}
+    key1, prefix1 = conversation_of("chat", turn1)
+    key2, prefix2 = conversation_of("chat", turn2)
+    assert key1 == key2 != conversation_of("chat", other)[0]
+    assert prefix1 == 2  # "be brief": 8 chars
+    assert prefix2 == 9  # "be brief\nfirst question\nan answer": 34 chars
+    assert conversation_of("generate", {"prompt": "x"}) == (None, 0)
+    assert conversation_of("chat", {"messages": []}) == (None, 0)
+
+
+def test_num_ctx_only_from_ollama_options():
+    assert profile_request("ollama", "chat", _chat("hi", options={"num_ctx": 4096}), 5).num_ctx == 4096
+    assert profile_request("ollama", "chat", _chat("hi", options={"num_ctx": "big"}), 5).num_ctx is None
+    assert profile_request("openai", "chat", _chat("hi", options={"num_ctx": 4096}), 5).num_ctx is None
 
 
 def test_profile_request_uses_cap():

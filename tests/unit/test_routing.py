@@ -292,8 +292,8 @@ def test_score_least_busy():
     assert (probed.score, probed.slots, probed.free) == (0.5, 2, True)
     full = score_least_busy(view("d", slots=2), 2, 2, resident=True)
     assert (full.score, full.free) == (1.0, False)
-    assert cold.as_dict() == {"node": "b", "score": 0.75, "in_flight": 1, "slots": 2, "predicted_s": None,
-                              "reason": "1 in flight / 2 slots, model not loaded"}
+    assert cold.as_dict() == {"node": "b", "score": 0.75, "in_flight": 1, "slots": 2, "slots_source": "learned",
+                              "predicted_s": None, "reason": "1 in flight / 2 slots, model not loaded"}
 
 
 def test_model_loaded_normalizes_and_only_ollama_cold_loads():
