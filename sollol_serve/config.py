@@ -323,17 +323,29 @@ def default_node_name(url: str) -> str:
     return f"{host}-{port}"
 
 
+NODE_OPTIONS = ("slots", "kind", "ray_resource")
+
+
 def parse_nodes(spec: str) -> list[NodeConfig]:
-    """Parse `[name=]http://host:port[,...]` (the SOLLOL_NODES format)."""
+    """Parse the SOLLOL_NODES format: comma-separated `[name=]http://host:port[;option=value...]`,
+    options being `slots`, `kind` and `ray_resource` (e.g. `gpu-1=http://10.0.0.11:11434;slots=4`)."""
     nodes = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:
             continue
-        name, sep, url = item.partition("=")
+        address, *options = (p.strip() for p in item.split(";"))
+        name, sep, url = address.partition("=")
         if not sep or "://" in name:
-            name, url = "", item
+            name, url = "", address
         url = url.strip()
-        nodes.append(NodeConfig(name=name.strip() or default_node_name(url), url=url))
+        fields: dict[str, str] = {}
+        for option in filter(None, options):
+            key, eq, value = (p.strip() for p in option.partition("="))
+            if not eq or key not in NODE_OPTIONS:
+                raise ValueError(f"{NODES_ENV}: unknown node option {option!r} in {item!r} "
+                                 f"(options: {', '.join(NODE_OPTIONS)})")
+            fields[key] = value
+        nodes.append(NodeConfig(name=name.strip() or default_node_name(url), url=url, **fields))
     return nodes
 
 

@@ -27,10 +27,6 @@ DEMO_NODES: dict[str, list[str]] = {
 }
 
 
-def _slots(flags: list[str]) -> int:
-    return int(flags[flags.index("--slots") + 1])
-
-
 def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sollol demo", description=__doc__)
     p.add_argument("--port", type=int, default=8000, help="gateway port")
@@ -48,10 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         for sim in sims:
             sim.start()
             print(f"simulated node {sim.name:<10} {sim.url}  ({' '.join(DEMO_NODES[sim.name][2:])})", flush=True)
-        # Ollama doesn't report its parallel slots: a real deployment configures them too.
-        # Discovery off: the demo shows the simulated nodes only, not an Ollama this machine may run.
-        config = GatewayConfig(nodes=[NodeConfig(name=s.name, url=s.url, slots=_slots(DEMO_NODES[s.name]))
-                                      for s in sims], discovery=DiscoveryConfig(ray_nodes=False))
+        # Nodes as users give them: no slots (Ollama doesn't report them; the router learns
+        # them, see /api/nodes), default routing. Discovery off: the demo shows the simulated
+        # nodes only, not an Ollama this machine may run.
+        config = GatewayConfig(nodes=[NodeConfig(name=s.name, url=s.url) for s in sims],
+                               discovery=DiscoveryConfig(ray_nodes=False))
         url = start_local_gateway(config, port=args.port, num_cpus=args.num_cpus, include_dashboard=True)
         # After ray.init, which installs a SIGTERM handler of its own that aborts the process.
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

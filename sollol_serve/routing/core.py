@@ -61,6 +61,7 @@ class Flight:
     siblings: frozenset[int] = frozenset()  # this router's flights on the node when it was sent
     alone: bool = True  # no other router had work on the node then
     began: bool = False  # the node's first byte has come
+    proved: bool = False  # its first byte proved the slot it probed for
 
 
 @dataclass(slots=True)
@@ -121,7 +122,8 @@ class RoutingCore:
         return self.book.learned_slots(view.name)
 
     def probing(self, node: str) -> bool:
-        return any(f.probe and not f.began for f in self.flights.get(node, {}).values())
+        """A probe is out whose answer (a proof at its first byte, or its end) is not in."""
+        return any(f.probe and not f.proved for f in self.flights.get(node, {}).values())
 
     def explorable(self, s: Scored, now_wall: float) -> bool:
         """The node is full by what it has proved, and one request more may find a slot."""
@@ -325,6 +327,7 @@ class RoutingCore:
             return
         flight.began = True
         if flight.alone and flight.concurrent > 1 and flight.siblings <= self.flights[node].keys():
+            flight.proved = True
             self.learn(Observation(node=node, model=normalize_model(flight.model), task_type="", ok=True,
                                    concurrent=flight.concurrent, probe=flight.probe, phase="first_byte",
                                    at=self.wall()))

@@ -186,7 +186,7 @@ class PerfBook:
         queued = o.queued_s()
         if queued is None:
             return
-        if not has_queued(queued, o.wall_s - queued):
+        if not has_queued(queued, o.wall_s - queued, node_clock=o.node_queued_s is not None):
             if capacity.ran(o.concurrent) and o.probe:
                 capacity.probes_proved += 1
             return

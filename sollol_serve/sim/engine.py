@@ -3,8 +3,11 @@
 A node has `slots` parallel decode slots and a FIFO wait queue (full -> QueueFull, which the
 APIs turn into Ollama's 503). Work costs prefill time (prompt tokens / prefill tokens/s),
 decode time per token (decode tokens/s, slowed mildly by every other active slot) and a cold
-load the first time a model is used or after its keep-alive expires. Faults are injected at
-run time (`Faults`). The HTTP facades (`ollama_api`, `openai_api`) sit on top of this.
+load the first time a model is used, after its keep-alive expires or when a request asks for
+another context length. Like llama.cpp's slots, each slot keeps the text it last held (its KV
+cache): a prompt that starts with it prefills only the rest. A prompt longer than the loaded
+context is cut to its last tokens, as Ollama does. Faults are injected at run time (`Faults`).
+The HTTP facades (`ollama_api`, `openai_api`) sit on top of this.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +34,11 @@ _WORDS = (
     "of work when machines fail or slow down under load across many slots"
 ).split()
 
+CHARS_PER_TOKEN = 4  # the simulator's tokenizer (count_tokens)
+DEFAULT_CONTEXT = 8192
+# A shorter shared start (a greeting, a chat template's header) is not a conversation reused.
+MIN_PREFIX_CHARS = 16
+
 
 class SimModel(BaseModel):
     name: str
@@ -37,7 +46,7 @@ class SimModel(BaseModel):
     family: str = "llama"
     parameter_size: str = "3B"
     quantization_level: str = "Q4_K_M"
-    context_length: int = 8192
+    context_length: int = Field(default=DEFAULT_CONTEXT, ge=1)
     embedding_dim: int = 64
 
 
@@ -87,20 +96,59 @@ class Plan:
     output_tokens: int
     seed: int
     limited: bool  # True when the caller capped the output length
+    prompt: str = ""
+    num_ctx: int | None = None  # Ollama's options.num_ctx: the context to run the model with
 
 
 @dataclass
 class Stats:
     load_ns: int = 0
-    prompt_eval_ns: int = 0
+    prompt_eval_ns: int = 0  # the time of the evaluated (not cached) prompt tokens
     eval_ns: int = 0
     total_ns: int = 0
     tokens: list[str] = field(default_factory=list)
+    prompt_tokens: int = 0  # the prompt as the model saw it (after truncation to the context)
+    prompt_n: int = 0  # of those, evaluated
+    cache_n: int = 0  # of those, taken from the slot's KV cache
+
+
+@dataclass
+class Slot:
+    """One parallel slot and what its KV cache holds: the text of the last request it ran
+    (prompt + "\n" + output) for one load (`generation`) of one model."""
+
+    id: int
+    busy: bool = False
+    model: str | None = None
+    generation: int = 0
+    text: str = ""
+    last_used: int = 0  # when its cache was last written; ties go to the least recently used
+
+
+@dataclass
+class _Waiter:
+    model: str | None
+    prompt: str | None
+    admitted: asyncio.Future[Slot]
 
 
 def count_tokens(text: str) -> int:
     """Rough tokenizer: ~4 characters per token, at least one token."""
-    return max(1, math.ceil(len(text) / 4))
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+def requested_context(options: dict | None) -> int | None:
+    """Ollama's options.num_ctx when it is a positive integer (anything else: not asked)."""
+    value = (options or {}).get("num_ctx")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def truncate_to_context(prompt: str, context: int) -> str:
+    """The last `context` tokens of `prompt`: Ollama drops the start of a prompt that doesn't fit."""
+    limit = context * CHARS_PER_TOKEN
+    return prompt if len(prompt) <= limit else prompt[-limit:]
 
 
 def stable_seed(*parts: object) -> int:
@@ -126,8 +174,15 @@ class SimEngine:
         self.served = 0
         self.received = 0  # work requests that arrived (chat, generate, embed), served or not
         self.embedded: Counter[str] = Counter()  # every text an embed request carried
-        self._slots = asyncio.Semaphore(config.slots)
+        self.prefix_hits = 0  # requests whose prompt started with what their slot cached
+        self.cached_tokens = 0  # prompt tokens those hits did not evaluate
+        self.slots = [Slot(i) for i in range(config.slots)]
+        self._queue: deque[_Waiter] = deque()
+        self._writes = 0  # stamps Slot.last_used
         self._loaded: dict[str, float] = {}  # model -> monotonic expiry
+        self._context: dict[str, int] = {}  # model -> context it is loaded with
+        # Bumped by every load: a slot's cache from an earlier load of the model is gone.
+        self._generation: Counter[str] = Counter()
         self._load_locks: dict[str, asyncio.Lock] = {}
         self._fault_changed = asyncio.Event()
 
@@ -147,15 +202,29 @@ class SimEngine:
     def unload(self, model: str) -> None:
         self._loaded.pop(model, None)
 
-    async def ensure_loaded(self, model: str, keep_alive_s: float | None) -> float:
-        """Load `model` if it is cold; returns the seconds spent loading."""
+    def _is_loaded(self, model: str) -> bool:
+        return self._loaded.get(model, 0.0) > time.monotonic()
+
+    def context_of(self, model: str) -> int:
+        """The context `model` is loaded with now (its configured one while it is not loaded)."""
+        if self._is_loaded(model) and model in self._context:
+            return self._context[model]
+        m = self.models.get(model)
+        return m.context_length if m else DEFAULT_CONTEXT
+
+    async def ensure_loaded(self, model: str, keep_alive_s: float | None, num_ctx: int | None = None) -> float:
+        """Load `model` if it is cold, or reload it when asked for another context (Ollama
+        restarts the model's runner for a new num_ctx); returns the seconds spent loading."""
         keep = self.config.keep_alive_s if keep_alive_s is None else keep_alive_s
         lock = self._load_locks.setdefault(model, asyncio.Lock())
         async with lock:
             spent = 0.0
-            if model not in self.loaded_models():
+            context = num_ctx or self.context_of(model)
+            if not self._is_loaded(model) or context != self._context.get(model):
                 spent = self.config.load_s * self._slow()
                 await asyncio.sleep(spent)
+                self._context[model] = context
+                self._generation[model] += 1
             self._loaded[model] = time.monotonic() + max(keep, 0.001)
         return spent
 
@@ -177,21 +246,76 @@ class SimEngine:
 
     # -- slots --------------------------------------------------------------------------
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        if self._slots.locked() and self.waiting >= self.config.max_queue:
-            raise QueueFull("server busy, please try again.  maximum pending requests exceeded")
-        self.waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
+    async def slot(self, model: str | None = None, prompt: str | None = None) -> AsyncIterator[Slot]:
+        """Hold a slot for the work. Arrivals are admitted in order; the one admitted takes the
+        free slot that caches most of `prompt` (None: no cache use, e.g. embeddings)."""
+        slot = await self._acquire(model, prompt)
         self.active += 1
         try:
-            yield
+            yield slot
         finally:
             self.active -= 1
             self.served += 1
-            self._slots.release()
+            self._release(slot)
+
+    async def _acquire(self, model: str | None, prompt: str | None) -> Slot:
+        if not self._queue and any(not s.busy for s in self.slots):
+            return self._take(model, prompt)
+        if self.waiting >= self.config.max_queue:
+            raise QueueFull("server busy, please try again.  maximum pending requests exceeded")
+        waiter = _Waiter(model, prompt, asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        self.waiting += 1
+        try:
+            return await waiter.admitted
+        except asyncio.CancelledError:
+            if waiter.admitted.done() and not waiter.admitted.cancelled():
+                self._release(waiter.admitted.result())  # given a slot as it gave up: pass it on
+            elif waiter in self._queue:
+                self._queue.remove(waiter)
+            raise
+        finally:
+            self.waiting -= 1
+
+    def _release(self, slot: Slot) -> None:
+        """Free `slot` and hand a free slot to the earliest waiter still waiting."""
+        slot.busy = False
+        while self._queue and any(not s.busy for s in self.slots):
+            waiter = self._queue.popleft()
+            if not waiter.admitted.done():  # done: cancelled while queued
+                waiter.admitted.set_result(self._take(waiter.model, waiter.prompt))
+
+    def _take(self, model: str | None, prompt: str | None) -> Slot:
+        """The free slot sharing the longest cached prefix with `prompt`; ties: least recently used."""
+        free = [s for s in self.slots if not s.busy]
+        best = max(free, key=lambda s: (len(self.cached_prefix(s, model, prompt)), -s.last_used))
+        best.busy = True
+        return best
+
+    def cached_prefix(self, slot: Slot, model: str | None, prompt: str | None) -> str:
+        """The start of `prompt` that `slot` already holds for the loaded `model` ('' if none
+        worth reusing). The cache is per (slot, model) and dies with the model's load."""
+        if prompt is None or model is None or slot.model != model:
+            return ""
+        if not self._is_loaded(model) or slot.generation != self._generation[model]:
+            return ""
+        prefix = os.path.commonprefix([slot.text, prompt])
+        return prefix if len(prefix) >= MIN_PREFIX_CHARS else ""
+
+    def _remember(self, slot: Slot, model: str, text: str) -> None:
+        slot.model, slot.generation, slot.text = model, self._generation[model], text
+        self._writes += 1
+        slot.last_used = self._writes
+
+    def _count_prompt(self, stats: Stats, prompt: str, cached: str) -> None:
+        """Split the prompt into cached and evaluated tokens; the last prompt token is always
+        evaluated (llama.cpp needs its logits), so a hit evaluates at least one."""
+        stats.prompt_tokens = count_tokens(prompt)
+        stats.prompt_n = max(1, stats.prompt_tokens - count_tokens(cached)) if cached else stats.prompt_tokens
+        stats.cache_n = stats.prompt_tokens - stats.prompt_n
+        if cached:
+            self.prefix_hits += 1
+            self.cached_tokens += stats.cache_n
 
     # -- work ---------------------------------------------------------------------------
     def plan(self, model: str, prompt: str, options: dict | None, max_tokens: int | None = None) -> Plan:
@@ -203,7 +327,7 @@ class SimEngine:
         else:
             lo, hi = self.config.default_output_tokens
             output, limited = random.Random(seed).randint(lo, hi), False
-        return Plan(model, count_tokens(prompt), output, seed, limited)
+        return Plan(model, count_tokens(prompt), output, seed, limited, prompt, requested_context(options))
 
     async def prefill(self, tokens: int) -> int:
         seconds = tokens / self.config.prefill_tps * self._slow()
@@ -239,15 +363,24 @@ class SimEngine:
         stats.eval_ns = int((time.monotonic() - start) * 1e9)
 
     async def run(self, plan: Plan, keep_alive_s: float | None, stats: Stats, stream: bool = True) -> AsyncIterator[str]:
-        """Wait for a slot, load, prefill, then decode. Errors raise before the first token."""
+        """Wait for a slot, load, prefill what the slot hasn't cached, then decode. Errors raise
+        before the first token."""
         self.received += 1
         await self.check_faults()
         started = time.monotonic()
-        async with self.slot():
-            stats.load_ns = int(await self.ensure_loaded(plan.model, keep_alive_s) * 1e9)
-            stats.prompt_eval_ns = await self.prefill(plan.prompt_tokens)
-            async for token in self.decode(plan, stats, stream):
-                yield token
+        wanted = truncate_to_context(plan.prompt, self.context_of(plan.model))
+        async with self.slot(plan.model, wanted) as slot:
+            stats.load_ns = int(await self.ensure_loaded(plan.model, keep_alive_s, plan.num_ctx) * 1e9)
+            # The load may have changed the context (num_ctx) and emptied the caches.
+            prompt = truncate_to_context(plan.prompt, self.context_of(plan.model))
+            self._count_prompt(stats, prompt, self.cached_prefix(slot, plan.model, prompt))
+            stats.prompt_eval_ns = await self.prefill(stats.prompt_n)
+            try:
+                async for token in self.decode(plan, stats, stream):
+                    yield token
+            finally:
+                # What a client sends back as the assistant's message continues this text.
+                self._remember(slot, plan.model, prompt + "\n" + "".join(stats.tokens))
         stats.total_ns = int((time.monotonic() - started) * 1e9)
 
     async def embed(self, model: SimModel, texts: list[str], keep_alive_s: float | None) -> tuple[list[list[float]], Stats, int]:

@@ -18,6 +18,7 @@ from sollol_serve.sim.engine import (
     SimModel,
     Stats,
     parse_keep_alive,
+    requested_context,
 )
 
 SIM_VERSION = "0.0.0-sollol-sim"
@@ -67,11 +68,12 @@ def _keep_alive(body: dict) -> float | None:
         raise BadRequest(f"invalid keep_alive: {exc}") from exc
 
 
-def _timing_fields(stats: Stats, prompt_tokens: int) -> dict:
+def _timing_fields(stats: Stats) -> dict:
+    # Ollama counts only the prompt tokens it evaluated: those the slot had cached are skipped.
     return {
         "total_duration": stats.total_ns,
         "load_duration": stats.load_ns,
-        "prompt_eval_count": prompt_tokens,
+        "prompt_eval_count": stats.prompt_n,
         "prompt_eval_duration": stats.prompt_eval_ns,
         "eval_count": len(stats.tokens),
         "eval_duration": stats.eval_ns,
@@ -130,7 +132,7 @@ class OllamaSim:
                     "details": _details(m),
                     "expires_at": (now + timedelta(seconds=expiry - mono)).isoformat(),
                     "size_vram": m.size_bytes,
-                    "context_length": m.context_length,
+                    "context_length": self.engine.context_of(m.name),
                 }
             )
         return JSONResponse({"models": entries})
@@ -190,12 +192,12 @@ class OllamaSim:
         keep_alive = _keep_alive(body)
         if keep_alive == 0 and (not prompt or chat and not body.get("messages")):
             self.engine.unload(m.name)
-            return JSONResponse(self._final(m, chat, Stats(), 0, "unload", ""))
+            return JSONResponse(self._final(m, chat, Stats(), "unload", ""))
         if not chat and not prompt:
             # Ollama: an empty prompt only loads the model.
             await self.engine.check_faults()
-            seconds = await self.engine.ensure_loaded(m.name, keep_alive)
-            return JSONResponse({**self._final(m, chat, Stats(load_ns=int(seconds * 1e9)), 0, "load", "")})
+            seconds = await self.engine.ensure_loaded(m.name, keep_alive, requested_context(options))
+            return JSONResponse({**self._final(m, chat, Stats(load_ns=int(seconds * 1e9)), "load", "")})
 
         plan = self.engine.plan(m.name, prompt, options)
         stats = Stats()
@@ -209,14 +211,14 @@ class OllamaSim:
 
         if body.get("stream", True) is False:
             text = "".join(([first] if first is not None else []) + [t async for t in tokens])
-            return JSONResponse(self._final(m, chat, stats, plan.prompt_tokens, done_reason, text))
+            return JSONResponse(self._final(m, chat, stats, done_reason, text))
 
         async def lines() -> AsyncIterator[bytes]:
             if first is not None:
                 yield self._chunk(m, chat, first)
                 async for token in tokens:
                     yield self._chunk(m, chat, token)
-            final = self._final(m, chat, stats, plan.prompt_tokens, done_reason, "")
+            final = self._final(m, chat, stats, done_reason, "")
             yield (json.dumps(final) + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -230,7 +232,7 @@ class OllamaSim:
         payload["done"] = False
         return (json.dumps(payload) + "\n").encode()
 
-    def _final(self, m: SimModel, chat: bool, stats: Stats, prompt_tokens: int, reason: str, text: str) -> dict:
+    def _final(self, m: SimModel, chat: bool, stats: Stats, reason: str, text: str) -> dict:
         payload: dict = {"model": m.name, "created_at": _now()}
         if chat:
             payload["message"] = {"role": "assistant", "content": text}
@@ -239,7 +241,7 @@ class OllamaSim:
         payload.update({"done": True, "done_reason": reason})
         if not chat and reason not in ("load", "unload"):
             payload["context"] = [1, 2, 3]
-        payload.update(_timing_fields(stats, prompt_tokens))
+        payload.update(_timing_fields(stats))
         return payload
 
     async def embed(self, request: Request) -> Response:

@@ -1,7 +1,8 @@
 """A llama-server-like OpenAI-compatible API on top of the simulated engine.
 
 Like llama-server it serves the models it was started with and reports `timings`
-(prompt_n, prompt_ms, predicted_n, predicted_ms) in every completion, streamed or not.
+(prompt_n, prompt_ms, cache_n, predicted_n, predicted_ms) in every completion, streamed or not,
+and lists its slots on `GET /slots`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,28 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 
-def _timings(stats: Stats, prompt_tokens: int) -> dict:
+def _timings(stats: Stats) -> dict:
+    # llama-server: prompt_n/prompt_ms are the evaluated prompt tokens, cache_n those reused.
     return {
-        "prompt_n": prompt_tokens,
+        "prompt_n": stats.prompt_n,
         "prompt_ms": stats.prompt_eval_ns / 1e6,
+        "cache_n": stats.cache_n,
         "predicted_n": len(stats.tokens),
         "predicted_ms": stats.eval_ns / 1e6,
     }
+
+
+def _usage(stats: Stats) -> dict:
+    # prompt_tokens counts the whole prompt, cached part included (OpenAI's convention); the
+    # details appear only when a prefix was reused, so a cold answer keeps its plain shape.
+    usage: dict = {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": len(stats.tokens),
+        "total_tokens": stats.prompt_tokens + len(stats.tokens),
+    }
+    if stats.cache_n:
+        usage["prompt_tokens_details"] = {"cached_tokens": stats.cache_n}
+    return usage
 
 
 class OpenAISim:
@@ -44,6 +60,7 @@ class OpenAISim:
         return [
             Route("/health", self.health, methods=["GET"]),
             Route("/props", self.props, methods=["GET"]),
+            Route("/slots", self.slots, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
@@ -59,10 +76,14 @@ class OpenAISim:
             {
                 "total_slots": self.engine.config.slots,
                 "model_path": f"/simulated/{first.name}.gguf",
-                "default_generation_settings": {"n_ctx": first.context_length},
+                "default_generation_settings": {"n_ctx": self.engine.context_of(first.name)},
                 "build_info": "sollol_serve simulator (no real model)",
             }
         )
+
+    async def slots(self, request: Request) -> Response:
+        n_ctx = self.engine.context_of(next(iter(self.engine.models)))
+        return JSONResponse([{"id": s.id, "n_ctx": n_ctx, "is_processing": s.busy} for s in self.engine.slots])
 
     async def models(self, request: Request) -> Response:
         data = [
@@ -122,14 +143,9 @@ class OpenAISim:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
-            usage = {
-                "prompt_tokens": plan.prompt_tokens,
-                "completion_tokens": len(stats.tokens),
-                "total_tokens": plan.prompt_tokens + len(stats.tokens),
-            }
             return JSONResponse(
                 {"id": ident, "object": obj, "created": created, "model": m.name, "choices": [choice],
-                 "usage": usage, "timings": _timings(stats, plan.prompt_tokens)}
+                 "usage": _usage(stats), "timings": _timings(stats)}
             )
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -152,14 +168,9 @@ class OpenAISim:
                 yield event([piece(first)])
                 async for token in tokens:
                     yield event([piece(token)])
-            yield event([piece("", finish)], timings=_timings(stats, plan.prompt_tokens))
+            yield event([piece("", finish)], timings=_timings(stats))
             if include_usage:
-                usage = {
-                    "prompt_tokens": plan.prompt_tokens,
-                    "completion_tokens": len(stats.tokens),
-                    "total_tokens": plan.prompt_tokens + len(stats.tokens),
-                }
-                yield event([], usage=usage)
+                yield event([], usage=_usage(stats))
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -2,7 +2,8 @@
 
 It is a simulator for demos, tests and benchmarks and says so on `/` and `/api/version`.
 Faults are injected at run time with `POST /_sim/faults {"mode": "error"|"hang"|"slow"|"none", ...}`;
-`GET /_sim/state` shows slots in use, queue length and requests received and served;
+`GET /_sim/state` shows slots in use, queue length, requests received and served, and how
+many reused a slot's cached prompt prefix (`prefix_hits`, `cached_tokens` skipped);
 `GET /_sim/inputs` counts the texts embedded (with `--record-inputs`).
 """
 
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sollol_serve.sim.engine import Faults, SimEngine, SimModel, SimNodeConfig
+from sollol_serve.sim.engine import DEFAULT_CONTEXT, Faults, SimEngine, SimModel, SimNodeConfig
 from sollol_serve.sim.ollama_api import OllamaSim
 from sollol_serve.sim.openai_api import OpenAISim
 
@@ -55,6 +56,8 @@ def build_sim_app(config: SimNodeConfig) -> Starlette:
                 "waiting": engine.waiting,
                 "served": engine.served,
                 "received": engine.received,
+                "prefix_hits": engine.prefix_hits,
+                "cached_tokens": engine.cached_tokens,
                 "loaded": sorted(engine.loaded_models()),
                 "faults": engine.faults.model_dump(),
             }
@@ -78,6 +81,13 @@ def build_sim_app(config: SimNodeConfig) -> Starlette:
     return Starlette(routes=routes)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sollol sim-node", description="Run a simulated LLM node (no real model).")
     p.add_argument("--host", default="127.0.0.1")
@@ -92,6 +102,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-slowdown", type=float, default=0.08)
     p.add_argument("--load-s", type=float, default=1.0)
     p.add_argument("--keep-alive-s", type=float, default=300.0)
+    p.add_argument("--context-length", type=_positive_int, default=DEFAULT_CONTEXT,
+                   help="every model's context in tokens (Ollama: until a request asks for another num_ctx)")
     p.add_argument("--record-inputs", action="store_true", help="count embedded texts (GET /_sim/inputs)")
     return p
 
@@ -100,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> SimNodeConfig:
     return SimNodeConfig(
         name=args.name,
         kind=args.kind,
-        models=parse_models(args.models, tagged=args.kind == "ollama"),
+        models=[m.model_copy(update={"context_length": args.context_length})
+                for m in parse_models(args.models, tagged=args.kind == "ollama")],
         slots=args.slots,
         max_queue=args.max_queue,
         prefill_tps=args.prefill_tps,

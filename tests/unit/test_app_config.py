@@ -44,3 +44,14 @@ def test_build_app_without_nodes_says_so(monkeypatch):
     monkeypatch.delenv("SOLLOL_NODES", raising=False)
     with pytest.raises(ValueError, match="no nodes configured"):
         build_app({})
+
+
+def test_shipped_config_routes_with_the_default_strategy():
+    # What `serve run serve_config.yaml` runs is the best strategy, the one a config
+    # without `routing:` gets too (and `sollol demo`, which sets no routing).
+    from sollol_serve.config import RoutingConfig, load_config
+
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    shipped = load_config(args, environ={}).routing
+    assert shipped == RoutingConfig() and shipped.strategy == "intelligent"
+    assert all(node.slots is None for node in load_config(args, environ={}).nodes)  # learned, not written

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -66,6 +68,27 @@ def test_parse_nodes_equals_sign_inside_unnamed_url_query_is_not_a_name():
 
 def test_parse_nodes_named_url_may_contain_equals():
     assert _pairs(parse_nodes("n1=http://h:1/x?a=b")) == [("n1", "http://h:1/x?a=b")]
+
+
+def test_parse_nodes_per_node_options():
+    gpu, cpu, plain = parse_nodes("gpu-1=http://10.0.0.11:11434;slots=4;kind=ollama;ray_resource=gpu-box,"
+                                  " http://10.0.0.13:8080 ; kind=openai ,cpu2=http://h:9")
+    assert (gpu.name, gpu.url, gpu.slots, gpu.kind, gpu.ray_resource) == (
+        "gpu-1", "http://10.0.0.11:11434", 4, "ollama", "gpu-box")
+    assert (cpu.name, cpu.slots, cpu.kind, cpu.ray_resource) == ("10.0.0.13-8080", None, "openai", None)
+    assert (plain.name, plain.slots, plain.kind) == ("cpu2", None, "auto")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("a=http://h:1;slot=4", "unknown node option 'slot=4'"),
+    ("a=http://h:1;slots", "unknown node option 'slots'"),
+    ("a=http://h:1;slots=0", "greater than or equal to 1"),
+    ("a=http://h:1;slots=four", "valid integer"),
+    ("a=http://h:1;kind=vllm", "'auto', 'ollama' or 'openai'"),
+])
+def test_parse_nodes_bad_option_is_a_clear_error(spec, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_nodes(spec)
 
 
 def test_parse_nodes_empty_name_falls_back_to_default_name():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -10,6 +11,7 @@ from sollol_serve.analysis.profile import RequestProfile
 from sollol_serve.config import RoutingConfig
 from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
 from sollol_serve.routing.core import (
+    DEMAND_S,
     ELSEWHERE_REMAINING_S,
     MIN_REMAINING_S,
     RECENT_USE_S,
@@ -17,7 +19,8 @@ from sollol_serve.routing.core import (
     Grant,
     RoutingCore,
 )
-from sollol_serve.routing.learning import Observation, PerfBook
+from sollol_serve.routing.learning import MEMORY_S, Ewma, Observation, PerfBook
+from sollol_serve.routing.predict import Priors
 from sollol_serve.routing.state import ClusterState, NodeReport, NodeView, normalize_model
 
 M = "llama3.2:latest"
@@ -512,3 +515,152 @@ def test_grant_now_takes_a_free_slot_or_nothing():
     assert other is not None and other.choice.node.name != held.choice.node.name
     assert core.grant_now(prof(), set(), 0.0) is None  # both busy: a hedge never queues
     assert core.grant_now(prof(model="missing"), set(), 0.0) is None
+
+
+# =======================================================================================
+# estimates that stay true: decay toward the prior, re-measuring stale nodes
+# =======================================================================================
+def timed_speed(node: str, decode_tps: float, at: float) -> Observation:
+    o = speed(node, 4000, decode_tps)
+    o.at = at
+    return o
+
+
+def test_learned_speed_decays_toward_the_cluster_prior_with_idle_time():
+    # fast was measured at 40 tok/s during a slow spell (t=1); mid and slow at the same time.
+    book = book_of(timed_speed("fast", 40, 1.0), timed_speed("mid", 200, 1.0), timed_speed("slow", 100, 1.0))
+    core = core_with("intelligent", nv("fast"), nv("mid"), nv("slow"), book=book)
+    perf = book.perf("fast", M)
+    prior = Priors.from_book(book, M).decode_tps
+    assert prior == 100.0  # the median of 40, 100, 200
+    for idle_s, expected in ((0.0, 40.0), (60.0, 40 * math.exp(-1) + 100 * (1 - math.exp(-1))), (600.0, 100.0)):
+        assert perf.decode_tps.toward(prior, 1.0 + idle_s) == pytest.approx(expected, rel=1e-3)
+    core.wall = lambda: 61.0
+    # 100 tokens: 100 / 77.93 tok/s after a minute idle (was 100 / 40 when fresh).
+    decode = core.predict(nv("fast"), prof(10, 100), Priors.from_book(book, M), now=0.0).decode_s
+    assert decode == pytest.approx(100 / (40 * math.exp(-1) + 100 * (1 - math.exp(-1))), rel=1e-3)
+
+
+def test_a_sample_after_a_silence_outweighs_the_old_estimate():
+    e = Ewma(follows_changes=True)
+    for at in (1.0, 2.0, 3.0, 4.0):
+        e.update(10.0, at)  # a slow spell: 10 tok/s
+    e.update(60.0, 4.0 + MEMORY_S)  # healed, measured again a minute later
+    # weight = max(1 - (1 - 0.2) e^-1, 0.5 for a 6x surprise) = 0.7057
+    assert e.mean == pytest.approx(10 + (1 - 0.8 * math.exp(-1)) * 50)
+    steady = Ewma(follows_changes=True)
+    for at in (1.0, 2.0, 3.0, 4.0):
+        steady.update(10.0, at)
+    steady.update(60.0, 4.1)  # the same sample at once: still a change, half weight
+    assert steady.mean == pytest.approx(35.0)
+
+
+def _stale_core(now_wall: float) -> RoutingCore:
+    book = book_of(timed_speed("fast", 40, 100.0), timed_speed("mid", 200, 100.0 + 9.0))
+    core = core_with("intelligent", nv("fast", slots=4), nv("mid", slots=2), book=book)
+    core.wall = lambda: now_wall
+    core.rank(prof(), set(), now=50.0)  # the model is in demand
+    return core
+
+
+def test_stale_node_is_re_measured_with_a_short_request_once_at_a_time():
+    assert _stale_core(now_wall=109.0).stale(now=50.0) == []  # 9 s: not stale yet
+    core = _stale_core(now_wall=111.0)  # fast: 11 s without a sample (> stale_after_s 10); mid: 2 s
+    assert [(v.name, m) for v, m in core.stale(now=50.0)] == [("fast", M)]
+    fid = core.start_remeasure(core.snapshot["fast"], M, now=50.0)
+    flight = core.flights["fast"][fid]
+    assert flight.remeasure and not flight.probe
+    assert core.stale(now=50.0) == []  # one at a time: ours is in flight there
+    core.finish(fid, "fast", now=51.0)
+    core.learn(dataclasses.replace(timed_speed("fast", 400, 111.0), remeasure=True))
+    assert core.stale(now=51.0) == []  # measured again: fresh
+    assert core.book.perf("fast", M).decode_tps.mean > 200  # and now the fastest
+    assert core.book.expected_output(M, "generation") == 400  # the re-measure's length isn't learned
+
+
+def test_stale_nodes_are_not_re_measured_without_demand_or_room():
+    core = _stale_core(now_wall=111.0)
+    assert core.stale(now=50.0 + DEMAND_S + 1) == []  # nobody asked for the model for a minute
+    fill(core, "fast", 4, predicted_end=60.0)
+    assert core.stale(now=50.0) == []  # no free slot
+    cold = _stale_core(now_wall=111.0)
+    cold.snapshot["fast"] = nv("fast", slots=4, loaded=())
+    cold.last_used.clear()
+    assert cold.stale(now=50.0) == []  # would cost a cold load
+
+
+# =======================================================================================
+# prefix affinity, bounded by load
+# =======================================================================================
+def chat_prof(tokens_in: int, prefix: int, conversation: str = "c1", tokens_out: int = 50) -> RequestProfile:
+    p = prof(tokens_in, tokens_out)
+    p.conversation, p.prefix_tokens = conversation, prefix
+    return p
+
+
+def test_follow_up_turn_goes_where_its_prefix_is_cached():
+    # a and b equally fast: 1000 tok/s prefill, 100 decode. A 3000-token follow-up of which
+    # 2900 are the previous turn's prompt and answer, cached on b.
+    book = book_of(speed("a", 1000, 100), speed("b", 1000, 100))
+    core = core_with("intelligent", nv("a", slots=2), nv("b", slots=2), book=book)
+    core.remember_turn("c1", "b", now=10.0)
+    ranked = core.rank(chat_prof(3000, 2900), set(), now=11.0)
+    assert names(ranked) == ["b", "a"]
+    b, a = ranked
+    assert b.score == pytest.approx(100 / 1000 + 50 / 100)  # only 100 tokens to prefill
+    assert a.score == pytest.approx(3000 / 1000 + 50 / 100)
+    assert "2900 prompt tokens cached there" in b.reason
+    # Another conversation, or affinity off, sees no cache.
+    assert core.rank(chat_prof(3000, 2900, conversation="c2"), set(), now=11.0)[0].score == pytest.approx(3.5)
+    core.config = RoutingConfig(affinity=False)
+    assert core.rank(chat_prof(3000, 2900), set(), now=11.0)[0].score == pytest.approx(3.5)
+
+
+def test_affinity_never_overloads_its_node():
+    book = book_of(speed("a", 1000, 100), speed("b", 1000, 100))
+    core = core_with("intelligent", nv("a", slots=2), nv("b", slots=2), book=book)
+    core.remember_turn("c1", "b", now=10.0)
+    fill(core, "b", 2, predicted_end=11.5)  # b is full: the cache would mean waiting there
+    ranked = core.rank(chat_prof(3000, 2900), set(), now=11.0)
+    b = next(s for s in ranked if s.node.name == "b")
+    assert b.prediction.factors.get("cached_tokens") is None  # not counted where no slot is free
+    assert names(ranked)[0] == "a"
+
+
+def test_cached_prefix_is_assumed_evicted_after_as_many_requests_as_slots():
+    book = book_of(speed("a", 1000, 100), speed("b", 1000, 100))
+    core = core_with("intelligent", nv("a", slots=2), nv("b", slots=2), book=book)
+    core.remember_turn("c1", "b", now=10.0)
+    b = core.snapshot["b"]
+    assert core.cached_tokens(b, chat_prof(3000, 2900), now=11.0) == 2900
+    for _ in range(2):  # two other requests started on b (2 slots) since that turn
+        fid = start(core, core.rank(prof(), {"a"}, now=11.0)[0], prof(), now=11.0)
+        core.finish(fid, "b", now=11.0)
+    assert core.cached_tokens(b, chat_prof(3000, 2900), now=11.0) == 0
+    core.remember_turn("c1", "b", now=12.0)
+    assert core.cached_tokens(b, chat_prof(3000, 2900), now=12.0 + RECENT_USE_S + 1) == 0  # too long ago
+
+
+# =======================================================================================
+# context-length fit
+# =======================================================================================
+def test_request_that_overflows_a_nodes_loaded_context_goes_elsewhere():
+    small = _with(nv("small"), contexts={M: 2048})
+    large = _with(nv("large"), contexts={M: 8192})
+    book = book_of(speed("small", 4000, 400), speed("large", 400, 40))  # small is 10x faster
+    core = core_with("intelligent", small, large, book=book)
+    assert names(core.rank(prof(1000, 100), set(), now=0.0))[0] == "small"  # 1100 fits in 2048
+    assert names(core.rank(prof(3000, 100), set(), now=0.0)) == ["large"]  # 3100 does not
+    only_small = core_with("intelligent", small, book=book)
+    assert names(only_small.rank(prof(3000, 100), set(), now=0.0)) == ["small"]  # nowhere fits: still served
+
+
+def test_asking_for_another_context_is_predicted_with_the_reload():
+    view = _with(nv("a"), contexts={M: 2048})
+    core = core_with("intelligent", view, book=book_of(speed("a", 4000, 400)))
+    p = prof(1000, 100)
+    assert core.predict(view, p, Priors(load_s=3.0), now=0.0).load_s == 0.0
+    p.num_ctx = 8192
+    assert core.predict(view, p, Priors(load_s=3.0), now=0.0).load_s == 3.0  # Ollama reloads it
+    p.num_ctx = 2048
+    assert core.predict(view, p, Priors(load_s=3.0), now=0.0).load_s == 0.0

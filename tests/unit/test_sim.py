@@ -14,9 +14,17 @@ import httpx
 import pytest
 
 from sollol_serve.api.translate import OpenAIToOllamaStream, usage_from_ollama, usage_from_openai
-from sollol_serve.sim.engine import SimEngine, SimModel, SimNodeConfig, embedding_for, parse_keep_alive
-from sollol_serve.sim.ollama_api import SIM_VERSION
-from sollol_serve.sim.server import build_sim_app, parse_models
+from sollol_serve.sim.engine import (
+    SimEngine,
+    SimModel,
+    SimNodeConfig,
+    Stats,
+    count_tokens,
+    embedding_for,
+    parse_keep_alive,
+)
+from sollol_serve.sim.ollama_api import SIM_VERSION, _prompt_of_chat
+from sollol_serve.sim.server import arg_parser, build_sim_app, config_from_args, parse_models
 
 FAST = dict(decode_tps=20_000.0, prefill_tps=1_000_000.0, load_s=0.0)
 
@@ -479,3 +487,375 @@ def test_openai_sim_embeddings():
     assert [d["index"] for d in body["data"]] == [0, 1]
     assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
     assert body["data"][0]["embedding"] == embedding_for(SimModel(name="tiny-llama"), "ab")
+
+
+# =======================================================================================
+# Per-slot prefix (KV) cache, context length
+# =======================================================================================
+LLAMA = "llama3.2:latest"
+USER1 = ("why does the gateway send this chat to the node that already holds it? " * 3)[:200]
+USER2 = "and what happens when that node is busy"  # 39 chars: "\n" + USER2 = 40 chars = 10 tokens
+
+
+def test_prefix_cache_fixtures():
+    assert (len(USER1), count_tokens(USER1), len(USER2)) == (200, 50, 39)
+
+
+async def chat_turn(engine: SimEngine, messages: list[str], model: str = LLAMA, keep_alive_s: float | None = None,
+                    **options) -> tuple[str, Stats]:
+    """One chat request straight through the engine, its prompt built as the Ollama API builds it."""
+    prompt = _prompt_of_chat({"messages": [{"role": "user", "content": m} for m in messages]})
+    plan = engine.plan(model, prompt, {"num_predict": 32, "seed": 1, **options})
+    stats = Stats()
+    return "".join([t async for t in engine.run(plan, keep_alive_s, stats)]), stats
+
+
+def run_engine(coro_fn, config: SimNodeConfig):
+    """Run `coro_fn(engine)` on a fresh engine inside a running loop."""
+
+    async def main():
+        return await coro_fn(SimEngine(config))
+
+    return asyncio.run(main())
+
+
+def test_engine_follow_up_turn_prefills_only_the_new_part():
+    async def go(engine):
+        answer1, first = await chat_turn(engine, [USER1])
+        _, second = await chat_turn(engine, [USER1, answer1, USER2])
+        return answer1, first, second, engine
+
+    answer1, first, second, engine = run_engine(go, fast_config(prefill_tps=10_000.0))
+    assert len(first.tokens) == 32
+    assert (first.prompt_tokens, first.prompt_n, first.cache_n) == (50, 50, 0)
+    assert first.prompt_eval_ns == pytest.approx(5_000_000, abs=1)  # 50 tokens at 10k tok/s
+    # Turn 2 = USER1 + "\n" + answer1 (the slot's text) + "\n" + USER2: only the last 40 chars are new.
+    cached = math.ceil((200 + 1 + len(answer1)) / 4)
+    assert (second.prompt_tokens, second.prompt_n, second.cache_n) == (cached + 10, 10, cached)
+    assert second.prompt_eval_ns == pytest.approx(1_000_000, abs=1)
+    assert second.prompt_n < first.prompt_n + len(first.tokens)
+    assert (engine.prefix_hits, engine.cached_tokens) == (1, cached)
+
+
+def test_prefix_cache_needs_sixteen_shared_chars():
+    base = "0123456789abcdefWXYZ"  # 20 chars
+
+    async def go(engine):
+        await chat_turn(engine, [base])
+        _, sixteen = await chat_turn(engine, [base[:16] + "Q" * 24])  # 40 chars, 16 shared
+        _, fifteen = await chat_turn(engine, [base[:15] + "R" * 25])  # 40 chars, 15 shared
+        return sixteen, fifteen, engine.prefix_hits
+
+    sixteen, fifteen, hits = run_engine(go, fast_config())
+    assert (sixteen.prompt_n, sixteen.cache_n) == (6, 4)
+    assert (fifteen.prompt_n, fifteen.cache_n) == (10, 0)
+    assert hits == 1
+
+
+def test_prefix_cache_whole_prompt_cached_still_evaluates_one_token():
+    async def go(engine):
+        await chat_turn(engine, [USER1])
+        _, again = await chat_turn(engine, [USER1])
+        return again
+
+    again = run_engine(go, fast_config())
+    assert (again.prompt_tokens, again.prompt_n, again.cache_n) == (50, 1, 49)
+
+
+def test_prefix_cache_no_hit_takes_least_recently_used_slot():
+    prompts = {name: f"conversation {name}: " + name * 40 for name in "ABC"}  # nothing shared past 13 chars
+
+    async def go(engine):
+        answers = {}
+        for name in "ABC":
+            answers[name], _ = await chat_turn(engine, [prompts[name]])
+        holders = [s.text[13] for s in engine.slots]
+        _, a2 = await chat_turn(engine, [prompts["A"], answers["A"], USER2])
+        holders_after = [s.text[13] for s in engine.slots]
+        _, c2 = await chat_turn(engine, [prompts["C"], answers["C"], USER2])
+        return holders, a2, holders_after, c2
+
+    holders, a2, holders_after, c2 = run_engine(go, fast_config(slots=2))
+    # A: both cold, slot 0. B: no hit anywhere, slot 1 is the least recently used. C: slot 0 again.
+    assert holders == ["C", "B"]
+    # A's follow-up: A was evicted by C, so no hit; it takes B's slot, the least recently used.
+    assert (a2.prompt_n, a2.cache_n) == (a2.prompt_tokens, 0)
+    assert holders_after == ["C", "A"]
+    assert c2.prompt_n == 10  # C kept its slot
+
+
+def test_prefix_cache_hit_beats_least_recently_used():
+    async def go(engine):
+        a1, _ = await chat_turn(engine, [USER1])  # slot 0
+        # slot 1 is now the least recently used, yet the follow-up goes where its prefix is.
+        _, a2 = await chat_turn(engine, [USER1, a1, USER2])
+        return a2, [s.text[:10] for s in engine.slots]
+
+    a2, starts = run_engine(go, fast_config(slots=2))
+    assert a2.prompt_n == 10
+    assert starts == [USER1[:10], ""]
+
+
+def test_prefix_cache_equal_hits_pick_least_recently_used():
+    system = "You are a careful assistant. Answer briefly."  # 44 chars
+
+    async def go(engine):
+        # Fill both slots at once so each holds the system prompt; Q1's one token ends first.
+        await asyncio.gather(chat_turn(engine, [system, "Q1 what"], num_predict=1),
+                             chat_turn(engine, [system, "Q2 why"], num_predict=32))
+        steps = [[s.text.split("\n")[1] for s in engine.slots]]
+        for question in ("Q3 how", "Q4 who", "Q5 when"):
+            _, stats = await chat_turn(engine, [system, question])
+            steps.append(([s.text.split("\n")[1] for s in engine.slots], stats.prompt_n))
+        return steps, engine.prefix_hits
+
+    steps, hits = run_engine(go, fast_config(slots=2, decode_tps=2000.0))
+    assert steps[0] == ["Q1 what", "Q2 why"]
+    # Both slots share "<system>\nQ" (46 chars, 12 tokens) with each new 51-52 char (13 token)
+    # prompt: the slot written longest ago is reused, and one token is evaluated.
+    assert steps[1:] == [(["Q3 how", "Q2 why"], 1), (["Q3 how", "Q4 who"], 1), (["Q5 when", "Q4 who"], 1)]
+    assert hits == 3
+
+
+def test_prefix_cache_two_conversations_interleaved_keep_their_slots():
+    other = ("how is the weather over the mountains this week, will it snow? " * 4)[:200]
+
+    async def go(engine):
+        a1, _ = await chat_turn(engine, [USER1])
+        b1, _ = await chat_turn(engine, [other])
+        a2, sa2 = await chat_turn(engine, [USER1, a1, USER2])
+        b2, sb2 = await chat_turn(engine, [other, b1, USER2])
+        _, sa3 = await chat_turn(engine, [USER1, a1, USER2, a2, USER2])
+        _, sb3 = await chat_turn(engine, [other, b1, USER2, b2, USER2])
+        return [s.text[:10] for s in engine.slots], [sa2, sb2, sa3, sb3], engine.prefix_hits
+
+    starts, follow_ups, hits = run_engine(go, fast_config(slots=2))
+    assert starts == [USER1[:10], other[:10]]
+    assert [s.prompt_n for s in follow_ups] == [10, 10, 10, 10]
+    assert all(s.cache_n > 50 for s in follow_ups)
+    assert hits == 4
+
+
+def test_prefix_cache_one_slot_two_conversations_evict_each_other():
+    other = ("how is the weather over the mountains this week, will it snow? " * 4)[:200]
+
+    async def go(engine):
+        a1, _ = await chat_turn(engine, [USER1])
+        await chat_turn(engine, [other])
+        _, a2 = await chat_turn(engine, [USER1, a1, USER2])
+        return a2
+
+    a2 = run_engine(go, fast_config(slots=1))
+    assert (a2.prompt_n, a2.cache_n) == (a2.prompt_tokens, 0)
+    assert a2.prompt_tokens > 50
+
+
+def test_prefix_cache_embeddings_neither_use_nor_overwrite_it():
+    async def go(engine):
+        a1, _ = await chat_turn(engine, [USER1])
+        _, _, tokens = await engine.embed(engine.models[LLAMA], [USER1 + "\n" + a1 + "\nxyz"], None)
+        _, a2 = await chat_turn(engine, [USER1, a1, USER2])
+        return a1, tokens, a2, engine.prefix_hits
+
+    a1, tokens, a2, hits = run_engine(go, fast_config(slots=1))
+    assert tokens == math.ceil((200 + 1 + len(a1) + 4) / 4)  # embeddings evaluate every token
+    assert a2.prompt_n == 10
+    assert hits == 1
+
+
+@pytest.mark.parametrize("forget", ["unload", "expire", "other_model"])
+def test_prefix_cache_forgotten_with_the_model(forget):
+    models = [SimModel(name=LLAMA), SimModel(name="qwen2.5:0.5b")]
+
+    async def go(engine):
+        keep = 0.01 if forget == "expire" else None
+        a1, _ = await chat_turn(engine, [USER1], keep_alive_s=keep)
+        follow_up = [USER1, a1, USER2]
+        if forget == "unload":
+            engine.unload(LLAMA)
+        elif forget == "expire":
+            await asyncio.sleep(0.03)
+        else:
+            # The same text on another model is no hit, and it takes the only slot.
+            _, other = await chat_turn(engine, follow_up, model="qwen2.5:0.5b")
+            assert (other.prompt_n, other.cache_n) == (other.prompt_tokens, 0)
+        _, a2 = await chat_turn(engine, follow_up)
+        return a2, engine.prefix_hits
+
+    a2, hits = run_engine(go, fast_config(slots=1, models=models))
+    assert (a2.prompt_n, a2.cache_n, hits) == (a2.prompt_tokens, 0, 0)
+
+
+def test_queue_stays_fifo_whatever_the_cache():
+    """A waiting request whose prompt the busy slot caches doesn't jump the queue."""
+    done: list[str] = []
+
+    async def go(engine):
+        async def turn(name, messages):
+            await chat_turn(engine, messages)
+            done.append(name)
+
+        first = asyncio.create_task(turn("a1", [USER1]))
+        await asyncio.sleep(0.005)
+        others = [asyncio.create_task(turn("b", ["an unrelated question about something else entirely"])),
+                  asyncio.create_task(turn("a2", [USER1, "whatever", USER2]))]
+        await asyncio.sleep(0)
+        waiting = engine.waiting
+        await asyncio.gather(first, *others)
+        return waiting, engine.waiting, engine.served
+
+    waiting, after, served = run_engine(go, fast_config(slots=1, decode_tps=320.0))  # 100 ms a turn
+    assert waiting == 2
+    assert done == ["a1", "b", "a2"]
+    assert (after, served) == (0, 3)
+
+
+def test_queue_cancelled_waiter_leaves_the_queue():
+    async def go(engine):
+        first = asyncio.create_task(chat_turn(engine, [USER1]))
+        await asyncio.sleep(0.005)
+        gone = asyncio.create_task(chat_turn(engine, ["cancelled while waiting for the slot"]))
+        last = asyncio.create_task(chat_turn(engine, ["admitted after the first one finishes"]))
+        await asyncio.sleep(0)
+        queued = engine.waiting
+        gone.cancel()
+        await asyncio.sleep(0)
+        _, stats = await last
+        await first
+        return queued, engine.waiting, engine.served, len(stats.tokens), [s.busy for s in engine.slots]
+
+    queued, waiting, served, tokens, busy = run_engine(go, fast_config(slots=1, decode_tps=320.0))
+    assert (queued, waiting, served, tokens, busy) == (2, 0, 2, 32, [False])
+
+
+def test_ollama_sim_follow_up_reports_only_evaluated_tokens():
+    async def go(client):
+        r1 = await client.post("/api/chat", json={"model": "llama3.2", "messages": [{"role": "user", "content": USER1}],
+                                                  "options": {"num_predict": 32}})
+        lines = [json.loads(line) for line in r1.text.splitlines() if line.strip()]
+        answer1 = "".join(line["message"]["content"] for line in lines[:-1])  # as the client assembles it
+        messages = [{"role": "user", "content": USER1}, {"role": "assistant", "content": answer1},
+                    {"role": "user", "content": USER2}]
+        r2 = await client.post("/api/chat", json={"model": "llama3.2", "messages": messages, "stream": False,
+                                                  "options": {"num_predict": 4}})
+        return answer1, lines[-1], r2.json(), (await client.get("/_sim/state")).json()
+
+    answer1, final1, second, state = run(go, fast_config(prefill_tps=10_000.0))
+    assert (final1["prompt_eval_count"], final1["eval_count"]) == (50, 32)
+    assert final1["prompt_eval_duration"] == pytest.approx(5_000_000, abs=1)
+    assert second["prompt_eval_count"] == 10
+    assert second["prompt_eval_duration"] == pytest.approx(1_000_000, abs=1)
+    cached = math.ceil((200 + 1 + len(answer1)) / 4)
+    assert (state["prefix_hits"], state["cached_tokens"]) == (1, cached)
+
+
+def test_openai_sim_follow_up_reports_cached_tokens():
+    async def go(client):
+        msgs = [{"role": "user", "content": USER1}]
+        r1 = (await client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 32})).json()
+        answer1 = r1["choices"][0]["message"]["content"]
+        msgs += [{"role": "assistant", "content": answer1}, {"role": "user", "content": USER2}]
+        r2 = (await client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 3, "stream": True,
+                                                              "stream_options": {"include_usage": True}}))
+        events = [json.loads(d) for d in _sse(r2.text)[:-1]]
+        return answer1, r1, events[-2]["timings"], events[-1]["usage"]
+
+    answer1, r1, timings, usage = run(go, fast_config(kind="openai", models=[SimModel(name="tiny-llama")],
+                                                      prefill_tps=10_000.0))
+    assert r1["usage"] == {"prompt_tokens": 50, "completion_tokens": 32, "total_tokens": 82}
+    assert (r1["timings"]["prompt_n"], r1["timings"]["cache_n"]) == (50, 0)
+    assert r1["timings"]["prompt_ms"] == pytest.approx(5.0, abs=1e-5)
+    cached = math.ceil((200 + 1 + len(answer1)) / 4)
+    assert usage == {"prompt_tokens": cached + 10, "completion_tokens": 3, "total_tokens": cached + 13,
+                     "prompt_tokens_details": {"cached_tokens": cached}}
+    assert (timings["prompt_n"], timings["cache_n"]) == (10, cached)
+    assert timings["prompt_ms"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ollama_sim_num_ctx_reloads_and_sticks():
+    def ask(messages, **options):
+        return {"model": "llama3.2", "stream": False, "options": {"num_predict": 8, **options},
+                "messages": [{"role": "user", "content": m} for m in messages]}
+
+    async def go(client):
+        out = []
+        r = (await client.post("/api/chat", json=ask([USER1]))).json()
+        out.append((r["load_duration"], r["prompt_eval_count"], (await client.get("/api/ps")).json()))
+        follow = [USER1, r["message"]["content"], USER2]
+        for options in ({"num_ctx": 2048}, {}, {"num_ctx": 2048}):
+            r = (await client.post("/api/chat", json=ask(follow, **options))).json()
+            out.append((r["load_duration"], r["prompt_eval_count"], (await client.get("/api/ps")).json()))
+            follow = [*follow, r["message"]["content"], USER2]
+        return out
+
+    cold, reload, same, same_again = run(go, fast_config(load_s=0.05))
+    ctx = [s[2]["models"][0]["context_length"] for s in (cold, reload, same, same_again)]
+    assert ctx == [8192, 2048, 2048, 2048]
+    assert cold[0] == reload[0] == 50_000_000  # load_s, again for the new context
+    assert same[0] == same_again[0] == 0
+    assert cold[1] == 50
+    assert reload[1] > 50  # the reload emptied the slot's cache: the whole follow-up is evaluated
+    assert same[1] == same_again[1] == 10  # the model stays loaded with 2048, its cache with it
+
+
+def test_ollama_sim_load_only_request_with_num_ctx():
+    async def go(client):
+        a = (await client.post("/api/generate", json={"model": "llama3.2", "options": {"num_ctx": 4096}})).json()
+        b = (await client.post("/api/generate", json={"model": "llama3.2", "options": {"num_ctx": 4096}})).json()
+        return a, b, (await client.get("/api/ps")).json()
+
+    a, b, ps = run(go, fast_config(load_s=0.02))
+    assert (a["done_reason"], a["load_duration"], b["load_duration"]) == ("load", 20_000_000, 0)
+    assert ps["models"][0]["context_length"] == 4096
+
+
+def test_ollama_sim_prompt_longer_than_context_is_truncated():
+    async def go(client):
+        body = {"model": "llama3.2", "prompt": "x" * 100, "stream": False, "options": {"num_predict": 1}}
+        short_ctx = (await client.post("/api/generate", json=body)).json()
+        body["options"]["num_ctx"] = 8
+        tiny_ctx = (await client.post("/api/generate", json=body)).json()
+        return short_ctx, tiny_ctx
+
+    short_ctx, tiny_ctx = run(go, fast_config(models=[SimModel(name=LLAMA, context_length=16)]))
+    assert short_ctx["prompt_eval_count"] == 16  # 25 tokens cut to the last 16
+    assert tiny_ctx["prompt_eval_count"] == 8
+
+
+def test_context_length_flag():
+    assert [m.context_length for m in config_from_args(arg_parser().parse_args(["--context-length", "2048"])).models] \
+        == [2048, 2048]
+    assert [m.context_length for m in config_from_args(arg_parser().parse_args([])).models] == [8192, 8192]
+    with pytest.raises(SystemExit):
+        arg_parser().parse_args(["--context-length", "0"])
+
+    async def go(client):
+        await client.post("/api/generate", json={"model": "llama3.2"})
+        return (await client.get("/api/ps")).json()
+
+    cfg = config_from_args(arg_parser().parse_args(["--context-length", "2048", "--load-s", "0"]))
+    assert run(go, cfg)["models"][0]["context_length"] == 2048
+
+
+def test_openai_sim_slots_endpoint():
+    cfg = fast_config(kind="openai", slots=2, decode_tps=100.0,
+                      models=[SimModel(name="tiny-llama", context_length=4096)])
+
+    async def go(client):
+        idle = (await client.get("/slots")).json()
+        task = asyncio.create_task(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 30}))
+        for _ in range(500):
+            if (await client.get("/_sim/state")).json()["active"] == 1:
+                break
+            await asyncio.sleep(0.002)
+        busy = (await client.get("/slots")).json()
+        props = (await client.get("/props")).json()
+        await task
+        return idle, busy, props, (await client.get("/slots")).json()
+
+    idle, busy, props, after = run(go, cfg)
+    assert idle == after == [{"id": 0, "n_ctx": 4096, "is_processing": False},
+                             {"id": 1, "n_ctx": 4096, "is_processing": False}]
+    assert busy == [{"id": 0, "n_ctx": 4096, "is_processing": True},
+                    {"id": 1, "n_ctx": 4096, "is_processing": False}]
+    assert props["default_generation_settings"]["n_ctx"] == 4096

@@ -1,0 +1,219 @@
+"""Capacity learning (routing.capacity and the core's probes) on simulated node histories.
+
+`FifoNode` is a discrete-event stand-in for an Ollama node: `slots` requests run at once,
+the rest wait in a FIFO queue; each request's first byte comes `prefill_s` after it starts
+and it ends `service_s` after it starts. The node's own clock (queue time = start - arrival)
+is what the router learns from, as from Ollama's durations. `drive` keeps `demand` requests
+wanting to go, lets the RoutingCore decide every send, and records what it did.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import pytest
+
+from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.config import RoutingConfig
+from sollol_serve.routing.capacity import CEILING_TTL_S, Capacity, has_queued
+from sollol_serve.routing.core import RoutingCore
+from sollol_serve.routing.learning import Observation
+from sollol_serve.routing.state import NodeView
+
+M = "llama3.2:latest"
+
+
+@dataclass
+class FifoNode:
+    slots: int
+    prefill_s: float = 0.05
+    service_s: float = 4.0
+    running: int = 0
+    queue: list[tuple[int, float]] = field(default_factory=list)  # (flight id, arrival)
+    most_queued: int = 0
+
+    def arrive(self, fid: int, now: float, events: list) -> None:
+        self.queue.append((fid, now))
+        self.most_queued = max(self.most_queued, len(self.queue) - (self.slots - self.running))
+        self.start(now, events)
+
+    def start(self, now: float, events: list) -> None:
+        while self.queue and self.running < self.slots:
+            fid, arrived = self.queue.pop(0)
+            self.running += 1
+            heapq.heappush(events, (now + self.prefill_s, 0, fid, "first", now - arrived))
+            heapq.heappush(events, (now + self.service_s, 1, fid, "end", now - arrived))
+
+
+@dataclass
+class History:
+    sent: int = 0  # requests sent to the node
+    proven_at: int | None = None  # requests sent when `proven` first equalled the truth
+    settled_at: int | None = None  # ... when, besides, the ceiling ended the probing
+    most_above_proven: int = 0  # the most in flight above what was proven at the time
+    queued_inside: int = 0  # requests that waited inside the node
+    proven: list[int] = field(default_factory=list)
+
+
+def profile() -> RequestProfile:
+    return RequestProfile(task_type="generation", complexity="low", tokens_in=10, tokens_out_est=100,
+                          output_capped=True, requires_gpu=False, model="llama3.2", priority=5)
+
+
+def view(slots_known: bool = False, slots: int = 1) -> NodeView:
+    return NodeView(name="a", url="http://a:1", kind="ollama", healthy=True, models={M: M}, loaded=frozenset({M}),
+                    slots=slots, slots_known=slots_known, in_flight_elsewhere=0)
+
+
+def drive(node: FifoNode, requests: int, demand: int, core: RoutingCore | None = None) -> tuple[History, RoutingCore]:
+    """Send `requests` in all, keeping up to `demand` of them wanting a slot at once."""
+    core = core or RoutingCore(RoutingConfig(strategy="intelligent"))
+    core.snapshot = {"a": view()}
+    clock = [1000.0]
+    core.wall = lambda: clock[0]
+    events: list = []
+    history = History()
+    done = 0
+    flights: dict[int, object] = {}
+    while done < requests:
+        now = clock[0]
+        while history.sent < requests and len(core.flights["a"]) < demand:
+            grant = core.admit_now(profile(), set(), 5, now)
+            if grant is None:
+                break
+            history.sent += 1
+            flights[grant.flight_id] = grant
+            proven = core.book.learned_slots("a")
+            history.most_above_proven = max(history.most_above_proven, len(core.flights["a"]) - proven)
+            if proven == node.slots and history.proven_at is None:
+                history.proven_at = history.sent - 1  # known before this one went
+            node.arrive(grant.flight_id, now, events)
+        when, _, fid, kind, queued = heapq.heappop(events)
+        clock[0] = when
+        if kind == "first":
+            core.began(fid, "a")
+        else:
+            node.running -= 1
+            flight = core.finish(fid, "a", when)
+            history.queued_inside += queued > 0
+            core.learn(Observation(node="a", model=M, task_type="generation", ok=True, prompt_tokens=10,
+                                   completion_tokens=100, prefill_s=node.prefill_s,
+                                   decode_s=node.service_s - node.prefill_s, wall_s=node.service_s + queued,
+                                   concurrent=flight.concurrent, node_queued_s=queued, probe=flight.probe,
+                                   at=when))
+            done += 1
+            node.start(when, events)
+        capacity = core.book.capacity_of("a")
+        history.proven.append(capacity.proven)
+        if capacity.proven == node.slots and history.proven_at is None:
+            history.proven_at = history.sent
+        settled = capacity.proven == node.slots and not capacity.may_probe(clock[0])
+        if settled and history.settled_at is None:
+            history.settled_at = history.sent
+    return history, core
+
+
+@pytest.mark.parametrize(("slots", "settled_after"), [(1, 2), (2, 4), (4, 8), (64, 128)])
+def test_capacity_learned_from_a_burst_never_more_than_one_above_proven(slots, settled_after):
+    node = FifoNode(slots)
+    history, core = drive(node, requests=3 * slots + 6, demand=2 * slots + 4)
+    capacity = core.book.capacity_of("a")
+    # Proven = true once the node has been sent as many requests as it has slots (a 1-slot
+    # node: from the start; each probe
+    # is proved by its first byte while the earlier ones still run); settled (no more probes)
+    # when the one probe above the truth ends, having queued: by then the first `slots`
+    # requests have ended (4 s each) and as many more were sent at once, without probing.
+    assert history.proven_at == (0 if slots == 1 else slots) and history.settled_at == settled_after
+    assert capacity.proven == slots and history.proven[-1] == slots
+    # ... never more than one request above what was proven at the time ...
+    assert history.most_above_proven == 1
+    # ... and the one probe above the truth is the only request that ever queued in the node:
+    # it set the ceiling, and nothing else was stacked there.
+    assert node.most_queued == 1 and history.queued_inside == 1
+    assert capacity.ceiling == slots + 1 and not capacity.may_probe(1000.0 + 60)
+    assert capacity.probes_queued == 1
+    assert capacity.probes == capacity.probes_proved + capacity.probes_queued == slots
+
+
+def test_one_slot_node_keeps_one_in_flight_after_its_probe_queued():
+    node = FifoNode(1)
+    history, core = drive(node, requests=12, demand=6)
+    # The second request probed, waited inside the node, and set the ceiling: from then on
+    # the router held the rest itself, one at a time (the old "+1" kept two there forever).
+    assert history.queued_inside == 1
+    assert core.book.capacity_of("a").as_dict() == {"proven": 1, "ceiling": 2, "probes": 1, "probes_proved": 0,
+                                                    "probes_queued": 1}
+
+
+def test_wide_node_gets_a_burst_without_waiting_for_completions():
+    # 32 requests at once to a 128-slot node: all sent within 32 first bytes (prefill 0.05 s
+    # each), long before the first one ends at 4 s.
+    node = FifoNode(128, prefill_s=0.05, service_s=4.0)
+    core = RoutingCore(RoutingConfig(strategy="intelligent"))
+    core.snapshot = {"a": view()}
+    clock = [0.0]
+    core.wall = lambda: clock[0]
+    events: list = []
+    sent_at = []
+    while len(sent_at) < 32:
+        grant = core.admit_now(profile(), set(), 5, clock[0])
+        if grant is not None:
+            sent_at.append(clock[0])
+            node.arrive(grant.flight_id, clock[0], events)
+            continue
+        when, _, fid, kind, _ = heapq.heappop(events)
+        assert kind == "first"  # nothing ended before all 32 were sent
+        clock[0] = when
+        core.began(fid, "a")
+    assert sent_at[-1] == pytest.approx(30 * 0.05)
+    assert core.book.learned_slots("a") == 31  # the 32nd is the open probe
+
+
+def test_configured_slots_are_never_probed_past():
+    core = RoutingCore(RoutingConfig(strategy="intelligent"))
+    core.snapshot = {"a": view(slots_known=True, slots=2)}
+    assert core.admit_now(profile(), set(), 5, 0.0) is not None
+    assert core.admit_now(profile(), set(), 5, 0.0) is not None
+    assert core.admit_now(profile(), set(), 5, 0.0) is None  # full: it waits, no probe
+
+
+def test_ceiling_expires_and_the_node_is_explored_again():
+    capacity = Capacity(proven=2)
+    capacity.queued(3, at=100.0)
+    assert (capacity.proven, capacity.ceiling) == (2, 3)
+    assert not capacity.may_probe(100.0 + CEILING_TTL_S - 1)
+    assert capacity.may_probe(100.0 + CEILING_TTL_S + 1)
+    capacity.ran(3)  # the node had grown: the old ceiling goes
+    assert (capacity.proven, capacity.ceiling) == (3, None)
+
+
+def test_queueing_below_proven_lowers_it():
+    # Queued with 3 in flight although 4 were proven: the node now has at most 2 free for us.
+    capacity = Capacity(proven=4)
+    capacity.queued(3, at=5.0)
+    assert (capacity.proven, capacity.ceiling) == (2, 3)
+    capacity.queued(1, at=6.0)
+    assert (capacity.proven, capacity.ceiling) == (1, 2)
+
+
+def test_has_queued_threshold():
+    # By the node's clock: 50 ms, or 5 % of the work.
+    assert not has_queued(0.05, 0.2) and has_queued(0.06, 0.2)
+    assert not has_queued(0.2, 4.0) and has_queued(0.21, 4.0)
+    # By the gateway's wall clock (hops included): 0.1 s, or a quarter of the work.
+    assert not has_queued(0.1, 0.2, node_clock=False) and has_queued(0.11, 0.2, node_clock=False)
+    assert not has_queued(1.0, 4.0, node_clock=False) and has_queued(1.01, 4.0, node_clock=False)
+
+
+def test_first_byte_after_a_sibling_finished_proves_nothing():
+    core = RoutingCore(RoutingConfig(strategy="intelligent"))
+    core.snapshot = {"a": view()}
+    core.wall = lambda: 0.0
+    first = core.admit_now(profile(), set(), 5, 0.0)
+    probe = core.admit_now(profile(), set(), 5, 0.0)
+    assert probe.probe and core.admit_now(profile(), set(), 5, 0.0) is None  # one probe at a time
+    core.finish(first.flight_id, "a", 1.0)  # the first ended before the probe's first byte
+    core.began(probe.flight_id, "a")
+    assert core.book.learned_slots("a") == 1
+    assert core.pending == []
