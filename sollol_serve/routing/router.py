@@ -136,6 +136,7 @@ class Attempts:
             "tokens_in": profile.tokens_in,
             "tokens_out_est": profile.tokens_out_est,
             "score": round(chosen.score, 4),
+            "probe": grant.probe,  # sent one above the node's proven slots, to learn its capacity
             "reasoning": f"{chosen.node.name}: {chosen.reason} (best of {len(grant.ranked)} by {strategy})",
             "candidates": [s.as_dict() for s in grant.ranked],
             "attempts": self.log,

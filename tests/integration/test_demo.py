@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -42,11 +43,22 @@ def test_demo_starts_three_nodes_and_the_gateway():
         nodes = httpx.get(url + "/api/nodes", timeout=10).json()["nodes"]
         assert {n["name"] for n in nodes} == {"gpu-big", "gpu-small", "cpu"}
         assert all(n["healthy"] for n in nodes)
-        assert {n["name"]: n["slots"] for n in nodes} == {"gpu-big": 4, "gpu-small": 2, "cpu": 1}
+        # Nodes given as users give them: no slots; the router starts from what is proven.
+        assert {n["name"]: (n["slots"], n["slots_source"]) for n in nodes} == {
+            "gpu-big": (1, "learned"), "gpu-small": (1, "learned"), "cpu": (1, "learned")}
         reply = httpx.post(url + "/api/chat", timeout=60, json={
             "model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "hi"}],
             "options": {"num_predict": 3}})
         assert reply.status_code == 200 and reply.json()["eval_count"] == 3
+        # A burst teaches it more slots, never more than a node has (4 / 2 / 1).
+        body = {"model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "tell me"}],
+                "options": {"num_predict": 60}}
+        with ThreadPoolExecutor(12) as pool:
+            replies = list(pool.map(lambda _: httpx.post(url + "/api/chat", json=body, timeout=120), range(24)))
+        assert [r.status_code for r in replies] == [200] * 24
+        learned = {n["name"]: n["slots_learned"] for n in httpx.get(url + "/api/nodes", timeout=10).json()["nodes"]}
+        assert learned["gpu-big"] >= 2 and learned["gpu-big"] <= 4, learned
+        assert learned["gpu-small"] <= 2 and learned["cpu"] == 1, learned
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
