@@ -10,6 +10,7 @@ arrivals and pays no gateway overhead: a bound to aim at, not a reachable target
 from __future__ import annotations
 
 import copy
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -75,14 +76,22 @@ def _finish_time_if_sent(node: NodeModel, job: Job, now: float, horizon_s: float
     return mine.done_at if mine.done_at is not None else float("inf")
 
 
-def simulate(nodes: list[NodeSpec], jobs: list[Job]) -> list[dict]:
-    """Per job: latency and time to first chunk (seconds) under the omniscient router."""
+class OverBudget(Exception):
+    """The model took longer than its wall-clock budget (it copies node state per arrival)."""
+
+
+def simulate(nodes: list[NodeSpec], jobs: list[Job], budget_s: float | None = None) -> list[dict]:
+    """Per job: latency and time to first chunk (seconds) under the omniscient router.
+    Raises OverBudget once more than `budget_s` seconds of wall time have gone by."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
     models = [NodeModel(spec) for spec in nodes]
     pending = deque(sorted(jobs, key=lambda j: j.at))
     results: dict[int, dict] = {}
     now = 0.0
     while pending or any(m.active or m.waiting for m in models):
         while pending and pending[0].at <= now:
+            if deadline is not None and time.monotonic() > deadline:
+                raise OverBudget(f"the omniscient model took more than {budget_s} s")
             job = pending.popleft()
             best = min(models, key=lambda m: _finish_time_if_sent(m, job, now))
             best.waiting.append(_work(job))

@@ -53,7 +53,8 @@ def start_local_serve(port: int, num_cpus: int = 2, include_dashboard: bool = Fa
                       host: str = "127.0.0.1") -> str:
     """Start a Ray instance owned by this process and Serve's HTTP ingress; return the URL."""
     apply_fast_serve_env()
-    ray.init(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
+    # address="local": always a Ray of our own, never one a `ray start` left on the machine.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
              log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     serve.start(http_options={"host": host, "port": port})
     return f"http://{host}:{port}"

@@ -222,8 +222,8 @@ class RoutingCore:
         the other strategies take their first free node. A node whose breaker is half-open
         gets the request as its trial (one at a time), else it would never be closed again.
         Background work (`priority`, aged, at most `background_priority`) waits while only
-        the reserved slots are free. Where the request would wait, a node full only by what
-        it has proved gets it as a probe instead, if that is predicted sooner than waiting."""
+        the reserved slots are free. A node full only by what it has proved gets the request as
+        a probe instead, if that is predicted sooner than the choice above (or than waiting)."""
         trial = next((s for s in ranked if s.free and s.node.breaker == "half_open"), None)
         if trial is not None:
             return Grant(ranked, trial, -1)
@@ -231,26 +231,28 @@ class RoutingCore:
             return None
         if self.strategy != "intelligent":
             chosen = next((s for s in ranked if s.free), None)
-        elif ranked[0].free:
+            return Grant(ranked, chosen, -1) if chosen else self._probe(ranked, profile, now, None)
+        if ranked[0].free:
             chosen = ranked[0]
         else:
             chosen = next((s for s in ranked if s.free and s.prediction and s.prediction.factors.get("unmeasured")),
                           None)
-        if chosen is not None:
-            return Grant(ranked, chosen, -1)
-        return self._probe(ranked, profile, now)
+        probe = self._probe(ranked, profile, now, chosen.score if chosen else ranked[0].score)
+        return probe or (Grant(ranked, chosen, -1) if chosen else None)
 
-    def _probe(self, ranked: list[Scored], profile: RequestProfile, now: float) -> Grant | None:
+    def _probe(self, ranked: list[Scored], profile: RequestProfile, now: float, beat_s: float | None) -> Grant | None:
+        """A probe on a node full by what it has proved, if one may go there and (intelligent)
+        it is predicted sooner than `beat_s`, the best the request has otherwise."""
         wall = self.wall()
         options = [s for s in ranked if self.explorable(s, wall)]
         if not options:
             return None
-        if self.strategy != "intelligent":
+        if beat_s is None:
             return Grant(ranked, options[0], -1, probe=True)
         priors = Priors.from_book(self.book, normalize_model(profile.model))
         scored = [(self.predict(s.node, profile, priors, now, slots=s.slots + 1), s) for s in options]
         prediction, s = min(scored, key=lambda item: item[0].total_s)
-        if prediction.total_s >= ranked[0].score:  # waiting for the best node is sooner
+        if prediction.total_s >= beat_s:
             return None
         probe = Scored(s.node, prediction.total_s, s.busy, f"{s.reason}; probe: one above its proven "
                        f"{s.slots} slots, predicted {prediction.total_s:.2f} s", s.slots, prediction)

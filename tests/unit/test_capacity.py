@@ -217,3 +217,24 @@ def test_first_byte_after_a_sibling_finished_proves_nothing():
     core.began(probe.flight_id, "a")
     assert core.book.learned_slots("a") == 1
     assert core.pending == []
+
+
+def test_probe_on_a_fast_node_beats_a_free_slow_one_but_not_a_free_fast_one():
+    def obs(node: str, decode_tps: float) -> Observation:
+        return Observation(node=node, model=M, task_type="generation", ok=True, prompt_tokens=100,
+                           completion_tokens=100, prefill_s=0.01, decode_s=100 / decode_tps,
+                           wall_s=0.01 + 100 / decode_tps)
+
+    core = RoutingCore(RoutingConfig(strategy="intelligent"))
+    fast, slow = view(), view()
+    fast.name, slow.name = "fast", "slow"
+    core.snapshot = {"fast": fast, "slow": slow}
+    core.book.merge_from([obs("fast", 100.0), obs("slow", 10.0)])
+    first = core.admit_now(profile(), set(), 5, 0.0)
+    assert (first.choice.node.name, first.probe) == ("fast", False)
+    # fast is full by its proven 1 slot; slow is free but 10x slower: a probe on fast is
+    # predicted at 1.01 s against 10.01 s on slow.
+    second = core.admit_now(profile(), set(), 5, 0.0)
+    assert (second.choice.node.name, second.probe) == ("fast", True)
+    # The probe is out, so no second one; waiting ~1 s for fast beats 10 s on slow: it waits.
+    assert core.admit_now(profile(), set(), 5, 0.0) is None
