@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load", type=float, default=0.75, help="offered load as a fraction of capacity")
     p.add_argument("--heal-duration", type=float, default=70.0, help="heal: seconds of arrivals per run")
     p.add_argument("--heal-low-rate", type=float, default=0.6, help="heal: requests/s of the low-load run")
+    p.add_argument("--multiturn-duration", type=float, default=90.0,
+                   help="multiturn: seconds of conversation starts (a conversation runs ~30 s)")
     p.add_argument("--drain-cap", type=float, default=60.0,
                    help="seconds after a replay's last arrival before what still runs is cut (counted unfinished)")
     p.add_argument("--nginx-warmup", choices=["prime", "full"], default="prime",
@@ -89,7 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    shown = ("scenarios", "duration", "warmup", "load", "heal_duration", "heal_low_rate", "drain_cap", "nginx_warmup",
+    shown = ("scenarios", "duration", "warmup", "load", "heal_duration", "heal_low_rate", "multiturn_duration",
+             "drain_cap", "nginx_warmup",
              "bound_budget", "strategies")
     return "python benchmarks/routing.py " + " ".join(
         f"--{k.replace('_', '-')} {getattr(args, k)}" for k in shown if getattr(args, k) != "")

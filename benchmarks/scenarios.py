@@ -189,7 +189,8 @@ def multiturn(bench: Bench) -> dict:
     prefix caches)."""
     a = bench.args
     rate = a.load * conversation_capacity(MULTITURN, make_conversations(99, 1.0, 200.0))
-    convs, warmup = make_conversations(MEASURE_SEED, rate, a.duration), make_conversations(WARMUP_SEED, rate, a.warmup)
+    convs = make_conversations(MEASURE_SEED, rate, a.multiturn_duration)
+    warmup = make_conversations(WARMUP_SEED, rate, a.warmup)
     rows = {}
     with Cluster(MULTITURN) as cluster:
         for c in (SHIPPED, AFFINITY_OFF, NGINX_LC):

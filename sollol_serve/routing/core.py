@@ -79,7 +79,7 @@ class Turn:
     """Where a conversation's last turn ran, and how busy that node has been since."""
 
     node: str
-    serial: int  # the node's request count when the turn finished
+    serial: int  # the node's count of cache-evicting requests when the turn finished
     at: float  # monotonic
 
 
@@ -95,7 +95,9 @@ class RoutingCore:
         self._ids = itertools.count()
         self.last_used: dict[tuple[str, str], float] = {}  # (node, model) -> monotonic time
         self.requested: dict[str, float] = {}  # model -> monotonic time it was last asked for
-        self.served: dict[str, int] = defaultdict(int)  # node -> requests started there
+        # node -> requests started there that take a slot's cache for themselves (not the
+        # follow-ups of conversations the node holds: a node's slots keep their own prefixes)
+        self.evicting: dict[str, int] = defaultdict(int)
         self.turns: dict[str, Turn] = {}  # conversation -> where its last turn ran (insertion = age)
         self.wall = time.time  # the clock of learned estimates (shared across processes)
         # Per node: predicted seconds of work that queued requests plan to put there, so that
@@ -168,13 +170,14 @@ class RoutingCore:
 
     def cached_tokens(self, view: NodeView, profile: RequestProfile, now: float) -> int:
         """Prompt tokens the node likely still holds in a slot's KV cache: the conversation's
-        last turn ran there, recently, and fewer requests than it has slots came after it."""
+        last turn ran there, recently, and fewer requests than it has slots came after it that
+        were not follow-ups of conversations it holds (those reuse their own slot)."""
         if not self.config.affinity or profile.conversation is None:
             return 0
         turn = self.turns.get(profile.conversation)
         if turn is None or turn.node != view.name or now - turn.at > RECENT_USE_S:
             return 0
-        if self.served[view.name] - turn.serial >= self.slots(view):
+        if self.evicting[view.name] - turn.serial >= self.slots(view):
             return 0
         return profile.prefix_tokens
 
@@ -312,7 +315,8 @@ class RoutingCore:
         node = choice.node.name
         grant.flight_id = flight_id = next(self._ids)
         self.last_used[(node, normalize_model(profile.model))] = now
-        self.served[node] += 1
+        if not (choice.prediction and choice.prediction.factors.get("cached_tokens")):
+            self.evicting[node] += 1
         predicted = choice.prediction.total_s if choice.prediction else 0.0
         own = self.flights[node]
         self.flights[node][flight_id] = Flight(
@@ -344,7 +348,7 @@ class RoutingCore:
 
     def remember_turn(self, conversation: str, node: str, now: float) -> None:
         self.turns.pop(conversation, None)
-        self.turns[conversation] = Turn(node, self.served[node], now)
+        self.turns[conversation] = Turn(node, self.evicting[node], now)
         while len(self.turns) > MAX_CONVERSATIONS:
             del self.turns[next(iter(self.turns))]
 

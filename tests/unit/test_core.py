@@ -637,6 +637,14 @@ def test_cached_prefix_is_assumed_evicted_after_as_many_requests_as_slots():
         fid = start(core, core.rank(prof(), {"a"}, now=11.0)[0], prof(), now=11.0)
         core.finish(fid, "b", now=11.0)
     assert core.cached_tokens(b, chat_prof(3000, 2900), now=11.0) == 0
+    # Follow-ups of other conversations b holds reuse their own slots: they evict nothing.
+    core.remember_turn("c1", "b", now=12.0)
+    core.remember_turn("c2", "b", now=12.0)
+    for _ in range(3):
+        grant = core.admit_now(chat_prof(3000, 2900, conversation="c2"), {"a"}, 5, now=12.0)
+        assert grant.choice.prediction.factors["cached_tokens"] == 2900
+        core.finish(grant.flight_id, "b", now=12.0, conversation="c2")
+    assert core.cached_tokens(b, chat_prof(3000, 2900), now=12.0) == 2900
     core.remember_turn("c1", "b", now=12.0)
     assert core.cached_tokens(b, chat_prof(3000, 2900), now=12.0 + RECENT_USE_S + 1) == 0  # too long ago
 
