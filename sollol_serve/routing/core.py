@@ -33,6 +33,8 @@ RECENT_USE_S = 240.0
 DEMAND_S = 60.0
 # Conversations remembered per router (where their last turn ran), oldest forgotten first.
 MAX_CONVERSATIONS = 10_000
+# The chance a probe finds a free slot, as far as the predictor assumes (a miss waits).
+PROBE_ODDS = 0.5
 # A re-measurement: a short generation, enough for the node's own decode timing.
 REMEASURE_TOKENS = 16
 
@@ -253,13 +255,23 @@ class RoutingCore:
         if beat_s is None:
             return Grant(ranked, options[0], -1, probe=True)
         priors = Priors.from_book(self.book, normalize_model(profile.model))
-        scored = [(self.predict(s.node, profile, priors, now, slots=s.slots + 1), s) for s in options]
+        scored = [(self.probe_prediction(s, profile, priors, now), s) for s in options]
         prediction, s = min(scored, key=lambda item: item[0].total_s)
         if prediction.total_s >= beat_s:
             return None
         probe = Scored(s.node, prediction.total_s, s.busy, f"{s.reason}; probe: one above its proven "
-                       f"{s.slots} slots, predicted {prediction.total_s:.2f} s", s.slots, prediction)
+                       f"{s.slots} slots, expected {prediction.total_s:.2f} s", s.slots, prediction)
         return Grant(ranked, probe, -1, probe=True)
+
+    def probe_prediction(self, s: Scored, profile: RequestProfile, priors: Priors, now: float) -> Prediction:
+        """What a probe is expected to take: even odds that the node has the slot (no wait)
+        or not (it waits inside the node as if queued there), so a probe on a slow node, where
+        a miss waits long, must be worth it."""
+        hit = self.predict(s.node, profile, priors, now, slots=s.slots + 1)
+        miss = s.prediction.total_s if s.prediction else hit.total_s
+        hit.total_s = PROBE_ODDS * hit.total_s + (1 - PROBE_ODDS) * miss
+        hit.factors["probe_odds"] = PROBE_ODDS
+        return hit
 
     def spare_for_background(self, ranked: list[Scored]) -> bool:
         """More slots free than the reserve (of the nodes that could serve the request)."""

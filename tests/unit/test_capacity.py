@@ -17,8 +17,9 @@ import pytest
 from sollol_serve.analysis.profile import RequestProfile
 from sollol_serve.config import RoutingConfig
 from sollol_serve.routing.capacity import CEILING_TTL_S, Capacity, has_queued
-from sollol_serve.routing.core import RoutingCore
+from sollol_serve.routing.core import Flight, RoutingCore
 from sollol_serve.routing.learning import Observation
+from sollol_serve.routing.predict import Priors
 from sollol_serve.routing.state import NodeView
 
 M = "llama3.2:latest"
@@ -238,3 +239,27 @@ def test_probe_on_a_fast_node_beats_a_free_slow_one_but_not_a_free_fast_one():
     assert (second.choice.node.name, second.probe) == ("fast", True)
     # The probe is out, so no second one; waiting ~1 s for fast beats 10 s on slow: it waits.
     assert core.admit_now(profile(), set(), 5, 0.0) is None
+
+
+def test_no_probe_where_a_miss_would_wait_long():
+    # "wide" (unknown slots, proven 1) is busy with a long answer (20 s left); "known" has one
+    # configured slot, free in 3 s. Both decode 100 tok/s: this request is 1 s of work.
+    # A probe on wide: even odds of 1 s (a slot) or 21 s (it queues): 11 s expected, worse
+    # than 3 + 1 = 4 s on known. Were the probe's slot believed in, it would go (1 s < 4 s).
+    def obs(node: str) -> Observation:
+        return Observation(node=node, model=M, task_type="generation", ok=True, prompt_tokens=1000,
+                           completion_tokens=100, prefill_s=0.0001, decode_s=1.0, wall_s=1.0)
+
+    core = RoutingCore(RoutingConfig(strategy="intelligent"))
+    wide, known = view(), view(slots_known=True, slots=1)
+    wide.name, known.name = "wide", "known"
+    core.snapshot = {"wide": wide, "known": known}
+    core.book.merge_from([obs("wide"), obs("known")])
+    core.flights["wide"][1] = Flight("wide", M, started=0.0, predicted_end=20.0, concurrent=1)
+    core.flights["known"][2] = Flight("known", M, started=0.0, predicted_end=3.0, concurrent=1)
+    ranked = core.rank(profile(), set(), now=0.0)
+    assert [s.node.name for s in ranked] == ["known", "wide"]
+    assert ranked[0].score == pytest.approx(4.0, abs=0.01)
+    expected = core.probe_prediction(ranked[1], profile(), Priors.from_book(core.book, M), now=0.0)
+    assert expected.total_s == pytest.approx(0.5 * 1.0 + 0.5 * 21.0, abs=0.01)
+    assert core.pick(ranked, profile(), 5, 0.0) is None  # it waits for known
