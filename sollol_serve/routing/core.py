@@ -135,9 +135,14 @@ class RoutingCore:
         return (not view.slots_known and view.breaker == "closed" and s.busy == s.slots
                 and not self.probing(view.name) and self.book.capacity_of(view.name).may_probe(now_wall))
 
-    def remaining(self, view: NodeView, now: float) -> list[float]:
+    def running(self, view: NodeView, now: float) -> list[float]:
+        """Predicted seconds left of each request at the node now (ours and other routers')."""
         own = [max(f.predicted_end - now, MIN_REMAINING_S) for f in self.flights.get(view.name, {}).values()]
-        return own + [ELSEWHERE_REMAINING_S] * view.in_flight_elsewhere + self._planned.get(view.name, [])
+        return own + [ELSEWHERE_REMAINING_S] * view.in_flight_elsewhere
+
+    def remaining(self, view: NodeView, now: float) -> list[float]:
+        """The running requests, and the work queued requests plan to put there."""
+        return self.running(view, now) + self._planned.get(view.name, [])
 
     def resident(self, view: NodeView, model: str, now: float, num_ctx: int | None = None) -> bool:
         """Loaded on the node, in use there by one of our requests, or used there recently;
@@ -265,11 +270,12 @@ class RoutingCore:
 
     def probe_prediction(self, s: Scored, profile: RequestProfile, priors: Priors, now: float) -> Prediction:
         """What a probe is expected to take: even odds that the node has the slot (no wait)
-        or not (it waits inside the node as if queued there), so a probe on a slow node, where
-        a miss waits long, must be worth it."""
+        or not, when it waits inside the node for the first request running there to end
+        (behind those, not behind the gateway's own queue): a probe on a node busy with long
+        answers must be worth its miss."""
         hit = self.predict(s.node, profile, priors, now, slots=s.slots + 1)
-        miss = s.prediction.total_s if s.prediction else hit.total_s
-        hit.total_s = PROBE_ODDS * hit.total_s + (1 - PROBE_ODDS) * miss
+        miss_wait = min(self.running(s.node, now), default=0.0)
+        hit.total_s = hit.total_s + (1 - PROBE_ODDS) * miss_wait
         hit.factors["probe_odds"] = PROBE_ODDS
         return hit
 
