@@ -70,9 +70,11 @@ class Capacity:
         """A request sent when `concurrent` were in flight waited inside the node."""
         if concurrent <= self.proven:
             # It queued where we had seen room: the node has fewer slots now (reconfigured,
-            # or serving other clients too).
+            # or serving other clients too), or that wait was something else (a cold load it
+            # shared). Believe less, but set no ceiling: probing finds out which.
             self.proven = max(1, concurrent - 1)
-        self.ceiling = max(concurrent, self.proven + 1)
+            return
+        self.ceiling = concurrent
         self.ceiling_at = at
 
     def as_dict(self) -> dict:

@@ -214,9 +214,12 @@ class SimEngine:
 
     async def ensure_loaded(self, model: str, keep_alive_s: float | None, num_ctx: int | None = None) -> float:
         """Load `model` if it is cold, or reload it when asked for another context (Ollama
-        restarts the model's runner for a new num_ctx); returns the seconds spent loading."""
+        restarts the model's runner for a new num_ctx); returns the seconds spent loading.
+        A request that waited for another one's load of the model reports that wait as its
+        load, as Ollama's load_duration does (it runs until the model is ready)."""
         keep = self.config.keep_alive_s if keep_alive_s is None else keep_alive_s
         lock = self._load_locks.setdefault(model, asyncio.Lock())
+        waited_from = time.monotonic() if lock.locked() else None
         async with lock:
             spent = 0.0
             context = num_ctx or self.context_of(model)
@@ -225,6 +228,8 @@ class SimEngine:
                 await asyncio.sleep(spent)
                 self._context[model] = context
                 self._generation[model] += 1
+            elif waited_from is not None:
+                spent = time.monotonic() - waited_from
             self._loaded[model] = time.monotonic() + max(keep, 0.001)
         return spent
 

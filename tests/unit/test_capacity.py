@@ -191,11 +191,15 @@ def test_ceiling_expires_and_the_node_is_explored_again():
 
 def test_queueing_below_proven_lowers_it():
     # Queued with 3 in flight although 4 were proven: the node now has at most 2 free for us.
+    # No ceiling from that: it contradicts what was proven (a shared cold load looks the
+    # same), so probing goes on and finds out.
     capacity = Capacity(proven=4)
     capacity.queued(3, at=5.0)
-    assert (capacity.proven, capacity.ceiling) == (2, 3)
+    assert (capacity.proven, capacity.ceiling) == (2, None) and capacity.may_probe(6.0)
     capacity.queued(1, at=6.0)
-    assert (capacity.proven, capacity.ceiling) == (1, 2)
+    assert (capacity.proven, capacity.ceiling) == (1, None)
+    capacity.queued(2, at=7.0)  # a probe above the proven 1 queued: that is a ceiling
+    assert (capacity.proven, capacity.ceiling) == (1, 2) and not capacity.may_probe(8.0)
 
 
 def test_has_queued_threshold():

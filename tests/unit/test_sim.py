@@ -859,3 +859,17 @@ def test_openai_sim_slots_endpoint():
     assert busy == [{"id": 0, "n_ctx": 4096, "is_processing": True},
                     {"id": 1, "n_ctx": 4096, "is_processing": False}]
     assert props["default_generation_settings"]["n_ctx"] == 4096
+
+
+def test_waiting_for_another_requests_load_is_reported_as_load():
+    # Two requests at once to a cold model: the second waits for the first's load and says
+    # so in its load time (as Ollama's load_duration), not as unexplained queue time.
+    async def go():
+        engine = SimEngine(SimNodeConfig(slots=2, load_s=0.2))
+        first, second = await asyncio.gather(engine.ensure_loaded("llama3.2:latest", None),
+                                             engine.ensure_loaded("llama3.2:latest", None))
+        third = await engine.ensure_loaded("llama3.2:latest", None)
+        return first, second, third
+
+    first, second, third = asyncio.run(go())
+    assert first == pytest.approx(0.2) and second == pytest.approx(0.2, abs=0.05) and third == 0.0
