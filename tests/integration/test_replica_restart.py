@@ -4,7 +4,6 @@ at run time."""
 
 from __future__ import annotations
 
-
 import httpx
 import pytest
 import ray
@@ -76,4 +75,5 @@ def test_killed_routers_and_ingress_come_back_with_the_shared_state(app):
     candidates = {c["node"]: c for c in r.json()["_sollol_routing"]["candidates"]}
     assert "unmeasured" not in candidates["r1"]["factors"], "what was learned did not survive"
     assert _chat(url, "r2-model").status_code == 200  # the node added at run time is still there
-    assert len(_replicas("Router")) == 2
+    # Serve starts the replacements one by one: the app answers once the first is up
+    wait_until(lambda: len(_replicas("Router")) == 2, 60, "Serve restored both router replicas")
