@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from ray import serve
 
 from sollol_serve.app import build_gateway

@@ -36,7 +36,7 @@ from workload import NodeSpec
 
 from sollol_serve.config import NODES_ENV, GatewayConfig, load_config
 from sollol_serve.local import APP_NAME, deploy_gateway, wait_for_nodes
-from sollol_serve.routing.state_actor import NAMESPACE
+from sollol_serve.names import NAMESPACE
 from sollol_serve.sim.process import SimProcess
 
 MODELS = ("llama3.2", "nomic-embed-text")  # what workload.NodeSpec.sim_args serves

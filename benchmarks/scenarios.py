@@ -16,10 +16,28 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import heal
-from contenders import (AFFINITY_OFF, CONFIGURED, NGINX_LC, NGINX_RR, OMNISCIENT, SHIPPED, Cluster, Contender,
-                        delta, gateway_nodes, serving)
-from loadgen import (SYSTEM_PROMPT, by_header, make_conversations, replay, replay_conversations, summarize,
-                     summarize_turns)
+from contenders import (
+    AFFINITY_OFF,
+    CONFIGURED,
+    NGINX_LC,
+    NGINX_RR,
+    OMNISCIENT,
+    SHIPPED,
+    Cluster,
+    Contender,
+    delta,
+    gateway_nodes,
+    serving,
+)
+from loadgen import (
+    SYSTEM_PROMPT,
+    by_header,
+    make_conversations,
+    replay,
+    replay_conversations,
+    summarize,
+    summarize_turns,
+)
 from omniscient import OverBudget, simulate
 from workload import NodeSpec, capacity_rps, make_workload
 

@@ -24,10 +24,16 @@ from pathlib import Path
 
 import httpx
 
-from sollol_serve.shard.build import cache_dir, ensure_binaries
-from sollol_serve.shard.plan import Backend, Host, llama_server_command, rpc_buffers, rpc_server_command
-from sollol_serve.shard.tiny_model import write_tiny_llama
 from sollol_serve.processes import die_with_parent, free_port
+from sollol_serve.shard.build import cache_dir, ensure_binaries
+from sollol_serve.shard.plan import (
+    Backend,
+    Host,
+    llama_server_command,
+    rpc_buffers,
+    rpc_server_command,
+)
+from sollol_serve.shard.tiny_model import write_tiny_llama
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:

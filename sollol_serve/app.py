@@ -1,13 +1,14 @@
 """`build_app(args)`: the Serve application that `serve_config.yaml` imports.
 
-Ingress -> Analyzer -> Router (state in a named actor) -> one OllamaWorker per node;
-BatchJobs runs batch jobs through the same Analyzer and Router.
+Ingress (asks the Router, state in a named actor, for a ticket) -> the ticket's OllamaWorker,
+one per node; BatchJobs runs batch jobs the same way, profiled by the Analyzer.
 """
 
 from __future__ import annotations
 
 import ray
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from sollol_serve.analysis.deployment import Analyzer
 from sollol_serve.api.ingress import Ingress
@@ -15,6 +16,7 @@ from sollol_serve.batch.deployment import BatchJobs
 from sollol_serve.config import GatewayConfig, load_config
 from sollol_serve.nodes.placement import worker_resources
 from sollol_serve.nodes.worker import OllamaWorker
+from sollol_serve.routing.replica_choice import OwnerFirstRequestRouter
 from sollol_serve.routing.router import Router
 
 
@@ -37,15 +39,17 @@ def build_gateway(config: GatewayConfig) -> Application:
         for node in config.nodes
     }
     router = Router.options(
-        num_replicas=sizing.router_replicas, max_ongoing_requests=sizing.max_ongoing_requests
+        num_replicas=sizing.router_replicas, max_ongoing_requests=sizing.max_ongoing_requests,
+        # a try's outcome goes back to the replica that holds its slot
+        request_router_config=RequestRouterConfig(request_router_class=OwnerFirstRequestRouter),
     ).bind(dumped, workers)
     analyzer = Analyzer.options(
         num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests
     ).bind(config.state_actor_name)
-    batch = BatchJobs.bind(analyzer, router, dumped)
+    batch = BatchJobs.bind(analyzer, router, workers, dumped)
     return Ingress.options(
         num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests
-    ).bind(analyzer, router, batch, dumped)
+    ).bind(router, workers, batch, dumped)
 
 
 def build_app(args: dict) -> Application:

@@ -32,7 +32,12 @@ def keys_command(argv: list[str]) -> None:
 
 
 def build_llamacpp_command(argv: list[str]) -> None:
-    from sollol_serve.shard.build import LLAMA_CPP_PYTHON_VERSION, build, cache_dir, find_binaries
+    from sollol_serve.shard.build import (
+        LLAMA_CPP_PYTHON_VERSION,
+        build,
+        cache_dir,
+        find_binaries,
+    )
 
     parser = argparse.ArgumentParser(prog="sollol build-llamacpp",
                                      description="build llama-server and ggml-rpc-server (RPC on) into the cache")

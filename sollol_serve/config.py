@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sollol_serve.routing.state import normalize_model
+from sollol_serve.names import normalize_model
 
 NodeKind = Literal["auto", "ollama", "openai"]
 Permission = Literal["chat", "generate", "embed", "batch", "models", "stats", "admin"]

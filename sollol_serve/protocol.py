@@ -1,4 +1,5 @@
-"""Messages passed between the deployments (Ingress -> Router -> OllamaWorker).
+"""Messages passed between the deployments: the Ingress asks the Router for a Ticket, sends
+the request to the OllamaWorker the ticket names, and reports the Outcome back.
 
 They are plain dataclasses: they cross a Ray hop on every request, and pickling a
 dataclass is several times cheaper than a pydantic model. Chunks themselves travel as
@@ -7,6 +8,7 @@ plain dicts already in the client's API format.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -14,6 +16,28 @@ Api = Literal["ollama", "openai"]
 # chat: /api/chat, /v1/chat/completions; generate: /api/generate, /v1/completions;
 # embed: /api/embed, /v1/embeddings; embeddings: legacy /api/embeddings.
 Operation = Literal["chat", "generate", "embed", "embeddings"]
+
+
+NOT_PROBED = "not probed yet"
+
+
+@dataclass(slots=True)
+class NodeReport:
+    """What a worker last learned about its node."""
+
+    name: str
+    url: str
+    kind: str | None
+    healthy: bool
+    models: list[dict] = field(default_factory=list)  # /api/tags entries
+    loaded: list[dict] = field(default_factory=list)  # /api/ps entries
+    slots: int | None = None
+    version: str | None = None
+    error: str | None = None
+    telemetry: dict | None = None  # HostTelemetry.as_dict() of the worker's host
+    worker_ip: str | None = None  # the Ray host the node's worker runs on
+    worker_node_id: str | None = None
+    at: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)
@@ -60,6 +84,37 @@ class StreamEnd:
 
     routing: dict
     tokens: int = 0
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A slot a router reserved for one try at a request: where to send it and why there.
+    The try's Outcome goes back to the router that issued it (`router_id`)."""
+
+    router_id: str
+    flight_id: int
+    node: str
+    node_model: str  # the model's name on that node
+    choice: dict  # the `_sollol_routing` fields of the decision: node, score, candidates, ...
+    queued_s: float = 0.0  # waited in the router's priority queue
+    probe: bool = False  # one above the node's proven slots, to learn its capacity
+    # The router learns from the node's first byte (a probe, or a burst that may prove slots).
+    wants_first_byte: bool = False
+    hedge_after_s: float | None = None  # an urgent request may try a second node after this
+    # The worker actor of a node added at run time (its name outlives it: a shard group's
+    # worker is made anew each time the group starts); None: the config's Serve deployment.
+    worker: object | None = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one try went, for the router that issued its ticket: frees the slot, feeds learning."""
+
+    router_id: str
+    flight_id: int
+    node: str
+    ok: bool | None  # None: the client went away, nothing to learn
+    usage: Usage | None = None
 
 
 @dataclass(slots=True)
@@ -157,3 +212,12 @@ def error_message(exc: BaseException) -> str:
     """What to tell a client about a failure: the gateway's own message, else the error's type and text."""
     error = unwrap(exc)
     return error.message if isinstance(error, GatewayError) else f"{type(error).__name__}: {error}"
+
+
+def is_node_fault(exc: BaseException) -> bool:
+    """A failure that counts against the node (unreachable, 5xx, worker crash), not a
+    client error the node rightly refused."""
+    error = unwrap(exc)
+    if isinstance(error, NodeError):
+        return error.retryable
+    return not isinstance(error, GatewayError)

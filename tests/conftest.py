@@ -60,7 +60,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def gateway():
     from sollol_serve.config import GatewayConfig
-    from sollol_serve.local import start_local_gateway, stop_local_gateway, wait_for_nodes
+    from sollol_serve.local import (
+        start_local_gateway,
+        stop_local_gateway,
+        wait_for_nodes,
+    )
 
     nodes = {name: SimProcess(name, args).start() for name, args in SIM_NODES.items()}
     try:

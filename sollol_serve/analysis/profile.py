@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Literal
 
+from sollol_serve.names import normalize_model
 from sollol_serve.protocol import Api, BadRequest, Operation
-from sollol_serve.routing.state import normalize_model
 
 TaskType = Literal["generation", "embedding", "classification", "extraction", "summarization", "analysis"]
 

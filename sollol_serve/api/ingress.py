@@ -13,8 +13,8 @@ import json
 import string
 import time
 import urllib.parse
-from importlib import resources
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 
 import ray
 from fastapi import FastAPI, Request
@@ -24,26 +24,55 @@ from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import (HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response,
-                                 StreamingResponse)
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 
 from sollol_serve import __version__
-from sollol_serve.analysis.profile import parse_priority
+from sollol_serve.analysis.deployment import OutputLengths
+from sollol_serve.analysis.profile import parse_priority, profile_request
 from sollol_serve.api import schemas
-from sollol_serve.api.auth import SESSION_COOKIE, SESSION_TTL_S, Authenticator, Principal, check_bind
+from sollol_serve.api.auth import (
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    Authenticator,
+    Principal,
+    check_bind,
+)
 from sollol_serve.api.errors import error_response
-from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
 from sollol_serve.api.middleware import PoweredByHeader
+from sollol_serve.api.ratelimit import RateLimited, rate_limiter, tokens_used
+from sollol_serve.api.schemas import (
+    BatchChatRequest,
+    BatchEmbedRequest,
+    chat_items,
+    job_settings,
+)
 from sollol_serve.cache.actor import cache_actor
 from sollol_serve.cache.policy import cache_key, cacheable
 from sollol_serve.cache.store import Cached
-from sollol_serve.batch.jobs import BatchChatRequest, BatchEmbedRequest, chat_items, job_settings
 from sollol_serve.config import GatewayConfig, NodeConfig, Permission
 from sollol_serve.observability.activity import MAX_DECISIONS, decision
 from sollol_serve.observability.metrics import RequestMetrics, render
 from sollol_serve.observability.metrics_actor import metrics_actor
-from sollol_serve.protocol import (Api, BadRequest, GatewayError, ModelNotFound, NodeRequest, Operation, StreamEnd,
-                                   StreamStart, error_message, unwrap)
+from sollol_serve.protocol import (
+    Api,
+    BadRequest,
+    GatewayError,
+    ModelNotFound,
+    NodeRequest,
+    Operation,
+    StreamEnd,
+    error_message,
+    unwrap,
+)
+from sollol_serve.routing.dispatch import Dispatcher
+from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry
 
 app = FastAPI(title="sollol_serve", version=__version__, docs_url="/docs", redoc_url=None)
 app.add_middleware(PoweredByHeader)
@@ -171,12 +200,15 @@ class StreamAccount:
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Ingress:
-    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, batch: DeploymentHandle,
+    async def __init__(self, router: DeploymentHandle, workers: dict[str, DeploymentHandle], batch: DeploymentHandle,
                        config: dict):
-        self.analyzer = analyzer
         self.router = router
         self.batch = batch
         self.config = GatewayConfig.model_validate(config)
+        # Requests go from here to the node's worker on the router's ticket (one hop per chunk).
+        self.dispatch = Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, self.config.state_actor_name),
+                                   self.config.failover)
+        self.lengths = OutputLengths(self.config.state_actor_name)
         self.auth = Authenticator(self.config.security)
         check_bind(await serve_http_host(), self.config.security)
         keys = self.config.security.keys
@@ -264,11 +296,11 @@ class Ingress:
                 self.metrics.cache_lookup(endpoint, body["model"], hit is not None)
                 if hit is not None:
                     return self._cached(endpoint, body["model"], hit, started)
-            profile = await self.analyzer.profile.remote(api, op, body, priority)
+            profile = profile_request(api, op, body, priority, self.lengths.table)
             req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
             charge = self._charger(request.state.principal)
             if not streams:
-                routed = await self.router.call.remote(profile, req)
+                routed = await self.dispatch.call(profile, req)
                 charge(tokens_used(routed.body))
                 self._record(endpoint, req.model, routed.node, 200, time.perf_counter() - started, None,
                              routed.routing)
@@ -278,10 +310,8 @@ class Ingress:
                     headers["X-SOLLOL-Cache"] = "miss"
                 payload = {**routed.body, "_sollol_routing": routed.routing}
                 return JSONResponse(payload, headers=headers)
-            items = self.router.stream.options(stream=True).remote(profile, req)
+            items = self.dispatch.stream(profile, req)
             start = await items.__anext__()  # errors before the first byte surface here
-            if not isinstance(start, StreamStart):
-                raise GatewayError(f"router answered {type(start).__name__} before the stream started")
             account = StreamAccount(self._record, endpoint, req.model, start.node, started, charge)
             if api == "ollama":
                 return StreamingResponse(self._ndjson(items, account), media_type="application/x-ndjson",
@@ -330,8 +360,9 @@ class Ingress:
                 delta.merge(self.metrics)
                 self.metrics, self.decisions = delta, decisions + self.decisions
 
-    async def _ndjson(self, items, account: "StreamAccount") -> AsyncIterator[str]:
-        """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing`."""
+    async def _ndjson(self, items: AsyncIterator[object], account: "StreamAccount") -> AsyncIterator[str]:
+        """Ollama stream: chunks as they come, a batch per write; the final `done` chunk gets
+        `_sollol_routing`."""
         final: dict | None = None
         try:
             async for item in items:
@@ -341,17 +372,17 @@ class Ingress:
                         yield _dumps({**final, "_sollol_routing": item.routing}) + "\n"
                     return
                 account.chunk()
-                if item.get("done"):
-                    final = item  # held only until the StreamEnd that follows at once
-                else:
-                    yield _dumps(item) + "\n"
+                if item[-1].get("done"):
+                    final = item.pop()  # held only until the StreamEnd that follows at once
+                if item:
+                    yield "".join(_dumps(chunk) + "\n" for chunk in item)
         except Exception as exc:
             account.broken()
             yield _dumps({"error": error_message(exc), "done": True, "done_reason": "error"}) + "\n"
         finally:
-            items.cancel()
+            await items.aclose()
 
-    async def _sse(self, items, account: "StreamAccount") -> AsyncIterator[str]:
+    async def _sse(self, items: AsyncIterator[object], account: "StreamAccount") -> AsyncIterator[str]:
         """OpenAI stream: `data:` events; a last chunk carries `_sollol_routing`, then [DONE]."""
         last: dict = {}
         try:
@@ -363,14 +394,14 @@ class Ingress:
                     yield "data: [DONE]\n\n"
                     return
                 account.chunk()
-                last = item
-                yield f"data: {_dumps(item)}\n\n"
+                last = item[-1]
+                yield "".join(f"data: {_dumps(chunk)}\n\n" for chunk in item)
         except Exception as exc:
             account.broken()
             error = {"message": error_message(exc), "type": "server_error", "code": "stream_broken"}
             yield f"data: {_dumps({'error': error})}\n\n"
         finally:
-            items.cancel()
+            await items.aclose()
 
     # -- Ollama API --------------------------------------------------------------------
     @app.get("/")

@@ -15,8 +15,8 @@ import ray
 from ray.actor import ActorHandle
 
 from sollol_serve.config import ApiKeyConfig
+from sollol_serve.names import named_actor
 from sollol_serve.protocol import GatewayError
-from sollol_serve.routing.state_actor import NAMESPACE
 
 
 class RateLimited(GatewayError):
@@ -97,5 +97,4 @@ class RateLimiterActor:
 
 
 def rate_limiter(name: str, keys: list[ApiKeyConfig]) -> ActorHandle:
-    return RateLimiterActor.options(name=name, namespace=NAMESPACE, lifetime="detached",
-                                    get_if_exists=True).remote(keys)
+    return named_actor(RateLimiterActor, name, keys)

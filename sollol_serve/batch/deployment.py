@@ -20,6 +20,8 @@ from sollol_serve.batch.runner import BatchRunner
 from sollol_serve.batch.store import UNFINISHED, JobStore
 from sollol_serve.config import GatewayConfig, data_dir
 from sollol_serve.protocol import NodeRequest, NotFound
+from sollol_serve.routing.dispatch import Dispatcher
+from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +37,12 @@ def jobs_file(config: GatewayConfig) -> Path:
                   # The jobs file lives on the head node's disk, which outlives the other hosts.
                   ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}})
 class BatchJobs:
-    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle, config: dict):
-        self.analyzer, self.router = analyzer, router
+    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle,
+                       workers: dict[str, DeploymentHandle], config: dict):
+        self.analyzer = analyzer
         self.config = GatewayConfig.model_validate(config)
+        self.dispatch = Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, self.config.state_actor_name),
+                                   self.config.failover)
         self.store = await JobStore.open(jobs_file(self.config))
         self.runner = BatchRunner(self.store, self._send, self.config.batch)
         await self.runner.resume()
@@ -52,13 +57,9 @@ class BatchJobs:
         else:
             op, body = "chat", {**inputs[0], "model": model, "stream": False}
         profile = await self.analyzer.profile.remote("ollama", op, body, priority)
-        response = self.router.call.remote(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,
-                                                                model=model))
-        try:
-            routed = await response
-        except asyncio.CancelledError:  # the job was cancelled: stop the node's work too
-            response.cancel()
-            raise
+        # A cancelled job cancels this call, and with it the node's work.
+        routed = await self.dispatch.call(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,
+                                                               model=model))
         return (routed.body["embeddings"] if kind == "embed" else [routed.body]), routed.node
 
     async def _expire_loop(self) -> None:

@@ -8,7 +8,7 @@ from ray.actor import ActorHandle
 
 from sollol_serve.cache.store import Cached, ResponseCache
 from sollol_serve.config import CacheConfig
-from sollol_serve.routing.state_actor import NAMESPACE
+from sollol_serve.names import named_actor
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -36,5 +36,4 @@ class CacheActor:
 
 
 def cache_actor(state_actor_name: str, config: CacheConfig) -> ActorHandle:
-    return CacheActor.options(name=f"{state_actor_name}_cache", namespace=NAMESPACE, lifetime="detached",
-                              get_if_exists=True).remote(config.model_dump())
+    return named_actor(CacheActor, f"{state_actor_name}_cache", config.model_dump())

@@ -11,7 +11,7 @@ import hashlib
 import json
 
 from sollol_serve.config import CacheConfig
-from sollol_serve.routing.state import normalize_model
+from sollol_serve.names import normalize_model
 
 # Fields that change how a request is scheduled or delivered, never what it answers.
 NOT_IN_KEY = frozenset({"model", "priority", "keep_alive", "stream", "stream_options", "user"})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from cachetools import TTLCache
 
 from sollol_serve.config import CacheConfig
-from sollol_serve.routing.state import normalize_model
+from sollol_serve.names import normalize_model
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sollol_serve.routing.capacity import Capacity, has_queued
+from sollol_serve.cluster.capacity import Capacity, has_queued
 
 DEFAULT_ALPHA = 0.2  # weight of the newest sample: ~5 samples of memory
 Z_95 = 1.645  # a normal distribution's 95th percentile, in standard deviations

@@ -11,17 +11,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sollol_serve.routing.breaker import DEFAULT_POLICY, Breaker, BreakerPolicy, BreakerState
-from sollol_serve.routing.learning import Observation, PerfBook
+from sollol_serve.cluster.breaker import (
+    DEFAULT_POLICY,
+    Breaker,
+    BreakerPolicy,
+    BreakerState,
+)
+from sollol_serve.cluster.learning import Observation, PerfBook
+from sollol_serve.names import normalize_model
+from sollol_serve.protocol import NOT_PROBED, NodeReport
 
-
-def normalize_model(name: str) -> str:
-    """Ollama's aliasing: `llama3.2` is `llama3.2:latest`."""
-    name = name.strip()
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-NOT_PROBED = "not probed yet"
 SlotsSource = Literal["configured", "reported", "learned"]
 
 
@@ -37,25 +36,6 @@ def _contexts(loaded: list[dict]) -> dict[str, int]:
         if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0:
             out[normalize_model(_entry_name(entry))] = ctx
     return out
-
-
-@dataclass(slots=True)
-class NodeReport:
-    """What a worker last learned about its node."""
-
-    name: str
-    url: str
-    kind: str | None
-    healthy: bool
-    models: list[dict] = field(default_factory=list)  # /api/tags entries
-    loaded: list[dict] = field(default_factory=list)  # /api/ps entries
-    slots: int | None = None
-    version: str | None = None
-    error: str | None = None
-    telemetry: dict | None = None  # HostTelemetry.as_dict() of the worker's host
-    worker_ip: str | None = None  # the Ray host the node's worker runs on
-    worker_node_id: str | None = None
-    at: float = field(default_factory=time.time)
 
 
 @dataclass(slots=True)

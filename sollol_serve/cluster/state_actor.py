@@ -9,11 +9,12 @@ from __future__ import annotations
 import ray
 from ray.actor import ActorHandle
 
-from sollol_serve.routing.breaker import BreakerPolicy
-from sollol_serve.routing.learning import Observation, PerfBook
-from sollol_serve.routing.state import ClusterState, NodeReport, NodeView
-
-NAMESPACE = "sollol"
+from sollol_serve.cluster.breaker import BreakerPolicy
+from sollol_serve.cluster.learning import Observation, PerfBook
+from sollol_serve.cluster.state import ClusterState, NodeView
+from sollol_serve.config import HealthConfig
+from sollol_serve.names import named_actor
+from sollol_serve.protocol import NodeReport
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -21,7 +22,8 @@ class NodeStateActor:
     def __init__(self) -> None:
         self.state = ClusterState()
 
-    def register(self, name: str, url: str, slots: int | None, policy: BreakerPolicy) -> None:
+    def register(self, name: str, url: str, slots: int | None, health: HealthConfig) -> None:
+        policy = BreakerPolicy(health.breaker_failures, health.breaker_open_s, health.breaker_max_open_s)
         self.state.register(name, url, slots, policy)
 
     def drain(self, name: str) -> None:
@@ -60,6 +62,4 @@ class NodeStateActor:
 
 
 def state_actor(name: str) -> ActorHandle:
-    return NodeStateActor.options(
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote()
+    return named_actor(NodeStateActor, name)

@@ -13,12 +13,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from sollol_serve.api import translate
-from sollol_serve.api.assemble import OllamaAssembler, OpenAIAssembler
 from sollol_serve.config import TimeoutConfig
+from sollol_serve.nodes import translate
+from sollol_serve.nodes.assemble import OllamaAssembler, OpenAIAssembler
 from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.protocol import NodeError, NodeRequest, StreamBroken, Usage
-
 
 Assembler = OllamaAssembler | OpenAIAssembler
 

@@ -20,11 +20,12 @@ import httpx
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig, default_node_name
+from sollol_serve.names import named_actor
 from sollol_serve.nodes.backends import KIND_PROBES
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
 from sollol_serve.nodes.placement import LOOPBACK_HOSTS
-from sollol_serve.routing.state_actor import NAMESPACE, state_actor
 
 logger = logging.getLogger(__name__)
 
@@ -184,5 +185,4 @@ def start_discovery(config: GatewayConfig):
     """The gateway's discovery actor (created once, found by name afterwards), or None if off."""
     if not (config.discovery.ray_nodes and config.discovery.ports) and not config.discovery.cidr:
         return None
-    return NodeDiscovery.options(name=discovery_actor_name(config.state_actor_name), namespace=NAMESPACE,
-                                 lifetime="detached", get_if_exists=True).remote(config.model_dump(mode="json"))
+    return named_actor(NodeDiscovery, discovery_actor_name(config.state_actor_name), config.model_dump(mode="json"))

@@ -9,9 +9,9 @@ import ray
 from ray.actor import ActorHandle
 
 from sollol_serve.config import GatewayConfig, NodeConfig
-from sollol_serve.nodes.worker import create_runtime_worker, runtime_worker_name
-from sollol_serve.routing.state import NOT_PROBED
-from sollol_serve.routing.state_actor import NAMESPACE
+from sollol_serve.names import NAMESPACE, runtime_worker_name
+from sollol_serve.nodes.worker import create_runtime_worker
+from sollol_serve.protocol import NOT_PROBED
 
 # How long adding a node waits for its worker's first probe before answering.
 ADD_NODE_WAIT_S = 15.0

@@ -17,18 +17,28 @@ import ray
 from ray import serve
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig, timeouts_for
-from sollol_serve.nodes.backends import BACKENDS, NodeBackend, NodeInventory, detect_kind
+from sollol_serve.names import NAMESPACE, runtime_worker_name
+from sollol_serve.nodes.backends import (
+    BACKENDS,
+    NodeBackend,
+    NodeInventory,
+    detect_kind,
+)
+from sollol_serve.nodes.coalesce import coalesced
 from sollol_serve.nodes.health import ProbeSchedule
 from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.nodes.placement import local_url, worker_resources
 from sollol_serve.nodes.telemetry import sample_host
-from sollol_serve.protocol import FirstByte, NodeError, NodeRequest, Usage
-from sollol_serve.routing.breaker import BreakerPolicy
-from sollol_serve.routing.state import NodeReport
-from sollol_serve.routing.state_actor import NAMESPACE, state_actor
+from sollol_serve.protocol import FirstByte, NodeError, NodeReport, NodeRequest, Usage
 
 logger = logging.getLogger("ray.serve")
+
+
+def _closes_stream(item: dict | Usage) -> bool:
+    """The last chunk and the Usage after it go without lingering."""
+    return isinstance(item, Usage) or bool(item.get("done"))
 
 
 class NodeWorker:
@@ -50,9 +60,7 @@ class NodeWorker:
         if ray.is_initialized():
             self.host = (ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
             self.url = await self._reachable_url()
-        health = self.config.health
-        policy = BreakerPolicy(health.breaker_failures, health.breaker_open_s, health.breaker_max_open_s)
-        await self.state.register.remote(self.node.name, self.node.url, self.node.slots, policy)
+        await self.state.register.remote(self.node.name, self.node.url, self.node.slots, self.config.health)
         await self.probe()
         self._prober = asyncio.create_task(self._probe_loop())
 
@@ -136,11 +144,12 @@ class NodeWorker:
         finally:
             answer.cancel()  # the router took another node's answer: stop this one
 
-    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[dict | Usage]:
+    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[list[dict | Usage]]:
+        """The node's chunks in batches (one Ray message each), the closing Usage last."""
         timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
         try:
-            async for item in self._backend().stream(req, node_model, timeouts):
-                yield item
+            async for batch in coalesced(self._backend().stream(req, node_model, timeouts), _closes_stream):
+                yield batch
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
             raise
@@ -188,10 +197,6 @@ class NodeWorkerActor(NodeWorker):
     def __init__(self, node: dict, config: dict):
         super().__init__(node, config)
         self._starting = asyncio.get_running_loop().create_task(self.start())
-
-
-def runtime_worker_name(state_actor_name: str, node_name: str) -> str:
-    return f"{state_actor_name}_worker_{node_name}"
 
 
 def create_runtime_worker(node: NodeConfig, config: GatewayConfig):

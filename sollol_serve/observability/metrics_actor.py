@@ -5,9 +5,9 @@ from __future__ import annotations
 import ray
 from ray.actor import ActorHandle
 
+from sollol_serve.names import named_actor
 from sollol_serve.observability.activity import Activity
 from sollol_serve.observability.metrics import RequestMetrics
-from sollol_serve.routing.state_actor import NAMESPACE
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -31,5 +31,4 @@ class MetricsActor:
 
 
 def metrics_actor(state_actor_name: str) -> ActorHandle:
-    return MetricsActor.options(name=f"{state_actor_name}_metrics", namespace=NAMESPACE, lifetime="detached",
-                                get_if_exists=True).remote()
+    return named_actor(MetricsActor, f"{state_actor_name}_metrics")

@@ -14,8 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from sollol_serve.cluster.learning import Ewma
 from sollol_serve.protocol import QueueFull
-from sollol_serve.routing.learning import Ewma
 
 T = TypeVar("T")
 

@@ -13,14 +13,22 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.cluster.learning import Observation, PerfBook
+from sollol_serve.cluster.state import NodeView
 from sollol_serve.config import RoutingConfig
+from sollol_serve.names import normalize_model
 from sollol_serve.protocol import GatewayError, ModelNotFound, NoNodeAvailable
 from sollol_serve.routing.admission import PriorityQueue, retry_after
-from sollol_serve.routing.learning import Observation, PerfBook
-from sollol_serve.routing.policy import Chooser, Scored, candidates, model_known, model_loaded, score_least_busy, \
-    score_predicted
-from sollol_serve.routing.predict import Priors, Prediction, predict
-from sollol_serve.routing.state import NodeView, normalize_model
+from sollol_serve.routing.policy import (
+    Chooser,
+    Scored,
+    candidates,
+    model_known,
+    model_loaded,
+    score_least_busy,
+    score_predicted,
+)
+from sollol_serve.routing.predict import Prediction, Priors, predict
 
 # Remaining time assumed for a request another router replica has in flight on a node.
 ELSEWHERE_REMAINING_S = 1.0
@@ -64,6 +72,7 @@ class Flight:
     alone: bool = True  # no other router had work on the node then
     began: bool = False  # the node's first byte has come
     proved: bool = False  # its first byte proved the slot it probed for
+    profile: RequestProfile | None = None  # what it asked for (its outcome is learned by it)
 
 
 @dataclass(slots=True)
@@ -339,7 +348,8 @@ class RoutingCore:
         own = self.flights[node]
         self.flights[node][flight_id] = Flight(
             node, profile.model, now, now + predicted, self.busy(choice.node) + 1, probe=grant.probe,
-            remeasure=remeasure, siblings=frozenset(own), alone=choice.node.in_flight_elsewhere == 0)
+            remeasure=remeasure, siblings=frozenset(own), alone=choice.node.in_flight_elsewhere == 0,
+            profile=profile)
         return grant
 
     def began(self, flight_id: int, node: str) -> None:
@@ -356,12 +366,10 @@ class RoutingCore:
                                    concurrent=flight.concurrent, probe=flight.probe, phase="first_byte",
                                    at=self.wall()))
 
-    def finish(self, flight_id: int, node: str, now: float, conversation: str | None = None) -> Flight | None:
+    def finish(self, flight_id: int, node: str, now: float) -> Flight | None:
         flight = self.flights.get(node, {}).pop(flight_id, None)
         if flight is not None:  # the model stays loaded for its keep-alive from now on
             self.last_used[(node, normalize_model(flight.model))] = now
-            if conversation is not None:
-                self.remember_turn(conversation, node, now)
         return flight
 
     def remember_turn(self, conversation: str, node: str, now: float) -> None:
@@ -374,12 +382,15 @@ class RoutingCore:
     def stale(self, now: float) -> list[tuple[NodeView, str]]:
         """(node, model) pairs to re-measure now: a generation model in demand, resident on a
         routable node with a free slot and nothing of ours in flight there, whose estimate
-        has had no sample for `stale_after_s` (its last figure may be from a slow spell)."""
+        has had no sample for `stale_after_s` (its last figure may be from a slow spell).
+        Only where another routable node serves the model: an estimate with no rival decides
+        nothing, and re-measuring it would keep an idle node (a shard group) from stopping."""
         wall = self.wall()
         out = []
         for (node, model), perf in self.book.models.items():
             view = self.snapshot.get(node)
             if (view is None or not view.routable or view.breaker != "closed" or not perf.decode_tps.n
+                    or not self._has_rival(view, model)
                     or now - self.requested.get(model, float("-inf")) > DEMAND_S
                     or wall - perf.last_sample_at() < self.config.stale_after_s
                     or self.flights.get(node) or self.busy(view) >= self.slots(view)
@@ -387,6 +398,10 @@ class RoutingCore:
                 continue
             out.append((view, model))
         return out
+
+    def _has_rival(self, view: NodeView, model: str) -> bool:
+        return any(other.name != view.name and other.routable and other.has_model(model)
+                   for other in self.snapshot.values())
 
     def remeasure_profile(self, model: str) -> RequestProfile:
         return RequestProfile(task_type="generation", complexity="low", tokens_in=1,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
+from sollol_serve.cluster.learning import ModelPerf
 from sollol_serve.config import FailoverConfig
-from sollol_serve.routing.learning import ModelPerf
 
 
 def full_jitter_s(failures: int, base_s: float, max_s: float, rng: random.Random) -> float:

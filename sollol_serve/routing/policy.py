@@ -12,10 +12,11 @@ import random
 from dataclasses import dataclass
 from itertools import count
 
+from sollol_serve.cluster.state import NodeView
 from sollol_serve.config import Strategy
+from sollol_serve.names import normalize_model
 from sollol_serve.protocol import BadRequest, ModelNotFound, NoNodeAvailable, NotFound
 from sollol_serve.routing.predict import Prediction
-from sollol_serve.routing.state import NodeView, normalize_model
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from statistics import median
 
 from sollol_serve.analysis.profile import RequestProfile
-from sollol_serve.routing.learning import Ewma, ModelPerf, PerfBook
+from sollol_serve.cluster.learning import Ewma, ModelPerf, PerfBook
 
 MIN_SUCCESS = 0.2
 

@@ -1,9 +1,10 @@
-"""The Router deployment: picks a node for each request and carries it there.
+"""The Router deployment: decides which node takes each request, and learns from how it went.
 
 A thin shell around `core.RoutingCore`: it keeps the core's snapshot of the shared node state
-fresh in the background (so the hot path makes no extra round trip), admits each request to
-a slot or to the priority queue, calls the chosen node's worker, moves to the next node when
-one fails before sending anything, and feeds what each response tells back into learning.
+fresh in the background (so a decision makes no extra round trip), admits each request to a
+slot or to the priority queue and hands out a Ticket for it; the Ingress's dispatcher carries
+the request to the node and reports the Outcome back, which frees the slot and feeds learning.
+The router also re-measures stale estimates, starts shard groups and manages nodes at run time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import ray
 from pydantic import ValidationError
@@ -22,81 +22,49 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.cluster.learning import Observation
+from sollol_serve.cluster.state import NodeView
+from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig
+from sollol_serve.loops import run_every
+from sollol_serve.names import NAMESPACE, normalize_model
 from sollol_serve.nodes.discovery import start_discovery
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
-from sollol_serve.nodes.worker import runtime_worker_name
 from sollol_serve.protocol import (
     BadRequest,
     Conflict,
-    FirstByte,
-    GatewayError,
     ModelNotFound,
     NodeError,
     NodeRequest,
     NoNodeAvailable,
     NotFound,
-    Routed,
-    StreamBroken,
-    StreamEnd,
-    StreamStart,
+    Outcome,
+    Ticket,
     Usage,
     error_message,
+    is_node_fault,
     unwrap,
 )
 from sollol_serve.routing.core import Flight, Grant, RoutingCore
-from sollol_serve.routing.failover import backoff_s, hedge_delay_s, should_hedge
-from sollol_serve.routing.learning import Observation
-from sollol_serve.routing.links import ActorLink, ItemStream, ServeLink, WorkerLink
-from sollol_serve.routing.policy import candidates, model_known, needs_shard, warm_targets
-from sollol_serve.routing.state import NodeView, normalize_model
-from sollol_serve.routing.state_actor import NAMESPACE, state_actor
-from sollol_serve.shard.coordinator import coordinator_name, shard_coordinator, shard_node_name
+from sollol_serve.routing.failover import hedge_delay_s, should_hedge
+from sollol_serve.routing.links import ActorLink, WorkerRegistry
+from sollol_serve.routing.policy import (
+    candidates,
+    model_known,
+    needs_shard,
+    warm_targets,
+)
+from sollol_serve.shard.coordinator import (
+    coordinator_name,
+    shard_coordinator,
+    shard_node_name,
+)
 
 logger = logging.getLogger("ray.serve")
 
 
-def is_node_fault(exc: BaseException) -> bool:
-    """A failure that counts against the node (unreachable, 5xx, worker crash), not a
-    client error the node rightly refused."""
-    error = unwrap(exc)
-    if isinstance(error, NodeError):
-        return error.retryable
-    return not isinstance(error, GatewayError)
-
-
-class Relay:
-    """Passes a worker's chunks through as they come and keeps the closing Usage here
-    (it feeds learning, not the client). Failures after the first chunk: StreamBroken."""
-
-    def __init__(self, node: str):
-        self.node = node
-        self.usage: Usage | None = None
-        self.broken = False  # the node failed mid-stream (not the client going away)
-
-    def _is_chunk(self, item: object) -> bool:
-        if isinstance(item, Usage):
-            self.usage = item
-        return isinstance(item, dict)
-
-    async def chunks(self, first: object, items: AsyncIterator[object]) -> AsyncIterator[dict]:
-        try:
-            if self._is_chunk(first):
-                yield first
-            async for item in items:
-                if self._is_chunk(item):
-                    yield item
-        except Exception as exc:
-            self.broken = True
-            raise StreamBroken(f"stream from {self.node} broke: {error_message(exc)}") from None
-
-    def outcome(self) -> bool | None:
-        """True: the node delivered; False: it failed; None: the client left (learn nothing)."""
-        return True if self.usage is not None else False if self.broken else None
-
-
-def observation(flight: Flight, profile: RequestProfile, ok: bool, usage: Usage | None, wall_s: float) -> Observation:
-    usage = usage or Usage()
+def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) -> Observation:
+    profile, usage = flight.profile, usage or Usage()
     evaluated = usage.prompt_tokens if usage.prefill_tokens is None else usage.prefill_tokens
     return Observation(
         node=flight.node, model=normalize_model(profile.model), task_type=profile.task_type, ok=ok,
@@ -107,64 +75,30 @@ def observation(flight: Flight, profile: RequestProfile, ok: bool, usage: Usage 
     )
 
 
-@dataclass
-class Attempts:
-    """One request's way through the router: nodes tried, time queued, what happened."""
-
-    started: float = field(default_factory=time.perf_counter)
-    log: list[dict] = field(default_factory=list)
-    tried: set[str] = field(default_factory=set)
-    failures: int = 0
-    waited_s: float = 0.0
-    routing_ms: float = 0.0
-
-    def admitted(self, grant: Grant, queued_s: float) -> None:
-        self.waited_s += queued_s
-        self.routing_ms = (time.perf_counter() - self.started - self.waited_s) * 1000
-        self.tried.add(grant.choice.node.name)
-
-    def routing(self, profile: RequestProfile, strategy: str, grant: Grant) -> dict:
-        """`_sollol_routing`: the choice, every candidate with its prediction, the attempts."""
-        chosen = grant.choice
-        return {
-            "node": chosen.node.name,
-            "host": chosen.node.url,
-            "strategy": strategy,
-            "task_type": profile.task_type,
-            "complexity": profile.complexity,
-            "priority": profile.priority,
-            "tokens_in": profile.tokens_in,
-            "tokens_out_est": profile.tokens_out_est,
-            "score": round(chosen.score, 4),
-            "probe": grant.probe,  # sent one above the node's proven slots, to learn its capacity
-            "reasoning": f"{chosen.node.name}: {chosen.reason} (best of {len(grant.ranked)} by {strategy})",
-            "candidates": [s.as_dict() for s in grant.ranked],
-            "attempts": self.log,
-            "queue_wait_ms": round(self.waited_s * 1000, 3),
-            "routing_ms": round(self.routing_ms, 3),
-        }
-
-
-@dataclass(eq=False)
-class Leg:
-    """One node's try at a request (a hedged request has two at once)."""
-
-    grant: Grant
-    items: ItemStream
-    relay: Relay
-    first: asyncio.Future  # the worker's first item
-    dropped: bool = False
-
-    @property
-    def node(self) -> str:
-        return self.grant.choice.node.name
+def choice_of(profile: RequestProfile, strategy: str, grant: Grant) -> dict:
+    """The decision's part of `_sollol_routing`: the choice and every candidate's prediction."""
+    chosen = grant.choice
+    return {
+        "node": chosen.node.name,
+        "host": chosen.node.url,
+        "strategy": strategy,
+        "task_type": profile.task_type,
+        "complexity": profile.complexity,
+        "priority": profile.priority,
+        "tokens_in": profile.tokens_in,
+        "tokens_out_est": profile.tokens_out_est,
+        "score": round(chosen.score, 4),
+        "probe": grant.probe,  # sent one above the node's proven slots, to learn its capacity
+        "reasoning": f"{chosen.node.name}: {chosen.reason} (best of {len(grant.ranked)} by {strategy})",
+        "candidates": [s.as_dict() for s in grant.ranked],
+    }
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Router:
     async def __init__(self, config: dict, workers: dict[str, DeploymentHandle]):
         self.config = GatewayConfig.model_validate(config)
-        self.links: dict[str, WorkerLink] = {name: ServeLink(handle) for name, handle in workers.items()}
+        self.workers = WorkerRegistry(workers, self.config.state_actor_name)
         self.rng = random.Random()
         self.state = state_actor(self.config.state_actor_name)
         try:
@@ -176,18 +110,12 @@ class Router:
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need
         await self._adopt(*await self.state.sync.remote(self.router_id, {}, []))
-        self._refresher = asyncio.create_task(self._refresh_loop())
+        self._refresher = run_every(self.config.routing.snapshot_interval_s, self._refresh, "node state sync")
 
-    async def _refresh_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.routing.snapshot_interval_s)
-            try:
-                await self._sync()
-            except Exception:  # keep the last snapshot; the actor restarts on its own
-                logger.exception("node state sync failed")
-                continue
-            self._pump()
-            self._remeasure_stale()
+    async def _refresh(self) -> None:
+        await self._sync()  # on failure the last snapshot stays; the actor restarts on its own
+        self._pump()
+        self._remeasure_stale()
 
     async def _sync(self) -> None:
         """Send what this router learned and its in-flight counts; adopt the shared state."""
@@ -202,16 +130,12 @@ class Router:
     async def _adopt(self, snapshot: dict[str, NodeView], book) -> None:
         """Take the shared state, routing only to nodes this router can reach: a node added
         at run time becomes routable once its worker actor is found."""
-        for name in snapshot.keys() - self.links.keys():
-            try:
-                actor = await asyncio.to_thread(
-                    ray.get_actor, runtime_worker_name(self.config.state_actor_name, name), NAMESPACE)
-            except ValueError:  # not created yet, or being removed
-                continue
-            self.links[name] = ActorLink(actor)
-        for name in [n for n, link in self.links.items() if link.runtime and n not in snapshot]:
-            del self.links[name]  # removed by another router
-        self.core.adopt({n: v for n, v in snapshot.items() if n in self.links}, book)
+        links = self.workers.links
+        for name in snapshot.keys() - links.keys():
+            await self.workers.find(name)
+        for name in [n for n, link in links.items() if link.runtime and n not in snapshot]:
+            self.workers.forget(name)  # removed by another router
+        self.core.adopt({n: v for n, v in snapshot.items() if n in links}, book)
 
     # -- admission: a slot now, or a place in the priority queue -------------------------
     async def _admit(self, profile: RequestProfile, exclude: set[str]) -> tuple[Grant, float]:
@@ -267,12 +191,15 @@ class Router:
             else:
                 granted.set_exception(decision)
 
-    def _release(self, flight_id: int, node: str, profile: RequestProfile, ok: bool | None,
-                 usage: Usage | None) -> None:
+    def _release(self, flight_id: int, node: str, ok: bool | None, usage: Usage | None) -> None:
         """Free the slot; learn from the outcome unless there is none (the client left)."""
-        flight = self.core.finish(flight_id, node, time.monotonic(), profile.conversation if ok else None)
-        if flight is not None and ok is not None:
-            self.core.learn(observation(flight, profile, ok, usage, time.monotonic() - flight.started))
+        now = time.monotonic()
+        flight = self.core.finish(flight_id, node, now)
+        if flight is not None:
+            if ok and flight.profile.conversation:
+                self.core.remember_turn(flight.profile.conversation, node, now)
+            if ok is not None:
+                self.core.learn(observation(flight, ok, usage, now - flight.started))
         self._pump()
 
     # -- re-measuring: a short request of the router's own to a node whose estimate aged ----
@@ -288,98 +215,67 @@ class Router:
                 "options": {"num_predict": profile.tokens_out_est}}
         ok, usage = False, None
         try:
-            _, usage = await self.links[view.name].call(NodeRequest("ollama", "generate", body, False, model),
+            _, usage = await self.workers.links[view.name].call(NodeRequest("ollama", "generate", body, False, model),
                                                         view.node_model(model))
             ok = True
         except Exception as exc:
             ok = False if is_node_fault(exc) else None
         finally:
-            self._release(flight_id, view.name, profile, ok, usage)
+            self._release(flight_id, view.name, ok, usage)
 
-    # -- the request path --------------------------------------------------------------
-    async def _attempt(self, profile: RequestProfile, attempts: Attempts) -> Grant:
-        grant, queued = await self._admit(profile, attempts.tried)
-        attempts.admitted(grant, queued)
-        return grant
+    # -- the request path: tickets out, outcomes back ----------------------------------
+    async def decide(self, profile: RequestProfile, tried: frozenset[str], last_error: str | None,
+                     wait: bool) -> Ticket | None:
+        """A slot on the best node not yet tried: at once, or from the priority queue if
+        `wait` (else None when none is free now). For a model served by a shard group the
+        group is started if needed and every other node ruled out."""
+        exclude = set(tried) | await self._shard_only(profile)
+        if last_error is not None and not candidates(self.core.snapshot, profile.model, exclude):
+            raise NoNodeAvailable(f"every node that has '{profile.model}' failed or is unavailable; "
+                                  f"last error: {last_error}")
+        if wait:
+            grant, queued_s = await self._admit(profile, exclude)
+        else:
+            grant, queued_s = self.core.grant_now(profile, exclude, time.monotonic()), 0.0
+            if grant is None:
+                return None
+        return self._ticket(profile, grant, queued_s)
 
-    async def call(self, profile: RequestProfile, req: NodeRequest) -> Routed:
+    def _ticket(self, profile: RequestProfile, grant: Grant, queued_s: float) -> Ticket:
+        node = grant.choice.node
+        flight = self.core.flights[node.name][grant.flight_id]
+        hedge_after_s = None
         if should_hedge(profile.priority, self.config.failover):
-            return await self._call_hedged(profile, req)
-        attempts = await self._attempts_for(profile)
-        while True:
-            grant = await self._attempt(profile, attempts)
-            if grant.probe:  # a watched call shows the node's first byte, which proves the slot early
-                routed = await self._watched(profile, req, attempts, grant)
-                if routed is not None:
-                    return routed
-                continue
-            node = grant.choice.node
-            usage, ok = None, None  # stays None if the caller goes away (cancellation)
-            try:
-                body, usage = await self.links[node.name].call(req, node.node_model(req.model))
-                ok = True
-            except Exception as exc:
-                ok = False if is_node_fault(exc) else None
-                self._failed_attempt(exc, node.name, attempts, profile.model)
-            finally:
-                self._release(grant.flight_id, node.name, profile, ok, usage)
-            if ok:
-                attempts.log.append({"node": node.name, "ok": True})
-                return Routed(body=body, node=node.name, routing=attempts.routing(profile, self.core.strategy, grant))
-            await self._backoff(attempts)
+            perf = self.core.book.perf(node.name, normalize_model(profile.model))
+            hedge_after_s = hedge_delay_s(perf, self.config.failover)
+        return Ticket(
+            router_id=self.router_id, flight_id=grant.flight_id, node=node.name,
+            node_model=node.node_model(profile.model), choice=choice_of(profile, self.core.strategy, grant),
+            queued_s=queued_s, probe=grant.probe, hedge_after_s=hedge_after_s,
+            # its first byte can prove slots only above what the node has proven already
+            wants_first_byte=flight.alone and flight.concurrent > self.core.slots(node),
+            worker=getattr(self.workers.links[node.name], "actor", None))
 
-    async def _call_hedged(self, profile: RequestProfile, req: NodeRequest) -> Routed:
-        """A non-streamed call that can be hedged: the worker signals the node's first byte."""
-        attempts = await self._attempts_for(profile)
-        while True:
-            routed = await self._watched(profile, req, attempts)
-            if routed is not None:
-                return routed
+    async def report(self, owner: str, outcomes: list[Outcome]) -> None:
+        """Tries that ended (batched by the dispatcher): free their slots, learn from them.
+        Outcomes of another replica's tickets (it died and took its slots along) are dropped."""
+        if owner != self.router_id:
+            return
+        for outcome in outcomes:
+            self._release(outcome.flight_id, outcome.node, outcome.ok, outcome.usage)
 
-    async def _watched(self, profile: RequestProfile, req: NodeRequest, attempts: Attempts,
-                       grant: Grant | None = None) -> Routed | None:
-        """One watched try (on `grant`, else a new one): the answer, or None when it failed
-        after the node's first byte (the next try follows a backoff)."""
-        leg, item = await self._start(profile, req, "call_watched", attempts, grant)
-        try:
-            while isinstance(item, FirstByte):
-                item = await leg.items.__anext__()
-            body, leg.relay.usage = item
-        except Exception as exc:  # failed after its first byte: the client has nothing yet
-            leg.relay.broken = is_node_fault(exc)
-            self._drop(leg, profile)
-            self._failed_attempt(exc, leg.node, attempts, profile.model)
-            await self._backoff(attempts)
-            return None
-        except BaseException:
-            self._drop(leg, profile)
-            raise
-        self._drop(leg, profile)
-        attempts.log.append({"node": leg.node, "ok": True})
-        return Routed(body=body, node=leg.node, routing=attempts.routing(profile, self.core.strategy, leg.grant))
-
-    async def stream(self, profile: RequestProfile, req: NodeRequest) -> AsyncIterator[object]:
-        attempts = await self._attempts_for(profile)
-        leg, first = await self._start(profile, req, "stream", attempts)
-        try:
-            attempts.log.append({"node": leg.node, "ok": True})
-            yield StreamStart(node=leg.node)
-            async for item in leg.relay.chunks(first, leg.items):
-                yield item
-            usage = leg.relay.usage
-            used = usage.prompt_tokens + usage.completion_tokens if usage else 0
-            yield StreamEnd(attempts.routing(profile, self.core.strategy, leg.grant), tokens=used)
-        finally:
-            self._drop(leg, profile)
+    async def began(self, owner: str, flight_id: int, node: str) -> None:
+        if owner == self.router_id:
+            self.core.began(flight_id, node)
+            self._pump()  # a slot it proved may take a waiter now, not at the next refresh
 
     # -- shard groups: models no single node can hold ----------------------------------
-    async def _attempts_for(self, profile: RequestProfile) -> Attempts:
-        """A new request's Attempts; for a model served by a shard group, the group is started
-        if needed and every other node is ruled out. Decided afresh for every request."""
-        attempts = Attempts()
+    async def _shard_only(self, profile: RequestProfile) -> set[str]:
+        """For a model served by a shard group: start the group if needed; every other node
+        that has the model is ruled out. Decided afresh for every request."""
         shard = self.config.shard
         if not needs_shard(self.core.snapshot, profile.model, self.shard_models, self.config.routing.vram_headroom):
-            return attempts
+            return set()
         name = shard_node_name(profile.model)
         view = self.core.snapshot.get(name)
         if view is None or not view.healthy:
@@ -389,8 +285,7 @@ class Router:
                 if time.monotonic() > deadline:
                     raise NoNodeAvailable(f"shard group '{name}' started but is not reachable")
                 await asyncio.sleep(self.config.routing.snapshot_interval_s)
-        attempts.tried |= {n for n, v in self.core.snapshot.items() if n != name and v.has_model(profile.model)}
-        return attempts
+        return {n for n, v in self.core.snapshot.items() if n != name and v.has_model(profile.model)}
 
     def _shards(self):
         if self.shard_coordinator is None:
@@ -411,104 +306,6 @@ class Router:
         coordinator = self._shards()
         return await (coordinator.ensure if action == "start" else coordinator.stop).remote(model)
 
-    # -- legs: one node's try at a request; several at once when hedging ----------------
-    async def _start(self, profile: RequestProfile, req: NodeRequest, method: str,
-                     attempts: Attempts, grant: Grant | None = None) -> tuple[Leg, object]:
-        """The first leg to produce its first item, and that item (on `grant` first, if
-        given). A leg that fails first moves the request to the next node (after a backoff);
-        an urgent request whose node has not begun to answer by its p95 time to first byte
-        gets a second leg."""
-        while True:
-            legs = [self._open(grant or await self._attempt(profile, attempts), method, req)]
-            grant = None
-            try:
-                if should_hedge(profile.priority, self.config.failover):
-                    await self._hedge(legs, profile, req, method, attempts)
-                won = await self._first_of(legs, profile, attempts)
-            except BaseException:
-                for leg in legs:
-                    self._drop(leg, profile)
-                raise
-            if won is not None:
-                return won
-            await self._backoff(attempts)
-
-    def _open(self, grant: Grant, method: str, req: NodeRequest) -> Leg:
-        node = grant.choice.node
-        items = self.links[node.name].open(method, req, node.node_model(req.model))
-        return Leg(grant, items, Relay(node.name), asyncio.ensure_future(items.__anext__()))
-
-    async def _hedge(self, legs: list[Leg], profile: RequestProfile, req: NodeRequest, method: str,
-                     attempts: Attempts) -> None:
-        first = legs[0]
-        perf = self.core.book.perf(first.node, normalize_model(profile.model))
-        delay = hedge_delay_s(perf, self.config.failover)
-        done, _ = await asyncio.wait([first.first], timeout=delay)
-        if done:
-            return
-        grant = self.core.grant_now(profile, attempts.tried, time.monotonic())
-        if grant is None:  # no other node has a free slot: a hedge must not queue
-            return
-        attempts.tried.add(grant.choice.node.name)
-        attempts.log.append({"node": grant.choice.node.name, "hedge": True,
-                             "after_s": round(delay, 3), "slow_node": first.node})
-        legs.append(self._open(grant, method, req))
-
-    async def _first_of(self, legs: list[Leg], profile: RequestProfile,
-                        attempts: Attempts) -> tuple[Leg, object] | None:
-        """The leg whose first item came first (the others are dropped), or None if all failed."""
-        pending = {leg.first: leg for leg in legs}
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for future in done:
-                leg = pending.pop(future)
-                legs.remove(leg)
-                error = future.exception()
-                if error is None or isinstance(error, StopAsyncIteration):
-                    self.core.began(leg.grant.flight_id, leg.node)
-                    for loser in pending.values():
-                        legs.remove(loser)
-                        self._drop(loser, profile)
-                    return leg, Usage() if error else future.result()
-                leg.relay.broken = is_node_fault(error)
-                self._drop(leg, profile)
-                self._failed_attempt(error, leg.node, attempts, profile.model, others_pending=bool(pending))
-        return None
-
-    def _drop(self, leg: Leg, profile: RequestProfile) -> None:
-        """Free the leg's slot, learn what it showed, stop the node's work if unfinished."""
-        if leg.dropped:
-            return
-        leg.dropped = True
-        self._release(leg.grant.flight_id, leg.node, profile, leg.relay.outcome(), leg.relay.usage)
-        if leg.relay.usage is None:
-            leg.first.cancel()
-            leg.items.cancel()
-
-    def _failed_attempt(self, exc: BaseException, node: str, attempts: Attempts, model: str,
-                        others_pending: bool = False) -> None:
-        """Record a failed attempt; raise unless another node may still succeed."""
-        error = unwrap(exc)
-        if not isinstance(error, NodeError):
-            if isinstance(error, GatewayError) and not isinstance(error, StreamBroken):
-                raise error
-            error = NodeError(f"worker for {node} failed: {error_message(error)}", 502)
-        attempts.log.append({"node": node, "ok": False, "status": error.status, "error": error.message})
-        attempts.failures += 1
-        if not error.retryable:
-            raise error
-        if others_pending:
-            return
-        if attempts.failures >= self.config.failover.max_attempts:
-            raise NoNodeAvailable(f"{attempts.failures} attempts failed (nodes: {', '.join(sorted(attempts.tried))});"
-                                  f" last error: {error.message}")
-        if not candidates(self.core.snapshot, model, attempts.tried):
-            raise NoNodeAvailable(f"every node that has '{model}' failed or is unavailable; "
-                                  f"last error: {error.message}")
-
-    async def _backoff(self, attempts: Attempts) -> None:
-        await asyncio.sleep(backoff_s(attempts.failures, self.config.failover, self.rng))
-
     # -- run-time node management (the admin API) --------------------------------------
     async def add_node(self, node: dict) -> dict:
         try:
@@ -521,7 +318,7 @@ class Router:
         if config.name in {n.name for n in self.config.nodes}:
             raise Conflict(f"node '{config.name}' is in the gateway's config; it returns when the app is redeployed")
         actor, probed = await add_runtime_node(self.state, config, self.config)
-        self.links[config.name] = ActorLink(actor)
+        self.workers.links[config.name] = ActorLink(actor)
         await self._sync()  # routable here at once; other router replicas see it within a refresh
         return probed
 
@@ -544,7 +341,7 @@ class Router:
     async def _remove_when_idle(self, name: str) -> None:
         await retire_node(self.state, name, self.config)
         self.core.snapshot.pop(name, None)  # with its link, so nothing routes to it in between
-        self.links.pop(name, None)
+        self.workers.forget(name)
 
     # -- cluster views used by the ingress ---------------------------------------------
     async def nodes(self) -> list[dict]:
@@ -558,7 +355,7 @@ class Router:
                 "slots_learned": self.core.book.learned_slots(v.name),
                 "capacity": self.core.book.capacity_of(v.name).as_dict(),
                 "in_flight": self.core.busy(v), "breaker": v.breaker, "draining": v.draining,
-                "added_at_run_time": self.links[v.name].runtime,
+                "added_at_run_time": self.workers.links[v.name].runtime,
                 "models": sorted(v.models.values()), "loaded": sorted(v.loaded), "error": v.error,
                 "worker_ip": report.worker_ip if report else None,
                 "worker_node_id": report.worker_node_id if report else None,
@@ -584,7 +381,7 @@ class Router:
 
     async def ps(self) -> list[dict]:
         healthy = [v.name for v in self.core.snapshot.values() if v.healthy]
-        results = await asyncio.gather(*(self.links[n].ask("ps") for n in healthy), return_exceptions=True)
+        results = await asyncio.gather(*(self.workers.links[n].ask("ps") for n in healthy), return_exceptions=True)
         return [entry for r in results if isinstance(r, list) for entry in r]
 
     async def show(self, body: dict, model: str) -> dict:
@@ -593,7 +390,7 @@ class Router:
             raise ModelNotFound(f"model '{model}' not found on any node")
         for view in views:
             try:
-                return await self.links[view.name].ask("show", body)
+                return await self.workers.links[view.name].ask("show", body)
             except Exception as exc:
                 error = unwrap(exc)
                 if isinstance(error, NodeError) and not error.retryable:
@@ -604,7 +401,7 @@ class Router:
         """Load `model` on the chosen nodes at once; an event as each one finishes."""
         targets = warm_targets(self.core.snapshot, model, names)
         yield {"status": "loading", "model": model, "nodes": [v.name for v in targets]}
-        pending = {asyncio.ensure_future(self.links[v.name].ask("warm", v.node_model(model), keep_alive)): v.name
+        pending = {asyncio.ensure_future(self.workers.links[v.name].ask("warm", v.node_model(model), keep_alive)): v.name
                    for v in targets}
         loaded = 0
         try:

@@ -24,16 +24,23 @@ import httpx
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig
+from sollol_serve.names import named_actor, normalize_model
 from sollol_serve.nodes.lifecycle import add_runtime_node, remove_node_now
+from sollol_serve.processes import die_with_parent, free_port
 from sollol_serve.protocol import GatewayError, NoNodeAvailable, NotFound
-from sollol_serve.routing.state import normalize_model
-from sollol_serve.routing.state_actor import NAMESPACE, state_actor
 from sollol_serve.shard.build import ensure_binaries
 from sollol_serve.shard.models import read_gguf_info, resolve_gguf
-from sollol_serve.shard.plan import Backend, Host, activity, choose_hosts, llama_server_command, \
-    rpc_buffers, rpc_server_command
-from sollol_serve.processes import die_with_parent, free_port
+from sollol_serve.shard.plan import (
+    Backend,
+    Host,
+    activity,
+    choose_hosts,
+    llama_server_command,
+    rpc_buffers,
+    rpc_server_command,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -291,5 +298,4 @@ def coordinator_name(state_actor_name: str) -> str:
 
 
 def shard_coordinator(config: GatewayConfig):
-    return ShardCoordinator.options(name=coordinator_name(config.state_actor_name), namespace=NAMESPACE,
-                                    lifetime="detached", get_if_exists=True).remote(config.model_dump(mode="json"))
+    return named_actor(ShardCoordinator, coordinator_name(config.state_actor_name), config.model_dump(mode="json"))

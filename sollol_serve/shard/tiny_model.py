@@ -18,7 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from sollol_serve.shard.models import MODEL_MEDIA_TYPE, ModelFileError, check_gguf_magic, parse_model_name
+from sollol_serve.shard.models import (
+    MODEL_MEDIA_TYPE,
+    ModelFileError,
+    check_gguf_magic,
+    parse_model_name,
+)
 
 VOCAB_FILE_NAME = "ggml-vocab-llama-spm.gguf"
 MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"

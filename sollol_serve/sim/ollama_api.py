@@ -9,10 +9,14 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
-from sollol_serve.sim.facade import BadRequest, guarded
 from sollol_serve.sim.engine import (
     SimEngine,
     SimModel,
@@ -20,6 +24,7 @@ from sollol_serve.sim.engine import (
     parse_keep_alive,
     requested_context,
 )
+from sollol_serve.sim.facade import BadRequest, guarded
 
 SIM_VERSION = "0.0.0-sollol-sim"
 

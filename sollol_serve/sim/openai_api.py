@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sollol_serve.sim.facade import BadRequest, guarded
 from sollol_serve.sim.engine import SimEngine, SimModel, Stats
+from sollol_serve.sim.facade import BadRequest, guarded
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "unavailable_error"}
 

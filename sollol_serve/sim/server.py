@@ -19,7 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sollol_serve.sim.engine import DEFAULT_CONTEXT, Faults, SimEngine, SimModel, SimNodeConfig
+from sollol_serve.sim.engine import (
+    DEFAULT_CONTEXT,
+    Faults,
+    SimEngine,
+    SimModel,
+    SimNodeConfig,
+)
 from sollol_serve.sim.ollama_api import OllamaSim
 from sollol_serve.sim.openai_api import OpenAISim
 

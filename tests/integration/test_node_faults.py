@@ -15,7 +15,6 @@ import time
 import httpx
 import pytest
 
-
 from tests.helpers import FAST_HEALTH, nodes_of, side_app, wait_until
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from ray.cluster_utils import Cluster
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
+from sollol_serve.processes import free_port
 from sollol_serve.shard.build import cache_dir, ensure_binaries
 from sollol_serve.shard.tiny_model import write_ollama_store, write_tiny_llama
-from sollol_serve.processes import free_port
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.llamacpp]

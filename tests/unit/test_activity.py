@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from sollol_serve.observability.activity import INTERVAL_S, MAX_DECISIONS, Activity, LatencySeries, decision
+from sollol_serve.observability.activity import (
+    INTERVAL_S,
+    MAX_DECISIONS,
+    Activity,
+    LatencySeries,
+    decision,
+)
 
 ROUTING = {"node": "gpu-1", "strategy": "intelligent", "priority": 9, "task_type": "generation",
            "reasoning": "gpu-1: predicted 0.40 s", "queue_wait_ms": 12.0,

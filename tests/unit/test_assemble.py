@@ -1,4 +1,4 @@
-"""sollol_serve.api.assemble: a node's streamed answer assembled into its unstreamed answer."""
+"""sollol_serve.nodes.assemble: a node's streamed answer assembled into its unstreamed answer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from sollol_serve.api.assemble import OllamaAssembler, OpenAIAssembler
+from sollol_serve.nodes.assemble import OllamaAssembler, OpenAIAssembler
 from sollol_serve.sim.engine import SimNodeConfig
 from sollol_serve.sim.server import build_sim_app
 

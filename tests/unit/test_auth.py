@@ -7,8 +7,17 @@ import hashlib
 import pytest
 from pydantic import ValidationError
 
-from sollol_serve.api.auth import ANONYMOUS, Authenticator, Forbidden, Unauthorized, check_bind, generate_key, \
-    hash_key, is_loopback, presented_key
+from sollol_serve.api.auth import (
+    ANONYMOUS,
+    Authenticator,
+    Forbidden,
+    Unauthorized,
+    check_bind,
+    generate_key,
+    hash_key,
+    is_loopback,
+    presented_key,
+)
 from sollol_serve.cli import keys_command
 from sollol_serve.config import SecurityConfig
 

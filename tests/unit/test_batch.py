@@ -6,7 +6,13 @@ import asyncio
 
 import pytest
 
-from sollol_serve.batch.jobs import BatchChatRequest, chat_items, job_settings, job_status, BatchEmbedRequest
+from sollol_serve.api.schemas import (
+    BatchChatRequest,
+    BatchEmbedRequest,
+    chat_items,
+    job_settings,
+)
+from sollol_serve.batch.jobs import job_status
 from sollol_serve.batch.runner import BatchRunner, chunked
 from sollol_serve.batch.store import JobStore, Outcome
 from sollol_serve.config import BatchConfig

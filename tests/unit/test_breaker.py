@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sollol_serve.routing.breaker import Breaker, BreakerPolicy
+from sollol_serve.cluster.breaker import Breaker, BreakerPolicy
 
 POLICY = BreakerPolicy(failures=3, open_s=5.0, max_open_s=12.0)
 

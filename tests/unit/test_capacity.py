@@ -1,4 +1,4 @@
-"""Capacity learning (routing.capacity and the core's probes) on simulated node histories.
+"""Capacity learning (cluster.capacity and the core's probes) on simulated node histories.
 
 `FifoNode` is a discrete-event stand-in for an Ollama node: `slots` requests run at once,
 the rest wait in a FIFO queue; each request's first byte comes `prefill_s` after it starts
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.cluster.capacity import CEILING_TTL_S, Capacity, has_queued
+from sollol_serve.cluster.learning import Observation
+from sollol_serve.cluster.state import NodeView
 from sollol_serve.config import RoutingConfig
-from sollol_serve.routing.capacity import CEILING_TTL_S, Capacity, has_queued
 from sollol_serve.routing.core import Flight, RoutingCore
-from sollol_serve.routing.learning import Observation
 from sollol_serve.routing.predict import Priors
-from sollol_serve.routing.state import NodeView
 
 M = "llama3.2:latest"
 

@@ -8,12 +8,18 @@ import json
 import pytest
 
 from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.cluster.state import NodeView
 from sollol_serve.config import RoutingConfig
-from sollol_serve.nodes.discovery import MISSED_ROUNDS, Endpoint, known_key, plan, scan_targets
+from sollol_serve.nodes.discovery import (
+    MISSED_ROUNDS,
+    Endpoint,
+    known_key,
+    plan,
+    scan_targets,
+)
 from sollol_serve.nodes.placement import RESOURCE_SLIVER, local_url, worker_resources
 from sollol_serve.nodes.telemetry import gpus_from_gpustat, injected, sample_host
 from sollol_serve.routing.core import RoutingCore
-from sollol_serve.routing.state import NodeView
 
 GPUSTAT = {"hostname": "gpu-1", "gpus": [
     {"index": 0, "name": "RTX 4090", "memory.total": 24564, "memory.used": 20000, "utilization.gpu": 87,

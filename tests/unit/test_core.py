@@ -8,8 +8,11 @@ import math
 import pytest
 
 from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.cluster.learning import MEMORY_S, Ewma, Observation, PerfBook
+from sollol_serve.cluster.state import ClusterState, NodeView
 from sollol_serve.config import RoutingConfig
-from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
+from sollol_serve.names import normalize_model
+from sollol_serve.protocol import ModelNotFound, NodeReport, NoNodeAvailable
 from sollol_serve.routing.core import (
     DEMAND_S,
     ELSEWHERE_REMAINING_S,
@@ -19,9 +22,7 @@ from sollol_serve.routing.core import (
     Grant,
     RoutingCore,
 )
-from sollol_serve.routing.learning import MEMORY_S, Ewma, Observation, PerfBook
 from sollol_serve.routing.predict import Priors
-from sollol_serve.routing.state import ClusterState, NodeReport, NodeView, normalize_model
 
 M = "llama3.2:latest"
 
@@ -467,20 +468,6 @@ def test_retry_after_s():
     assert core.retry_after_s() == 3  # ceil(10 x 1.44 / 5) = ceil(2.88)
 
 
-def test_node_faults_versus_client_errors():
-    from sollol_serve.protocol import BadRequest, NodeError
-    from sollol_serve.routing.router import Relay, is_node_fault
-
-    assert is_node_fault(NodeError("refused", 503))
-    assert is_node_fault(RuntimeError("worker crashed"))
-    assert not is_node_fault(NodeError("bad options", 400, retryable=False))
-    assert not is_node_fault(BadRequest("nope"))
-    relay = Relay("a")
-    assert relay.outcome() is None  # nothing delivered, nothing broke: the client left
-    relay.broken = True
-    assert relay.outcome() is False
-
-
 # --- breakers, draining, hedge grants -------------------------------------------------------
 def _with(view: NodeView, **changes) -> NodeView:
     return dataclasses.replace(view, **changes)
@@ -589,6 +576,15 @@ def test_stale_nodes_are_not_re_measured_without_demand_or_room():
     assert cold.stale(now=50.0) == []  # would cost a cold load
 
 
+def test_only_a_node_with_a_rival_for_the_model_is_re_measured():
+    # an estimate no other node competes with decides nothing (and would keep a shard group awake)
+    core = _stale_core(now_wall=111.0)
+    core.snapshot["mid"] = nv("mid", slots=2, models=("other-model",))
+    assert core.stale(now=50.0) == []
+    del core.snapshot["mid"]
+    assert core.stale(now=50.0) == []
+
+
 # =======================================================================================
 # prefix affinity, bounded by load
 # =======================================================================================
@@ -643,7 +639,8 @@ def test_cached_prefix_is_assumed_evicted_after_as_many_requests_as_slots():
     for _ in range(3):
         grant = core.admit_now(chat_prof(3000, 2900, conversation="c2"), {"a"}, 5, now=12.0)
         assert grant.choice.prediction.factors["cached_tokens"] == 2900
-        core.finish(grant.flight_id, "b", now=12.0, conversation="c2")
+        core.finish(grant.flight_id, "b", now=12.0)
+        core.remember_turn("c2", "b", now=12.0)  # what the router does when the turn is answered
     assert core.cached_tokens(b, chat_prof(3000, 2900), now=12.0) == 2900
     core.remember_turn("c1", "b", now=12.0)
     assert core.cached_tokens(b, chat_prof(3000, 2900), now=12.0 + RECENT_USE_S + 1) == 0  # too long ago

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
+from sollol_serve.cluster.learning import ModelPerf
 from sollol_serve.config import FailoverConfig
 from sollol_serve.routing.failover import backoff_s, hedge_delay_s, should_hedge
-from sollol_serve.routing.learning import ModelPerf
 
 CONFIG = FailoverConfig(backoff_s=0.1, backoff_max_s=0.5, hedge_priority=9, hedge_min_delay_s=0.05,
                         hedge_default_delay_s=2.0)

@@ -1,4 +1,4 @@
-"""sollol_serve.routing.learning: Ewma, Observation and PerfBook."""
+"""sollol_serve.cluster.learning: Ewma, Observation and PerfBook."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from sollol_serve.routing.learning import COLD_LOAD_MIN_S, DEFAULT_ALPHA, Ewma, ModelPerf, Observation, PerfBook
+from sollol_serve.cluster.learning import (
+    COLD_LOAD_MIN_S,
+    DEFAULT_ALPHA,
+    Ewma,
+    ModelPerf,
+    Observation,
+    PerfBook,
+)
 
 M = "llama3.2:latest"
 

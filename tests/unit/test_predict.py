@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from sollol_serve.analysis.profile import RequestProfile
-from sollol_serve.routing.learning import Ewma, ModelPerf, PerfBook
-from sollol_serve.routing.predict import MIN_SUCCESS, Prediction, Priors, predict, risk_z, slot_wait
+from sollol_serve.cluster.learning import Ewma, ModelPerf, PerfBook
+from sollol_serve.routing.predict import (
+    MIN_SUCCESS,
+    Prediction,
+    Priors,
+    predict,
+    risk_z,
+    slot_wait,
+)
 
 
 def ewma(*xs: float, alpha: float = 0.2) -> Ewma:

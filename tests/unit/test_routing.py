@@ -1,4 +1,4 @@
-"""sollol_serve.routing.state and sollol_serve.routing.policy."""
+"""sollol_serve.cluster.state and sollol_serve.routing.policy."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import random
 
 import pytest
 
-from sollol_serve.routing.breaker import BreakerPolicy
-from sollol_serve.routing.learning import Observation, PerfBook
+from sollol_serve.cluster.breaker import BreakerPolicy
+from sollol_serve.cluster.learning import Observation, PerfBook
+from sollol_serve.cluster.state import ClusterState, NodeView
+from sollol_serve.names import normalize_model
+from sollol_serve.protocol import NodeReport
 from sollol_serve.routing.policy import (
     Chooser,
     Scored,
@@ -18,7 +21,6 @@ from sollol_serve.routing.policy import (
     score_predicted,
 )
 from sollol_serve.routing.predict import Prediction
-from sollol_serve.routing.state import ClusterState, NodeReport, NodeView, normalize_model
 
 
 def view(name: str, *, models=("llama3.2:latest",), loaded=None, kind="ollama", healthy=True,

@@ -20,7 +20,11 @@ from sollol_serve.shard.models import (
     read_gguf_metadata,
     resolve_gguf,
 )
-from sollol_serve.shard.tiny_model import find_vocab, write_ollama_store, write_tiny_llama
+from sollol_serve.shard.tiny_model import (
+    find_vocab,
+    write_ollama_store,
+    write_tiny_llama,
+)
 
 N_LAYER, N_EMBD, N_HEAD, N_FF, N_CTX = 3, 64, 4, 128, 256
 

@@ -6,10 +6,19 @@ from pathlib import Path
 
 import pytest
 
+from sollol_serve.cluster.state import NodeView
 from sollol_serve.routing.policy import needs_shard
-from sollol_serve.routing.state import NodeView
-from sollol_serve.shard.plan import Backend, Host, PlanError, activity, choose_hosts, llama_server_command, \
-    rpc_buffers, rpc_server_command, tensor_split
+from sollol_serve.shard.plan import (
+    Backend,
+    Host,
+    PlanError,
+    activity,
+    choose_hosts,
+    llama_server_command,
+    rpc_buffers,
+    rpc_server_command,
+    tensor_split,
+)
 
 HOSTS = [Host("a1", "10.0.0.1", 16000), Host("b2", "10.0.0.2", 8000), Host("c3", "10.0.0.3", 12000)]
 

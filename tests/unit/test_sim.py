@@ -13,7 +13,11 @@ import math
 import httpx
 import pytest
 
-from sollol_serve.api.translate import OpenAIToOllamaStream, usage_from_ollama, usage_from_openai
+from sollol_serve.nodes.translate import (
+    OpenAIToOllamaStream,
+    usage_from_ollama,
+    usage_from_openai,
+)
 from sollol_serve.sim.engine import (
     SimEngine,
     SimModel,
@@ -24,7 +28,12 @@ from sollol_serve.sim.engine import (
     parse_keep_alive,
 )
 from sollol_serve.sim.ollama_api import SIM_VERSION, _prompt_of_chat
-from sollol_serve.sim.server import arg_parser, build_sim_app, config_from_args, parse_models
+from sollol_serve.sim.server import (
+    arg_parser,
+    build_sim_app,
+    config_from_args,
+    parse_models,
+)
 
 FAST = dict(decode_tps=20_000.0, prefill_tps=1_000_000.0, load_s=0.0)
 

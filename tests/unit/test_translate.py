@@ -1,4 +1,4 @@
-"""sollol_serve.api.translate: Ollama <-> OpenAI requests, responses, streams and usage."""
+"""sollol_serve.nodes.translate: Ollama <-> OpenAI requests, responses, streams and usage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from sollol_serve.api.translate import (
+from sollol_serve.nodes.translate import (
     OllamaToOpenAIStream,
     OpenAIToOllamaStream,
     UnsupportedInput,

@@ -1,0 +1,28 @@
+"""Names every layer shares: Ollama's model aliases, and the gateway's named Ray actors (their
+namespace, and finding or creating one by name)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.actor import ActorClass, ActorHandle
+
+NAMESPACE = "sollol"
+
+
+def normalize_model(name: str) -> str:
+    """Ollama's aliasing: `llama3.2` is `llama3.2:latest`."""
+    name = name.strip()
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def named_actor(actor_class: ActorClass, name: str, *args: Any, **options: Any) -> ActorHandle:
+    """The detached actor of that name in the gateway's namespace, created if there is none
+    (every replica that asks gets the same one; it outlives them)."""
+    return actor_class.options(name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                               **options).remote(*args)
+
+
+def runtime_worker_name(state_actor_name: str, node_name: str) -> str:
+    """The worker actor of a node added at run time."""
+    return f"{state_actor_name}_worker_{node_name}"

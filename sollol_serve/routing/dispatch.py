@@ -1,0 +1,301 @@
+"""Carrying a request to the node a router chose, in the process that serves the client.
+
+The Router decides (a Ticket: a reserved slot on a node); the Dispatcher sends the request to
+that node's worker itself, so a streamed chunk crosses one Ray hop (worker -> here) instead of
+two, and reports each try's Outcome back to the router off the path. On a failure before the
+first byte it asks for the next node; an urgent request whose node has not begun to answer in
+time gets a second leg (a hedge) on another node with a free slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sollol_serve.analysis.profile import RequestProfile
+from sollol_serve.config import FailoverConfig
+from sollol_serve.protocol import (
+    FirstByte,
+    GatewayError,
+    NodeError,
+    NodeRequest,
+    NoNodeAvailable,
+    Outcome,
+    Routed,
+    StreamBroken,
+    StreamEnd,
+    StreamStart,
+    Ticket,
+    Usage,
+    error_message,
+    is_node_fault,
+    unwrap,
+)
+from sollol_serve.routing.failover import backoff_s
+from sollol_serve.routing.links import ItemStream, WorkerLink
+
+
+class RouterLink(Protocol):
+    """The Router as the dispatcher sees it."""
+
+    async def decide(self, profile: RequestProfile, tried: frozenset[str], last_error: str | None,
+                     wait: bool) -> Ticket | None:
+        """A ticket for the best node not tried yet; waits in the priority queue if `wait`,
+        else None when no node has a free slot now (a hedge never queues)."""
+
+    def report(self, outcome: Outcome) -> None:
+        """Free the ticket's slot and learn from it (off the path)."""
+
+    def began(self, ticket: Ticket) -> None:
+        """The node's first byte for a ticket that asked for it."""
+
+
+class WorkerLinks(Protocol):
+    def for_ticket(self, ticket: Ticket) -> WorkerLink:
+        """The worker of the ticket's node."""
+
+
+class Relay:
+    """Passes a worker's chunk batches through as they come and keeps the closing Usage here
+    (it feeds learning, not the client). Failures after the first chunk: StreamBroken."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.usage: Usage | None = None
+        self.broken = False  # the node failed mid-stream (not the client going away)
+
+    def _chunks_of(self, item: object) -> list[dict]:
+        """The client's chunks in one item from the worker (a batch, or a lone Usage)."""
+        batch = item if isinstance(item, list) else [item]
+        if batch and isinstance(batch[-1], Usage):
+            self.usage = batch.pop()
+        return batch
+
+    async def chunks(self, first: object, items: AsyncIterator[object]) -> AsyncIterator[list[dict]]:
+        try:
+            if batch := self._chunks_of(first):
+                yield batch
+            async for item in items:
+                if batch := self._chunks_of(item):
+                    yield batch
+        except Exception as exc:
+            self.broken = True
+            raise StreamBroken(f"stream from {self.node} broke: {error_message(exc)}") from None
+
+    def outcome(self) -> bool | None:
+        """True: the node delivered; False: it failed; None: the client left (learn nothing)."""
+        return True if self.usage is not None else False if self.broken else None
+
+
+@dataclass
+class Attempts:
+    """One request's way through the cluster: nodes tried, time queued, what happened."""
+
+    log: list[dict] = field(default_factory=list)
+    tried: set[str] = field(default_factory=set)
+    failures: int = 0
+    last_error: str | None = None
+    waited_s: float = 0.0
+    routing_ms: float = 0.0
+
+    def admitted(self, ticket: Ticket, decided_s: float) -> None:
+        self.waited_s += ticket.queued_s
+        self.routing_ms = max(0.0, decided_s - ticket.queued_s) * 1000
+        self.tried.add(ticket.node)
+
+    def routing(self, ticket: Ticket) -> dict:
+        """`_sollol_routing`: the router's choice, with this request's attempts and waits."""
+        return {**ticket.choice, "attempts": self.log, "queue_wait_ms": round(self.waited_s * 1000, 3),
+                "routing_ms": round(self.routing_ms, 3)}
+
+
+@dataclass(eq=False)
+class Leg:
+    """One node's try at a request (a hedged request has two at once)."""
+
+    ticket: Ticket
+    items: ItemStream
+    relay: Relay
+    first: asyncio.Future  # the worker's first item
+    dropped: bool = False
+
+    @property
+    def node(self) -> str:
+        return self.ticket.node
+
+
+class Dispatcher:
+    def __init__(self, router: RouterLink, workers: WorkerLinks, failover: FailoverConfig,
+                 rng: random.Random | None = None, clock=None):
+        self.router, self.workers, self.failover = router, workers, failover
+        self.rng = rng or random.Random()
+        self.clock = clock or asyncio.get_running_loop().time
+
+    # -- non-streamed ------------------------------------------------------------------
+    async def call(self, profile: RequestProfile, req: NodeRequest) -> Routed:
+        attempts = Attempts()
+        while True:
+            ticket = await self._ticket(profile, attempts)
+            if ticket.probe or ticket.wants_first_byte or ticket.hedge_after_s is not None:
+                routed = await self._watched(profile, req, attempts, ticket)
+                if routed is not None:
+                    return routed
+                continue
+            usage, ok = None, None  # stays None if the caller goes away (cancellation)
+            try:
+                body, usage = await self.workers.for_ticket(ticket).call(req, ticket.node_model)
+                ok = True
+            except Exception as exc:
+                ok = False if is_node_fault(exc) else None
+                self._failed(exc, ticket.node, attempts)
+            finally:
+                self._report(ticket, ok, usage)
+            if ok:
+                attempts.log.append({"node": ticket.node, "ok": True})
+                return Routed(body=body, node=ticket.node, routing=attempts.routing(ticket))
+            await self._backoff(attempts)
+
+    async def _watched(self, profile: RequestProfile, req: NodeRequest, attempts: Attempts,
+                       ticket: Ticket) -> Routed | None:
+        """One try that shows the node's first byte (for hedging and for learning): the
+        answer, or None when it failed after the first byte (the next try follows a backoff)."""
+        leg, item = await self._start(profile, req, "call_watched", attempts, ticket)
+        try:
+            while isinstance(item, FirstByte):
+                item = await leg.items.__anext__()
+            body, leg.relay.usage = item
+        except Exception as exc:  # failed after its first byte: the client has nothing yet
+            leg.relay.broken = is_node_fault(exc)
+            self._drop(leg)
+            self._failed(exc, leg.node, attempts)
+            await self._backoff(attempts)
+            return None
+        except BaseException:
+            self._drop(leg)
+            raise
+        self._drop(leg)
+        attempts.log.append({"node": leg.node, "ok": True})
+        return Routed(body=body, node=leg.node, routing=attempts.routing(leg.ticket))
+
+    # -- streamed ----------------------------------------------------------------------
+    async def stream(self, profile: RequestProfile, req: NodeRequest) -> AsyncIterator[object]:
+        """StreamStart, then batches of chunks (lists) as the node sends them, then StreamEnd."""
+        attempts = Attempts()
+        leg, first = await self._start(profile, req, "stream", attempts)
+        try:
+            attempts.log.append({"node": leg.node, "ok": True})
+            yield StreamStart(node=leg.node)
+            async for batch in leg.relay.chunks(first, leg.items):
+                yield batch
+            usage = leg.relay.usage
+            used = usage.prompt_tokens + usage.completion_tokens if usage else 0
+            yield StreamEnd(attempts.routing(leg.ticket), tokens=used)
+        finally:
+            self._drop(leg)
+
+    # -- legs --------------------------------------------------------------------------
+    async def _ticket(self, profile: RequestProfile, attempts: Attempts, wait: bool = True) -> Ticket | None:
+        started = self.clock()
+        ticket = await self.router.decide(profile, frozenset(attempts.tried), attempts.last_error, wait)
+        if ticket is not None:
+            attempts.admitted(ticket, self.clock() - started)
+        return ticket
+
+    async def _start(self, profile: RequestProfile, req: NodeRequest, method: str, attempts: Attempts,
+                     ticket: Ticket | None = None) -> tuple[Leg, object]:
+        """The first leg to produce its first item, and that item (on `ticket` first, if
+        given). A leg that fails first moves the request to the next node (after a backoff);
+        an urgent request whose node has not begun to answer in time gets a second leg."""
+        while True:
+            legs = [self._open(ticket or await self._ticket(profile, attempts), method, req)]
+            ticket = None
+            try:
+                if legs[0].ticket.hedge_after_s is not None:
+                    await self._hedge(legs, profile, req, method, attempts)
+                won = await self._first_of(legs, attempts)
+            except BaseException:
+                for leg in legs:
+                    self._drop(leg)
+                raise
+            if won is not None:
+                return won
+            await self._backoff(attempts)
+
+    def _open(self, ticket: Ticket, method: str, req: NodeRequest) -> Leg:
+        try:
+            items = self.workers.for_ticket(ticket).open(method, req, ticket.node_model)
+        except BaseException:
+            self._report(ticket, None, None)
+            raise
+        return Leg(ticket, items, Relay(ticket.node), asyncio.ensure_future(items.__anext__()))
+
+    async def _hedge(self, legs: list[Leg], profile: RequestProfile, req: NodeRequest, method: str,
+                     attempts: Attempts) -> None:
+        first = legs[0]
+        delay = first.ticket.hedge_after_s
+        done, _ = await asyncio.wait([first.first], timeout=delay)
+        if done:
+            return
+        ticket = await self._ticket(profile, attempts, wait=False)
+        if ticket is None:  # no other node has a free slot: a hedge must not queue
+            return
+        attempts.log.append({"node": ticket.node, "hedge": True, "after_s": round(delay, 3),
+                             "slow_node": first.node})
+        legs.append(self._open(ticket, method, req))
+
+    async def _first_of(self, legs: list[Leg], attempts: Attempts) -> tuple[Leg, object] | None:
+        """The leg whose first item came first (the others are dropped), or None if all failed."""
+        pending = {leg.first: leg for leg in legs}
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                leg = pending.pop(future)
+                legs.remove(leg)
+                error = future.exception()
+                if error is None or isinstance(error, StopAsyncIteration):
+                    if leg.ticket.wants_first_byte:
+                        self.router.began(leg.ticket)
+                    for loser in pending.values():
+                        legs.remove(loser)
+                        self._drop(loser)
+                    return leg, Usage() if error else future.result()
+                leg.relay.broken = is_node_fault(error)
+                self._drop(leg)
+                self._failed(error, leg.node, attempts, others_pending=bool(pending))
+        return None
+
+    def _drop(self, leg: Leg) -> None:
+        """Give the leg's slot back, with what it showed; stop the node's work if unfinished."""
+        if leg.dropped:
+            return
+        leg.dropped = True
+        self._report(leg.ticket, leg.relay.outcome(), leg.relay.usage)
+        if leg.relay.usage is None:
+            leg.first.cancel()
+            leg.items.cancel()
+
+    def _report(self, ticket: Ticket, ok: bool | None, usage: Usage | None) -> None:
+        self.router.report(Outcome(ticket.router_id, ticket.flight_id, ticket.node, ok, usage))
+
+    def _failed(self, exc: BaseException, node: str, attempts: Attempts, others_pending: bool = False) -> None:
+        """Record a failed attempt; raise unless another node may still succeed (the router
+        says whether one is left when asked for the next ticket)."""
+        error = unwrap(exc)
+        if not isinstance(error, NodeError):
+            if isinstance(error, GatewayError) and not isinstance(error, StreamBroken):
+                raise error
+            error = NodeError(f"worker for {node} failed: {error_message(error)}", 502)
+        attempts.log.append({"node": node, "ok": False, "status": error.status, "error": error.message})
+        attempts.failures += 1
+        attempts.last_error = error.message
+        if not error.retryable:
+            raise error
+        if not others_pending and attempts.failures >= self.failover.max_attempts:
+            raise NoNodeAvailable(f"{attempts.failures} attempts failed (nodes: {', '.join(sorted(attempts.tried))});"
+                                  f" last error: {error.message}")
+
+    async def _backoff(self, attempts: Attempts) -> None:
+        await asyncio.sleep(backoff_s(attempts.failures, self.failover, self.rng))
