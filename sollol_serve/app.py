@@ -9,6 +9,7 @@ from __future__ import annotations
 import ray
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
+from ray.serve.schema import LoggingConfig
 
 from sollol_serve.analysis.deployment import Analyzer
 from sollol_serve.api.ingress import Ingress
@@ -24,6 +25,11 @@ def worker_deployment_name(node_name: str) -> str:
     return f"OllamaWorker-{node_name}"
 
 
+# The internal hops log no line per call: the Ingress's access log says what a client asked,
+# and a log line per hop costs each replica CPU on every request.
+QUIET = LoggingConfig(enable_access_log=False)
+
+
 def build_gateway(config: GatewayConfig) -> Application:
     sizing = config.sizing
     dumped = config.model_dump(mode="json")
@@ -31,7 +37,7 @@ def build_gateway(config: GatewayConfig) -> Application:
     workers = {
         node.name: OllamaWorker.options(
             name=worker_deployment_name(node.name),
-            max_ongoing_requests=sizing.max_ongoing_requests,
+            max_ongoing_requests=sizing.max_ongoing_requests, logging_config=QUIET,
             # On the node's own Ray host when one declares the node's label.
             ray_actor_options={"num_cpus": 0,
                                "resources": worker_resources(node.name, node.ray_resource, cluster)},
@@ -39,12 +45,12 @@ def build_gateway(config: GatewayConfig) -> Application:
         for node in config.nodes
     }
     router = Router.options(
-        num_replicas=sizing.router_replicas, max_ongoing_requests=sizing.max_ongoing_requests,
+        num_replicas=sizing.router_replicas, max_ongoing_requests=sizing.max_ongoing_requests, logging_config=QUIET,
         # a try's outcome goes back to the replica that holds its slot
         request_router_config=RequestRouterConfig(request_router_class=OwnerFirstRequestRouter),
     ).bind(dumped, workers)
     analyzer = Analyzer.options(
-        num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests
+        num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests, logging_config=QUIET,
     ).bind(config.state_actor_name)
     batch = BatchJobs.bind(analyzer, router, workers, dumped)
     return Ingress.options(

@@ -54,6 +54,7 @@ from sollol_serve.routing.policy import (
     needs_shard,
     warm_targets,
 )
+from sollol_serve.routing.pump import Admissions
 from sollol_serve.shard.coordinator import (
     coordinator_name,
     shard_coordinator,
@@ -106,6 +107,7 @@ class Router:
         except Exception:  # outside Serve (unit use)
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
+        self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s)
         self.discovery = start_discovery(self.config)  # one per gateway, whichever router starts it
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need
@@ -114,7 +116,7 @@ class Router:
 
     async def _refresh(self) -> None:
         await self._sync()  # on failure the last snapshot stays; the actor restarts on its own
-        self._pump()
+        self.admissions.pump()
         self._remeasure_stale()
 
     async def _sync(self) -> None:
@@ -137,60 +139,6 @@ class Router:
             self.workers.forget(name)  # removed by another router
         self.core.adopt({n: v for n, v in snapshot.items() if n in links}, book)
 
-    # -- admission: a slot now, or a place in the priority queue -------------------------
-    async def _admit(self, profile: RequestProfile, exclude: set[str]) -> tuple[Grant, float]:
-        """A reserved slot and the seconds waited for it in the queue."""
-        now = time.monotonic()
-        if not len(self.core.queue):  # nobody waiting: no one to overtake
-            grant = self.core.admit_now(profile, exclude, profile.priority, now)
-            if grant is not None:
-                return grant, 0.0
-        granted: asyncio.Future = asyncio.get_running_loop().create_future()
-        waiter = self.core.queue.push((profile, exclude, granted), profile.priority, now, self.core.retry_after_s())
-        self._pump()
-        try:
-            grant = await asyncio.wait_for(asyncio.shield(granted), self.config.routing.queue_timeout_s)
-        except asyncio.TimeoutError:
-            self.core.queue.remove(waiter, time.monotonic(), served=False)
-            raise NoNodeAvailable(f"no slot for '{profile.model}' within "
-                                  f"{self.config.routing.queue_timeout_s:.0f} s in the queue") from None
-        except asyncio.CancelledError:
-            self._abandon(waiter, granted)
-            raise
-        return grant, time.monotonic() - now
-
-    def _abandon(self, waiter, granted: asyncio.Future) -> None:
-        """The caller went away while queued: give back its place, or its slot."""
-        if granted.done() and not granted.cancelled() and granted.exception() is None:
-            grant = granted.result()
-            self.core.finish(grant.flight_id, grant.choice.node.name, time.monotonic())
-            self._pump()
-        elif waiter in self.core.queue:
-            self.core.queue.remove(waiter, time.monotonic(), served=False)
-
-    def _pump(self) -> None:
-        """Hand free slots to waiters, most urgent first (with aging)."""
-        if not len(self.core.queue):
-            return
-        now = time.monotonic()
-        waiters = []
-        for waiter in self.core.queue.ordered(now):
-            if waiter.item[2].done():  # its caller gave up
-                self.core.queue.remove(waiter, now, served=False)
-            else:
-                waiters.append(waiter)
-        aging_s = self.core.queue.aging_s
-        decisions = self.core.plan([(w.item[0], w.item[1], w.effective_priority(now, aging_s)) for w in waiters], now)
-        for waiter, decision in zip(waiters, decisions):
-            if decision is None:
-                continue
-            self.core.queue.remove(waiter, now, served=isinstance(decision, Grant))
-            granted = waiter.item[2]
-            if isinstance(decision, Grant):
-                granted.set_result(decision)
-            else:
-                granted.set_exception(decision)
-
     def _release(self, flight_id: int, node: str, ok: bool | None, usage: Usage | None) -> None:
         """Free the slot; learn from the outcome unless there is none (the client left)."""
         now = time.monotonic()
@@ -200,7 +148,7 @@ class Router:
                 self.core.remember_turn(flight.profile.conversation, node, now)
             if ok is not None:
                 self.core.learn(observation(flight, ok, usage, now - flight.started))
-        self._pump()
+        self.admissions.pump()
 
     # -- re-measuring: a short request of the router's own to a node whose estimate aged ----
     def _remeasure_stale(self) -> None:
@@ -234,7 +182,7 @@ class Router:
             raise NoNodeAvailable(f"every node that has '{profile.model}' failed or is unavailable; "
                                   f"last error: {last_error}")
         if wait:
-            grant, queued_s = await self._admit(profile, exclude)
+            grant, queued_s = await self.admissions.admit(profile, exclude)
         else:
             grant, queued_s = self.core.grant_now(profile, exclude, time.monotonic()), 0.0
             if grant is None:
@@ -267,7 +215,7 @@ class Router:
     async def began(self, owner: str, flight_id: int, node: str) -> None:
         if owner == self.router_id:
             self.core.began(flight_id, node)
-            self._pump()  # a slot it proved may take a waiter now, not at the next refresh
+            self.admissions.pump()  # a slot it proved may take a waiter now, not at the next refresh
 
     # -- shard groups: models no single node can hold ----------------------------------
     async def _shard_only(self, profile: RequestProfile) -> set[str]:
