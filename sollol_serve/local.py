@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 
@@ -89,7 +90,15 @@ def wait_for_nodes(url: str, expected: int, timeout: float = 120.0) -> list[dict
 
 
 def stop_local_gateway() -> None:
+    """Stop what start_local_gateway started (after a failed start too, without starting Ray
+    again to find nothing to stop), and remove this process's HAProxy files."""
     try:
-        serve.shutdown()
+        if ray.is_initialized():
+            serve.shutdown()
     finally:
         ray.shutdown()
+        state = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
+        if os.path.basename(state).startswith("sollol-haproxy-"):
+            shutil.rmtree(state, ignore_errors=True)
+            for key in [k for k, v in os.environ.items() if v.startswith(state)]:
+                del os.environ[key]  # the next local gateway of this process makes its own
