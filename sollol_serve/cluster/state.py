@@ -22,6 +22,10 @@ from sollol_serve.names import normalize_model
 from sollol_serve.protocol import NOT_PROBED, NodeReport
 
 SlotsSource = Literal["configured", "reported", "learned"]
+# A router's in-flight counts stop counting once it has missed this many syncs (and at least
+# this long: a busy replica's sync can lag a few seconds without it being gone).
+ROUTER_MISSED_SYNCS = 10
+ROUTER_SILENT_S = 5.0
 
 
 def _entry_name(entry: dict) -> str:
@@ -80,6 +84,8 @@ class ClusterState:
     reports: dict[str, NodeReport] = field(default_factory=dict)
     # router replica id -> node -> in-flight requests
     in_flight: dict[str, dict[str, int]] = field(default_factory=dict)
+    # router replica id -> when its counts stop counting if it has not synced again
+    expires: dict[str, float] = field(default_factory=dict)
     # what every router has learned, merged
     book: PerfBook = field(default_factory=PerfBook)
     breakers: dict[str, Breaker] = field(default_factory=dict)
@@ -116,13 +122,15 @@ class ClusterState:
     def in_flight_total(self, name: str) -> int:
         return sum(counts.get(name, 0) for counts in self.in_flight.values())
 
-    def sync(self, router_id: str, in_flight: dict[str, int],
-             observations: list[Observation] = ()) -> tuple[dict[str, NodeView], PerfBook]:
-        """A router's periodic exchange: its in-flight counts and what it learned go in;
-        the cluster as others see it and everything learned come back."""
+    def sync(self, router_id: str, in_flight: dict[str, int], observations: list[Observation] = (),
+             every_s: float = 0.5, now: float | None = None) -> tuple[dict[str, NodeView], PerfBook]:
+        """A router's periodic exchange (every `every_s`): its in-flight counts and what it
+        learned go in; the cluster as others see it and everything learned come back."""
+        now = time.monotonic() if now is None else now
         self.in_flight[router_id] = dict(in_flight)
+        self.expires[router_id] = now + max(ROUTER_SILENT_S, ROUTER_MISSED_SYNCS * every_s)
+        self._forget_silent_routers(now)
         self.book.merge_from(list(observations))
-        now = time.monotonic()
         for o in observations:
             if o.node in self.breakers and o.phase == "done":
                 self.breakers[o.node].record(o.ok, now)
@@ -168,3 +176,10 @@ class ClusterState:
 
     def forget_router(self, router_id: str) -> None:
         self.in_flight.pop(router_id, None)
+        self.expires.pop(router_id, None)
+
+    def _forget_silent_routers(self, now: float) -> None:
+        """A router that stopped syncing died (killed, or its app deleted) holding slots whose
+        outcomes will never come: without this its counts would fill those nodes for good."""
+        for router_id in [r for r, at in self.expires.items() if at < now]:
+            self.forget_router(router_id)

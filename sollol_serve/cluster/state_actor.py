@@ -41,9 +41,9 @@ class NodeStateActor:
     def report(self, report: NodeReport) -> None:
         self.state.report(report)
 
-    def sync(self, router_id: str, in_flight: dict[str, int],
-             observations: list[Observation]) -> tuple[dict[str, NodeView], PerfBook]:
-        return self.state.sync(router_id, in_flight, observations)
+    def sync(self, router_id: str, in_flight: dict[str, int], observations: list[Observation],
+             every_s: float) -> tuple[dict[str, NodeView], PerfBook]:
+        return self.state.sync(router_id, in_flight, observations, every_s)
 
     def output_lengths(self) -> dict[tuple[str, str], int]:
         return {key: round(e.mean) for key, e in self.state.book.output_tokens.items() if e.n}

@@ -111,8 +111,17 @@ class Router:
         self.discovery = start_discovery(self.config)  # one per gateway, whichever router starts it
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need
-        await self._adopt(*await self.state.sync.remote(self.router_id, {}, []))
+        await self._adopt(*await self.state.sync.remote(self.router_id, {}, [], self.config.routing.snapshot_interval_s))
         self._refresher = run_every(self.config.routing.snapshot_interval_s, self._refresh, "node state sync")
+
+    async def __del__(self) -> None:
+        """Serve stopping this replica: its slots are no longer anyone's (the state would
+        also forget them once this router stops syncing, but a redeploy should not wait)."""
+        self._refresher.cancel()
+        try:
+            await self.state.forget_router.remote(self.router_id)
+        except Exception:  # the state actor is gone too: nothing to forget
+            pass
 
     async def _refresh(self) -> None:
         await self._sync()  # on failure the last snapshot stays; the actor restarts on its own
@@ -123,7 +132,8 @@ class Router:
         """Send what this router learned and its in-flight counts; adopt the shared state."""
         pending = self.core.take_pending()
         try:
-            synced = await self.state.sync.remote(self.router_id, self.core.in_flight_counts(), pending)
+            synced = await self.state.sync.remote(self.router_id, self.core.in_flight_counts(), pending,
+                                                 self.config.routing.snapshot_interval_s)
         except Exception:
             self.core.pending[:0] = pending
             raise

@@ -148,6 +148,25 @@ def test_sync_counts_other_routers_in_flight_and_excludes_own():
     state.forget_router("never-seen")  # no error
 
 
+def test_a_router_that_stops_syncing_no_longer_holds_slots():
+    # r1 syncs every 2 s: gone after 10 missed syncs (20 s); r2 every 0.1 s: after the 5 s floor.
+    state = ClusterState()
+    state.register("a", "http://a:1", None)
+    state.sync("r1", {"a": 2}, every_s=2.0, now=100.0)
+    state.sync("r2", {"a": 1}, every_s=0.1, now=100.0)
+    views, _ = state.sync("r3", {}, now=104.9)
+    assert views["a"].in_flight_elsewhere == 3
+    views, _ = state.sync("r3", {}, now=105.1)  # r2 silent for more than 5 s
+    assert views["a"].in_flight_elsewhere == 2
+    views, _ = state.sync("r3", {}, now=119.9)
+    assert views["a"].in_flight_elsewhere == 2
+    state.sync("r1", {"a": 1}, every_s=2.0, now=119.95)  # one more sync: kept another 20 s
+    views, _ = state.sync("r3", {}, now=139.0)
+    assert views["a"].in_flight_elsewhere == 1
+    views, _ = state.sync("r3", {}, now=140.0)
+    assert views["a"].in_flight_elsewhere == 0 and set(state.in_flight) == {"r3"}
+
+
 def test_sync_copies_the_in_flight_dict():
     state = ClusterState()
     state.register("a", "http://a:1", None)
