@@ -46,8 +46,18 @@ class TokenBucket:
 
 class RateLimits:
     def __init__(self, keys: list[ApiKeyConfig]):
-        self.limits = {k.name: (k.requests_per_minute, k.tokens_per_minute) for k in keys}
+        self.limits: dict[str, tuple[int | None, int | None]] = {}
         self.buckets: dict[tuple[str, str], TokenBucket] = {}
+        self.configure(keys)
+
+    def configure(self, keys: list[ApiKeyConfig]) -> None:
+        """Take the keys' limits (again, on a redeploy): a bucket whose limit is unchanged keeps
+        its level, so restarting the gateway does not hand every key a fresh minute."""
+        self.limits = {k.name: (k.requests_per_minute, k.tokens_per_minute) for k in keys}
+        for (key, kind), bucket in list(self.buckets.items()):
+            rpm, tpm = self.limits.get(key, (None, None))
+            if bucket.per_minute != (rpm if kind == "requests" else tpm):
+                del self.buckets[(key, kind)]
 
     def _bucket(self, key: str, kind: str, per_minute: int, now: float) -> TokenBucket:
         bucket = self.buckets.setdefault((key, kind), TokenBucket.full(per_minute, now))
@@ -88,6 +98,9 @@ def tokens_used(body: dict) -> int:
 class RateLimiterActor:
     def __init__(self, keys: list[ApiKeyConfig]):
         self.limits = RateLimits(keys)
+
+    def configure(self, keys: list[ApiKeyConfig]) -> None:
+        self.limits.configure(keys)
 
     def admit(self, key: str) -> int | None:
         return self.limits.admit(key, time.monotonic())

@@ -46,3 +46,21 @@ def test_tokens_used_in_both_formats():
     assert tokens_used({"prompt_eval_count": 7, "eval_count": 5}) == 12
     assert tokens_used({"usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}) == 7
     assert tokens_used({}) == 0
+
+
+def test_configure_again_keeps_unchanged_buckets_and_takes_new_limits():
+    rl = limits(rpm=2, tpm=100)
+    assert [rl.admit("k", 0.0) for _ in range(3)] == [None, None, 30]  # 2 per minute: the third waits 30 s
+    # The same keys again (a redeploy, or another replica starting): still spent.
+    rl.configure([ApiKeyConfig(name="k", sha256=H, requests_per_minute=2, tokens_per_minute=100)])
+    assert rl.admit("k", 1.0) == 29
+    # A new request limit starts a full bucket.
+    rl.configure([ApiKeyConfig(name="k", sha256=H, requests_per_minute=10, tokens_per_minute=100)])
+    assert rl.admit("k", 1.0) is None
+    rl.charge("k", 200, 1.0)  # tokens: full (100) - 200 = -100
+    # An unchanged token limit keeps its debt: 101 tokens short at 100/min -> 60.6 s, 61.
+    rl.configure([ApiKeyConfig(name="k", sha256=H, requests_per_minute=20, tokens_per_minute=100)])
+    assert rl.admit("k", 1.0) == 61
+    # Limits removed: the key goes freely.
+    rl.configure([ApiKeyConfig(name="k", sha256=H)])
+    assert rl.admit("k", 1.0) is None and rl.buckets == {}

@@ -1,0 +1,155 @@
+"""The inference surface: Ollama's /api and OpenAI's /v1, as their clients expect them.
+
+A routed request: validate, answer from the cache if it may, else profile it here (a pure
+function over output lengths this replica keeps in step) and carry it to a node on the
+Router's ticket; JSON, or a stream written as it arrives.
+"""
+
+import time
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from sollol_serve import __version__
+from sollol_serve.analysis.profile import parse_priority, profile_request
+from sollol_serve.api import schemas
+from sollol_serve.api.auth import Principal
+from sollol_serve.api.body import api_path, validated
+from sollol_serve.api.ratelimit import tokens_used
+from sollol_serve.api.recorder import StreamAccount
+from sollol_serve.api.services import Services, authorized, counted, services
+from sollol_serve.api.streams import ndjson, sse
+from sollol_serve.cache.policy import cache_key, cacheable
+from sollol_serve.cache.store import Cached
+from sollol_serve.protocol import Api, BadRequest, NodeRequest, Operation
+
+router = APIRouter()
+routed_requests = APIRouter(dependencies=[Depends(counted)])
+
+
+def version_key(version: str) -> tuple:
+    parts = []
+    for piece in version.split("-", 1)[0].split("."):
+        parts.append(int(piece) if piece.isdigit() else 0)
+    return tuple(parts)
+
+
+def cached_routing(hit: Cached, lookup_s: float) -> dict:
+    """`_sollol_routing` of an answer from the cache: which node computed it, and that none was called."""
+    return {"node": hit.node, "cache": "hit", "strategy": "cache", "attempts": [], "queue_wait_ms": 0.0,
+            "routing_ms": round(lookup_s * 1000, 3),
+            "reasoning": "answered from the response cache: same model, input and options as an earlier request"}
+
+
+async def routed(request: Request, svc: Services, principal: Principal, api: Api, op: Operation,
+                 schema: type[BaseModel]) -> Response:
+    started, endpoint = request.state.started, api_path(request)
+    body = await svc.body(request)
+    validated(body, schema)  # forwarded as the client sent it, once the schema accepts it
+    request.state.model = str(body.get("model"))
+    priority = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
+    streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
+    key = cache_key(api, op, body) if cacheable(api, op, body, streams, svc.config.cache) else None
+    if key is not None:
+        hit = await svc.cache.get.remote(key)
+        svc.recorder.cache_lookup(endpoint, body["model"], hit is not None)
+        if hit is not None:
+            return cached(svc, endpoint, body["model"], hit, started)
+    profile = profile_request(api, op, body, priority, svc.lengths.table)
+    req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
+    charge = svc.charger(principal)
+    if not streams:
+        answer = await svc.dispatch.call(profile, req)
+        charge(tokens_used(answer.body))
+        svc.recorder.record(endpoint, req.model, answer.node, 200, time.perf_counter() - started, None,
+                            answer.routing)
+        headers = {"X-SOLLOL-Node": answer.node}
+        if key is not None:
+            svc.cache.put.remote(key, req.model, answer.body, answer.node)  # not awaited: off the path
+            headers["X-SOLLOL-Cache"] = "miss"
+        return JSONResponse({**answer.body, "_sollol_routing": answer.routing}, headers=headers)
+    items = svc.dispatch.stream(profile, req)
+    start = await items.__anext__()  # errors before the first byte surface here, as a status
+    account = StreamAccount(svc.recorder, endpoint, req.model, start.node, started, charge)
+    if api == "ollama":
+        return StreamingResponse(ndjson(items, account), media_type="application/x-ndjson",
+                                 headers={"X-SOLLOL-Node": start.node})
+    return StreamingResponse(sse(items, account), media_type="text/event-stream",
+                             headers={"X-SOLLOL-Node": start.node, "Cache-Control": "no-cache"})
+
+
+def cached(svc: Services, endpoint: str, model: str, hit: Cached, started: float) -> Response:
+    """An answer from the cache: no node was called, so no tokens are charged."""
+    elapsed = time.perf_counter() - started
+    svc.recorder.record(endpoint, model, hit.node, 200, elapsed, None, None)
+    return JSONResponse({**hit.body, "_sollol_routing": cached_routing(hit, elapsed)},
+                        headers={"X-SOLLOL-Node": hit.node, "X-SOLLOL-Cache": "hit"})
+
+
+def _route(path: str, api: Api, op: Operation, schema: type[BaseModel], permission) -> None:
+    async def endpoint(request: Request, svc: Services = Depends(services),
+                       principal: Principal = authorized(permission)) -> Response:
+        return await routed(request, svc, principal, api, op, schema)
+
+    endpoint.__name__ = f"{api}_{path.strip('/').replace('/', '_')}"
+    routed_requests.add_api_route(path, endpoint, methods=["POST"])
+
+
+for _path, _api, _op, _schema, _permission in (
+    ("/api/chat", "ollama", "chat", schemas.OllamaChat, "chat"),
+    ("/api/generate", "ollama", "generate", schemas.OllamaGenerate, "generate"),
+    ("/api/embed", "ollama", "embed", schemas.OllamaEmbed, "embed"),
+    ("/api/embeddings", "ollama", "embeddings", schemas.OllamaEmbeddings, "embed"),
+    ("/v1/chat/completions", "openai", "chat", schemas.OpenAIChat, "chat"),
+    ("/v1/completions", "openai", "generate", schemas.OpenAICompletion, "generate"),
+    ("/v1/embeddings", "openai", "embed", schemas.OpenAIEmbeddings, "embed"),
+):
+    _route(_path, _api, _op, _schema, _permission)
+
+
+# -- what a client asks before it sends work ------------------------------------------
+@router.get("/")
+async def root() -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+@router.head("/")
+async def root_head() -> Response:
+    return PlainTextResponse("")
+
+
+@router.get("/api/version", dependencies=[authorized("models")])
+async def version(svc: Services = Depends(services)) -> Response:
+    versions = await svc.router.versions.remote()
+    # The oldest node bounds which features a client may rely on.
+    oldest = min(versions, key=version_key) if versions else "0.0.0"
+    return JSONResponse({"version": oldest, "sollol_serve": __version__})
+
+
+@router.get("/api/tags", dependencies=[authorized("models")])
+async def tags(svc: Services = Depends(services)) -> Response:
+    return JSONResponse({"models": await svc.router.tags.remote()})
+
+
+@router.get("/api/ps", dependencies=[authorized("models")])
+async def ps(svc: Services = Depends(services)) -> Response:
+    return JSONResponse({"models": await svc.router.ps.remote()})
+
+
+@router.post("/api/show", dependencies=[authorized("models")])
+async def show(request: Request, svc: Services = Depends(services)) -> Response:
+    body = await svc.body(request)
+    validated(body, schemas.OllamaShow)
+    model = body.get("model") or body.get("name")
+    if not model:
+        raise BadRequest("model is required")
+    return JSONResponse(await svc.router.show.remote(body, model))
+
+
+@router.get("/v1/models", dependencies=[authorized("models")])
+async def models(svc: Services = Depends(services)) -> Response:
+    created = int(time.time())
+    data = [{"id": m.get("name") or m.get("model"), "object": "model", "created": created, "owned_by": "sollol"}
+            for m in await svc.router.tags.remote()]
+    return JSONResponse({"object": "list", "data": data})

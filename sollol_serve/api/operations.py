@@ -1,0 +1,69 @@
+"""The operations surface: health, nodes, queue, stats, routing decisions, cache stats and
+Prometheus metrics (the `stats` permission; /health needs only a valid key)."""
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.responses import JSONResponse, Response
+
+from sollol_serve.api.body import query_int
+from sollol_serve.api.services import Services, authorized, services
+from sollol_serve.observability.activity import MAX_DECISIONS
+from sollol_serve.observability.metrics import render
+
+router = APIRouter(dependencies=[authorized("stats")])
+health_router = APIRouter(dependencies=[authorized(None)])
+
+
+@health_router.get("/health")
+async def health(svc: Services = Depends(services)) -> Response:
+    nodes = await svc.router.nodes.remote()
+    healthy = sum(1 for n in nodes if n["healthy"])
+    return JSONResponse({"status": "ok" if healthy else "no healthy node", "nodes": len(nodes), "healthy": healthy},
+                        status_code=200 if healthy else 503)
+
+
+@router.get("/api/nodes")
+async def nodes(svc: Services = Depends(services)) -> Response:
+    return JSONResponse({"nodes": await svc.router.nodes.remote()})
+
+
+@router.get("/api/queue")
+async def queue(svc: Services = Depends(services)) -> Response:
+    return JSONResponse({"queue": await svc.router.queue_stats.remote()})
+
+
+@router.get("/api/cache")
+async def cache_stats(svc: Services = Depends(services)) -> Response:
+    return JSONResponse({"cache": await svc.cache.stats.remote()})
+
+
+@router.get("/metrics")
+async def metrics_text(svc: Services = Depends(services)) -> Response:
+    """Prometheus text format: the whole app's counts (merged from every replica) and gauges."""
+    book, nodes, queue, shards, cache, batch = await asyncio.gather(
+        svc.metrics_book.snapshot.remote(), svc.router.nodes.remote(), svc.router.queue_stats.remote(),
+        svc.router.shards.remote(), svc.cache.stats.remote(), svc.batch.summary.remote(0))
+    return Response(render(book, nodes, queue, shards, cache, batch), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/stats")
+async def stats(svc: Services = Depends(services)) -> Response:
+    """What the dashboard shows, as JSON: nodes, queue, shard groups, latency over time, totals."""
+    nodes, queue, shards, latency, book, cache, batch = await asyncio.gather(
+        svc.router.nodes.remote(), svc.router.queue_stats.remote(), svc.router.shards.remote(),
+        svc.metrics_book.latency.remote(), svc.metrics_book.snapshot.remote(), svc.cache.stats.remote(),
+        svc.batch.summary.remote())
+    totals = {"requests": sum(book.requests.values()),
+              "errors": sum(n for key, n in book.requests.items() if int(key[3]) >= 400),
+              "retries": sum(book.retries.values()), "hedges": sum(book.hedges.values())}
+    return JSONResponse({"nodes": nodes, "queue": queue, "shards": shards, "latency": latency,
+                         "totals": totals, "cache": cache, "batch": batch})
+
+
+@router.get("/api/routing/decisions")
+async def decisions(request: Request, svc: Services = Depends(services)) -> Response:
+    """The most recent routing decisions, newest first, with their reasons and candidates."""
+    limit = max(1, min(query_int(request, "limit", 50), MAX_DECISIONS))
+    return JSONResponse({"decisions": await svc.metrics_book.decisions.remote(limit)})

@@ -1,0 +1,84 @@
+"""What the HTTP routes use, and the dependencies that give it to them.
+
+`Services` is built once per Ingress replica (its handles, actors, config); the routes get it
+with `Depends(services)`, and a caller's identity with `authorized(permission)`, which also
+applies the key's rate limit. Tests override `services` to drive the routes without Ray.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Depends, Request
+from ray import serve
+from ray.actor import ActorHandle
+from ray.serve.handle import DeploymentHandle
+
+from sollol_serve.analysis.deployment import OutputLengths
+from sollol_serve.api.auth import SESSION_COOKIE, Authenticator, Principal
+from sollol_serve.api.body import json_object
+from sollol_serve.api.ratelimit import RateLimited
+from sollol_serve.api.recorder import RequestRecorder
+from sollol_serve.config import GatewayConfig, Permission
+from sollol_serve.routing.dispatch import Dispatcher
+
+
+@dataclass
+class Services:
+    config: GatewayConfig
+    router: DeploymentHandle
+    batch: DeploymentHandle
+    dispatch: Dispatcher  # requests to the node's worker on the router's ticket
+    lengths: OutputLengths
+    auth: Authenticator
+    limiter: ActorHandle | None  # None when no key has a limit
+    limited: frozenset[str]  # the keys that have one
+    recorder: RequestRecorder
+    metrics_book: ActorHandle
+    cache: ActorHandle
+
+    async def body(self, request: Request) -> dict:
+        return await json_object(request, self.config.max_body_bytes)
+
+    def charger(self, principal: Principal) -> Callable[[int], None]:
+        """Charges the tokens a response used to its key, if the key is rate limited."""
+        if principal.name not in self.limited:
+            return lambda tokens: None
+        return lambda tokens: self.limiter.charge.remote(principal.name, tokens)
+
+
+# The dependencies are coroutines: FastAPI runs a plain `def` one in a thread, a hop per request.
+async def services() -> Services:
+    """This Ingress replica's services."""
+    return serve.get_replica_context().servable_object.services
+
+
+def session_of(request: Request) -> str | None:
+    """The session cookie, honoured only on reads: a forged cross-site POST carries it too."""
+    return request.cookies.get(SESSION_COOKIE) if request.method in ("GET", "HEAD") else None
+
+
+async def admit(svc: Services, request: Request, permission: Permission | None) -> Principal:
+    """The caller, if its key (or session) has `permission` and its rate limit lets it in."""
+    principal = svc.auth.authorize(request.headers, permission, session_of(request))
+    if principal.name in svc.limited:
+        wait = await svc.limiter.admit.remote(principal.name)
+        if wait:
+            raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s", retry_after_s=wait)
+    request.state.principal = principal
+    return principal
+
+
+def authorized(permission: Permission | None):
+    """A route's dependency: the caller, admitted for `permission` (None: any valid key)."""
+    async def dependency(request: Request, svc: Services = Depends(services)) -> Principal:
+        return await admit(svc, request, permission)
+
+    return Depends(dependency)
+
+
+async def counted(request: Request, svc: Services = Depends(services)) -> None:
+    """For the inference routes: start the clock, and have an error answer counted in the
+    metrics too (an auth or rate-limit refusal included)."""
+    request.state.started = time.perf_counter()
+    request.state.recorder = svc.recorder

@@ -1,0 +1,181 @@
+"""The HTTP surfaces without Ray: the routes over fake handles (FastAPI's dependency
+override stands in for the replica's `Services`), checking auth and rate limits as
+dependencies, the one error handler, and that errors of inference requests are counted."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+from ray.exceptions import RayTaskError
+
+from sollol_serve.api.auth import Authenticator, hash_key
+from sollol_serve.api.http import app
+from sollol_serve.api.recorder import RequestRecorder
+from sollol_serve.api.services import Services, services
+from sollol_serve.config import GatewayConfig
+from sollol_serve.protocol import NoNodeAvailable
+
+ADMIN, USER, READER = "admin-secret", "user-secret", "reader-secret"
+
+
+class FakeHandle:
+    """A deployment or actor handle whose methods answer from `answers` (a value, a function of
+    the call's arguments, or an exception to raise) and remember how they were called."""
+
+    def __init__(self, **answers):
+        self.answers, self.calls = answers, []
+
+    def __getattr__(self, method: str):
+        handle = self
+
+        class Method:
+            def remote(self, *args):
+                handle.calls.append((method, args))
+
+                return Answer(lambda: handle.answers[method], args)
+        return Method()
+
+
+class Answer:
+    """Awaitable like a Ray ref, and (like one) harmless when never awaited: fire-and-forget calls."""
+
+    def __init__(self, value, args):
+        self.value, self.args = value, args
+
+    def __await__(self):
+        value = self.value()
+        if isinstance(value, BaseException):
+            raise value
+        yield from ()
+        return value(*self.args) if callable(value) else value
+
+
+class FakeDispatch:
+    def __init__(self):
+        self.calls = []
+
+    async def call(self, profile, req):
+        self.calls.append((profile, req))
+        return SimpleNamespace(body={"model": req.model, "message": {"role": "assistant", "content": "hi"},
+                                     "done": True, "prompt_eval_count": 3, "eval_count": 4},
+                               node="n1", routing={"node": "n1", "attempts": []})
+
+
+def make_services(keys: bool = True, limited: dict | None = None, **router_answers) -> Services:
+    security = {"keys": [{"name": "root", "sha256": hash_key(ADMIN), "role": "admin"},
+                         {"name": "app", "sha256": hash_key(USER), "role": "user"},
+                         {"name": "grafana", "sha256": hash_key(READER), "role": "reader"}]} if keys else {}
+    config = GatewayConfig.model_validate({"security": security, "max_body_bytes": 1024})
+    limiter = FakeHandle(admit=lambda name: (limited or {}).get(name), charge=None)
+    return Services(config=config, router=FakeHandle(**router_answers), batch=FakeHandle(),
+                    dispatch=FakeDispatch(), lengths=SimpleNamespace(table={}), auth=Authenticator(config.security),
+                    limiter=limiter, limited=frozenset(limited or ()), recorder=RequestRecorder(FakeHandle()),
+                    metrics_book=FakeHandle(), cache=FakeHandle())
+
+
+@pytest.fixture
+def client():
+    made = []
+
+    def start(svc: Services) -> TestClient:
+        async def fake() -> Services:
+            return svc
+        app.dependency_overrides[services] = fake
+        made.append(TestClient(app, raise_server_exceptions=False))
+        return made[-1]
+
+    yield start
+    app.dependency_overrides.clear()
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _routes(router) -> set[tuple[str, str]]:
+    """(method, path) of every route, into included routers (FastAPI nests them)."""
+    found = set()
+    for route in router.routes:
+        if hasattr(route, "original_router"):
+            found |= _routes(route.original_router)
+        else:
+            found |= {(method, route.path) for method in getattr(route, "methods", None) or ()}
+    return found
+
+
+def test_every_surface_is_routed():
+    routes = _routes(app)
+    expected = {
+        ("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps"),
+        ("POST", "/api/show"), ("POST", "/api/chat"), ("POST", "/api/generate"), ("POST", "/api/embed"),
+        ("POST", "/api/embeddings"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
+        ("GET", "/health"), ("GET", "/api/nodes"), ("GET", "/api/queue"), ("GET", "/api/stats"), ("GET", "/metrics"),
+        ("GET", "/api/routing/decisions"), ("GET", "/api/cache"),
+        ("GET", "/api/admin/nodes"), ("POST", "/api/admin/nodes"), ("POST", "/api/admin/nodes/{name}/drain"),
+        ("POST", "/api/admin/nodes/{name}/undrain"), ("DELETE", "/api/admin/nodes/{name}"),
+        ("POST", "/api/admin/warm"), ("GET", "/api/shards"), ("POST", "/api/shards/{model:path}/start"),
+        ("POST", "/api/shards/{model:path}/stop"), ("DELETE", "/api/cache"), ("DELETE", "/api/cache/{model:path}"),
+        ("POST", "/api/batch/embed"), ("POST", "/api/batch/chat"), ("GET", "/api/batch/jobs"),
+        ("GET", "/api/batch/jobs/{job_id}"), ("GET", "/api/batch/results/{job_id}"),
+        ("DELETE", "/api/batch/jobs/{job_id}"),
+        ("GET", "/dashboard"), ("POST", "/dashboard/login"), ("POST", "/dashboard/logout"),
+    }
+    assert expected <= routes, expected - routes
+
+
+def test_auth_refusals_in_each_api_format(client):
+    http = client(make_services(tags=[{"name": "m:latest"}]))
+    missing = http.get("/api/tags")
+    assert missing.status_code == 401 and "missing API key" in missing.json()["error"]
+    openai = http.get("/v1/models", headers=bearer("wrong"))
+    assert openai.status_code == 401
+    assert openai.json()["error"] == {"message": "invalid API key", "type": "authentication_error",
+                                      "param": None, "code": "invalid_api_key"}
+    assert http.get("/api/tags", headers=bearer(READER)).json() == {"models": [{"name": "m:latest"}]}
+    assert http.get("/api/admin/nodes", headers=bearer(USER)).status_code == 403  # user lacks admin
+    assert http.delete("/api/cache", headers=bearer(READER)).status_code == 403
+    assert http.get("/api/cache", headers=bearer(USER)).status_code == 403  # user lacks stats
+
+
+def test_a_refused_inference_request_is_counted_and_a_served_one_charged(client):
+    svc = make_services(limited={"app": None})
+    http = client(svc)
+    refused = http.post("/api/chat", headers=bearer(READER), json={"model": "m", "messages": []})
+    assert refused.status_code == 403 and "lacks the 'chat' permission" in refused.json()["error"]
+    served = http.post("/api/chat", headers=bearer(USER),
+                       json={"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]})
+    assert served.status_code == 200 and served.headers["X-SOLLOL-Node"] == "n1"
+    assert served.json()["_sollol_routing"]["node"] == "n1" and served.json()["message"]["content"] == "hi"
+    assert dict(svc.recorder.metrics.requests) == {("/api/chat", "none", "none", "403"): 1,
+                                                   ("/api/chat", "m", "n1", "200"): 1}
+    assert ("charge", ("app", 7)) in svc.limiter.calls  # prompt 3 + answer 4 tokens
+
+
+def test_rate_limited_key_gets_429_with_retry_after(client):
+    http = client(make_services(limited={"app": 7}))
+    response = http.post("/v1/chat/completions", headers=bearer(USER),
+                         json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 429 and response.headers["Retry-After"] == "7"
+    assert response.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_bad_bodies_are_400_and_413(client):
+    http = client(make_services(keys=False))
+    bad = http.post("/api/chat", content=b"{nope")
+    assert bad.status_code == 400 and bad.json()["error"].startswith("invalid JSON")
+    invalid = http.post("/v1/embeddings", json={"model": "m"})
+    assert invalid.status_code == 400 and "input" in invalid.json()["error"]["message"]
+    big = http.post("/api/embed", json={"model": "m", "input": "x" * 3000})
+    assert big.status_code == 413
+
+
+def test_errors_from_other_deployments_keep_their_status_and_others_are_500(client):
+    wrapped = RayTaskError("ps", "traceback", NoNodeAvailable("every node is down")).as_instanceof_cause()
+    http = client(make_services(keys=False, ps=wrapped, versions=RuntimeError("a bug")))
+    down = http.get("/api/ps")
+    assert down.status_code == 503 and down.json() == {"error": "every node is down"}
+    assert http.get("/api/version").status_code == 500
+    assert http.get("/api/nope").status_code == 404 and "error" in http.get("/api/nope").json()
