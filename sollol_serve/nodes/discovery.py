@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig, default_node_name
-from sollol_serve.names import named_actor
+from sollol_serve.names import NAMESPACE, named_actor
 from sollol_serve.nodes.backends import KIND_PROBES
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
 from sollol_serve.nodes.placement import LOOPBACK_HOSTS
@@ -173,6 +173,10 @@ class NodeDiscovery:
                     found.append(Endpoint(base, kind, None, urlparse(base).hostname or ""))
         return found
 
+    def configure(self, config: dict) -> None:
+        """The gateway's config again (a redeploy): the next round uses it."""
+        self.config = GatewayConfig.model_validate(config)
+
     def status(self) -> dict:
         return {"rounds": self.rounds, "discovered": dict(self.discovered)}
 
@@ -182,7 +186,15 @@ def discovery_actor_name(state_actor_name: str) -> str:
 
 
 def start_discovery(config: GatewayConfig):
-    """The gateway's discovery actor (created once, found by name afterwards), or None if off."""
+    """The gateway's discovery actor (created once, found by name afterwards) with this config,
+    or None if discovery is off. Blocks on a name lookup: call it from a thread."""
+    name = discovery_actor_name(config.state_actor_name)
     if not (config.discovery.ray_nodes and config.discovery.ports) and not config.discovery.cidr:
+        try:  # a redeploy turned it off: the detached actor would go on discovering
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        except ValueError:  # there is none
+            pass
         return None
-    return named_actor(NodeDiscovery, discovery_actor_name(config.state_actor_name), config.model_dump(mode="json"))
+    actor = named_actor(NodeDiscovery, name, config.model_dump(mode="json"))
+    actor.configure.remote(config.model_dump(mode="json"))  # it outlives a redeploy: take this config
+    return actor

@@ -108,7 +108,7 @@ class Router:
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
         self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s)
-        self.discovery = start_discovery(self.config)  # one per gateway, whichever router starts it
+        self.discovery = await asyncio.to_thread(start_discovery, self.config)  # one per gateway
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need
         await self._adopt(*await self.state.sync.remote(self.router_id, {}, [], self.config.routing.snapshot_interval_s))
@@ -254,11 +254,10 @@ class Router:
         """The shard groups; none (and no coordinator started) until one is needed."""
         if self.shard_coordinator is None:
             try:
-                self.shard_coordinator = await asyncio.to_thread(
-                    ray.get_actor, coordinator_name(self.config.state_actor_name), NAMESPACE)
+                await asyncio.to_thread(ray.get_actor, coordinator_name(self.config.state_actor_name), NAMESPACE)
             except ValueError:
                 return []
-        return await self.shard_coordinator.status.remote()
+        return await self._shards().status.remote()
 
     async def shard_action(self, model: str, action: str) -> dict:
         coordinator = self._shards()

@@ -125,6 +125,11 @@ class ShardCoordinator:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     # -- API ----------------------------------------------------------------------------
+    def configure(self, config: dict) -> None:
+        """The gateway's config again (a redeploy): groups started from now on use it."""
+        self.config = GatewayConfig.model_validate(config)
+        self.settings = self.config.shard
+
     async def ensure(self, model: str) -> dict:
         """The model's group, started if needed; waits until it serves. GatewayError if it can't."""
         model = normalize_model(model)
@@ -298,4 +303,8 @@ def coordinator_name(state_actor_name: str) -> str:
 
 
 def shard_coordinator(config: GatewayConfig):
-    return named_actor(ShardCoordinator, coordinator_name(config.state_actor_name), config.model_dump(mode="json"))
+    """The gateway's coordinator (created once, found by name afterwards), given this config:
+    it outlives a redeploy, which may change the shard settings."""
+    actor = named_actor(ShardCoordinator, coordinator_name(config.state_actor_name), config.model_dump(mode="json"))
+    actor.configure.remote(config.model_dump(mode="json"))
+    return actor
