@@ -31,6 +31,9 @@ DATA_DIR_ENV = "SOLLOL_DATA_DIR"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,62}$")
 
 
+MAX_BATCH_TTL_S = 366 * 86_400.0  # a year: beyond it, times stop fitting a calendar soon enough
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -240,7 +243,7 @@ class BatchConfig(_Strict):
     embed_chunk: int = Field(default=16, ge=1, le=1024)  # inputs per /api/embed call
     max_items: int = Field(default=100_000, ge=1)
     priority: int = Field(default=1, ge=1, le=10)  # unless the job asks otherwise
-    ttl_s: float = Field(default=86_400.0, gt=0)  # a finished job's results are kept this long
+    ttl_s: float = Field(default=86_400.0, gt=0, le=MAX_BATCH_TTL_S)  # a finished job's results are kept this long
     max_attempts: int = Field(default=8, ge=1)  # per chunk, for retryable failures
     retry_base_s: float = Field(default=0.5, gt=0)
     retry_max_s: float = Field(default=30.0, gt=0)
@@ -273,6 +276,12 @@ class SecurityConfig(_Strict):
     roles: dict[str, list[Permission]] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
     # Without keys the gateway only serves a loopback bind; this overrides that refusal.
     allow_remote_without_keys: bool = False
+    # Web origins ("https://app.example:8443", or "*") whose pages may call the gateway; any
+    # other page's request (browsers send `Origin` on every cross-site one) is refused.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Host names the gateway answers to on a loopback bind, besides IP addresses, localhost and
+    # this machine's name: other names are DNS rebinding.
+    allowed_hosts: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "SecurityConfig":

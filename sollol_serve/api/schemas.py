@@ -21,6 +21,8 @@ from pydantic import (
     field_validator,
 )
 
+from sollol_serve.config import MAX_BATCH_TTL_S
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -124,7 +126,7 @@ class BatchEmbedRequest(BaseModel):
     options: dict | None = None
     keep_alive: str | int | float | None = None
     priority: int | None = Field(default=None, ge=1, le=10)
-    ttl_s: float | None = Field(default=None, gt=0)
+    ttl_s: float | None = Field(default=None, gt=0, le=MAX_BATCH_TTL_S)
 
 
 class BatchChatRequest(BaseModel):
@@ -134,7 +136,7 @@ class BatchChatRequest(BaseModel):
     model: str = Field(min_length=1)
     requests: list[dict] = Field(min_length=1)
     priority: int | None = Field(default=None, ge=1, le=10)
-    ttl_s: float | None = Field(default=None, gt=0)
+    ttl_s: float | None = Field(default=None, gt=0, le=MAX_BATCH_TTL_S)
 
 
 def chat_items(request: BatchChatRequest) -> list[dict]:

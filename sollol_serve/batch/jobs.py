@@ -6,7 +6,14 @@ from datetime import datetime, timezone
 
 
 def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat() if ts else None
+    """A time as ISO 8601; None for none, or for one no calendar holds (a bad stored row must
+    not take the job list and the dashboard down with it)."""
+    if not ts:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def job_status(job: dict, counts: dict[str, int], nodes: dict[str, int], now: float) -> dict:

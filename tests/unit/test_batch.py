@@ -205,3 +205,16 @@ def test_payloads():
     bad = BatchChatRequest.model_validate({"model": "m", "requests": [{"messages": "nope"}]})
     with pytest.raises(ValueError, match=r"requests\[0\]"):
         chat_items(bad)
+
+
+def test_a_ttl_past_any_calendar_is_refused_and_a_stored_one_does_not_break_the_status():
+    with pytest.raises(ValueError, match="ttl_s"):
+        BatchEmbedRequest.model_validate({"model": "m", "input": ["a"], "ttl_s": 1e300})
+    with pytest.raises(ValueError, match="ttl_s"):
+        BatchChatRequest.model_validate({"model": "m", "requests": [{"messages": []}], "ttl_s": 1e12})
+    assert BatchEmbedRequest.model_validate({"model": "m", "input": ["a"], "ttl_s": 30 * 86_400}).ttl_s == 2_592_000
+    # A row written before the bound (or by hand): the job still reports, without an expiry.
+    job = {"id": "j", "kind": "embed", "model": "m", "owner": "o", "state": "completed", "total": 1,
+           "created": 100.0, "started": 100.0, "finished": 101.0, "ttl_s": 1e300}
+    status = job_status(job, {"done": 1, "failed": 0, "pending": 0}, {"n1": 1}, 200.0)
+    assert status["expires_at"] is None and status["finished_at"].startswith("1970-01-01T00:01:41")
