@@ -7,7 +7,7 @@ else is a bug and stays a 500.
 
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from ray.exceptions import RayTaskError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -17,9 +17,11 @@ from sollol_serve.api import admin, batch_jobs, dashboard, inference, operations
 from sollol_serve.api.body import api_path
 from sollol_serve.api.errors import error_response
 from sollol_serve.api.middleware import PoweredByHeader
+from sollol_serve.api.services import same_site
 from sollol_serve.protocol import GatewayError, unwrap
 
-app = FastAPI(title="sollol_serve", version=__version__, docs_url="/docs", redoc_url=None)
+app = FastAPI(title="sollol_serve", version=__version__, docs_url="/docs", redoc_url=None,
+              dependencies=[Depends(same_site)])
 app.add_middleware(PoweredByHeader)
 for surface in (inference.router, inference.routed_requests, operations.router, operations.health_router,
                 admin.router, batch_jobs.router, dashboard.router):

@@ -13,7 +13,8 @@ from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 
 from sollol_serve.analysis.deployment import OutputLengths
-from sollol_serve.api.auth import Authenticator, check_bind
+from sollol_serve.api.auth import Authenticator, check_bind, is_loopback
+from sollol_serve.api.origin import machine_names
 from sollol_serve.api.http import app
 from sollol_serve.api.ratelimit import rate_limiter
 from sollol_serve.api.recorder import RequestRecorder
@@ -37,7 +38,8 @@ class Ingress:
     async def __init__(self, router: DeploymentHandle, workers: dict[str, DeploymentHandle], batch: DeploymentHandle,
                        config: dict):
         config = GatewayConfig.model_validate(config)
-        check_bind(await serve_http_host(), config.security)
+        bind = await serve_http_host()
+        check_bind(bind, config.security)
         keys = config.security.keys
         limited = frozenset(k.name for k in keys if k.requests_per_minute or k.tokens_per_minute)
         limiter = rate_limiter(f"{config.state_actor_name}_ratelimits", keys) if limited else None
@@ -51,5 +53,6 @@ class Ingress:
             dispatch=Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, config.state_actor_name),
                                 config.failover),
             lengths=OutputLengths(config.state_actor_name), auth=Authenticator(config.security),
-            limiter=limiter, limited=limited, recorder=RequestRecorder(book), metrics_book=book, cache=cache)
+            limiter=limiter, limited=limited, recorder=RequestRecorder(book), metrics_book=book, cache=cache,
+            loopback_bind=is_loopback(bind), machine_names=await asyncio.to_thread(machine_names))
         self._flusher = asyncio.create_task(self.services.recorder.flush_forever())

@@ -17,6 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from sollol_serve.analysis.deployment import OutputLengths
 from sollol_serve.api.auth import SESSION_COOKIE, Authenticator, Principal
 from sollol_serve.api.body import json_object
+from sollol_serve.api.origin import check_request_origin
 from sollol_serve.api.ratelimit import RateLimited
 from sollol_serve.api.recorder import RequestRecorder
 from sollol_serve.config import GatewayConfig, Permission
@@ -36,6 +37,8 @@ class Services:
     recorder: RequestRecorder
     metrics_book: ActorHandle
     cache: ActorHandle
+    loopback_bind: bool = True  # Serve's HTTP bind: host names are checked only on loopback
+    machine_names: frozenset[str] = frozenset()
 
     async def body(self, request: Request) -> dict:
         return await json_object(request, self.config.max_body_bytes)
@@ -67,6 +70,13 @@ async def admit(svc: Services, request: Request, permission: Permission | None) 
             raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s", retry_after_s=wait)
     request.state.principal = principal
     return principal
+
+
+async def same_site(request: Request, svc: Services = Depends(services)) -> None:
+    """Every route's first dependency: refuse a hostile page's request before anything else."""
+    security = svc.config.security
+    check_request_origin(request.headers.get("origin"), request.headers.get("host"), security.allowed_origins,
+                         svc.loopback_bind, security.allowed_hosts, svc.machine_names)
 
 
 def authorized(permission: Permission | None):

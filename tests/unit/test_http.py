@@ -63,7 +63,8 @@ class FakeDispatch:
                                node="n1", routing={"node": "n1", "attempts": []})
 
 
-def make_services(keys: bool = True, limited: dict | None = None, **router_answers) -> Services:
+def make_services(keys: bool = True, limited: dict | None = None, loopback_bind: bool = False,
+                  **router_answers) -> Services:
     security = {"keys": [{"name": "root", "sha256": hash_key(ADMIN), "role": "admin"},
                          {"name": "app", "sha256": hash_key(USER), "role": "user"},
                          {"name": "grafana", "sha256": hash_key(READER), "role": "reader"}]} if keys else {}
@@ -72,7 +73,8 @@ def make_services(keys: bool = True, limited: dict | None = None, **router_answe
     return Services(config=config, router=FakeHandle(**router_answers), batch=FakeHandle(),
                     dispatch=FakeDispatch(), lengths=SimpleNamespace(table={}), auth=Authenticator(config.security),
                     limiter=limiter, limited=frozenset(limited or ()), recorder=RequestRecorder(FakeHandle()),
-                    metrics_book=FakeHandle(), cache=FakeHandle())
+                    metrics_book=FakeHandle(), cache=FakeHandle(), loopback_bind=loopback_bind,
+                    machine_names=frozenset({"gpu-box"}))
 
 
 @pytest.fixture
@@ -179,3 +181,42 @@ def test_errors_from_other_deployments_keep_their_status_and_others_are_500(clie
     assert down.status_code == 503 and down.json() == {"error": "every node is down"}
     assert http.get("/api/version").status_code == 500
     assert http.get("/api/nope").status_code == 404 and "error" in http.get("/api/nope").json()
+
+
+def test_a_hostile_page_cannot_reach_a_keyless_gateway(client):
+    # No keys: every caller is admin, so the browser's Origin and Host are what stand in the way.
+    svc = make_services(keys=False, loopback_bind=True, add_node=lambda node: {"name": node["name"]},
+                        tags=[{"name": "m:latest"}])
+    http = client(svc)
+    node = '{"name": "evil", "url": "http://203.0.113.9:11434"}'
+    # A `no-cors` fetch from another site: text/plain body, the page's Origin.
+    forged = http.post("http://127.0.0.1:8000/api/admin/nodes", content=node,
+                       headers={"Origin": "http://evil.example", "Content-Type": "text/plain"})
+    assert forged.status_code == 403 and "cross-origin" in forged.json()["error"]
+    assert http.post("http://127.0.0.1:8000/api/chat", content="{}",
+                     headers={"Origin": "null"}).status_code == 403  # a sandboxed frame or file://
+    assert not [c for c in svc.router.calls if c[0] == "add_node"]
+    # curl -d (form content type, no Origin) and the gateway's own pages are let through.
+    curl = http.post("http://127.0.0.1:8000/api/admin/nodes", content=node,
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert curl.status_code == 201
+    own = http.post("http://localhost:8000/api/admin/nodes", content=node, headers={"Origin": "http://localhost:8000"})
+    assert own.status_code == 201
+    # DNS rebinding: evil.example now resolves to 127.0.0.1, so the page is "same origin".
+    rebound = http.get("http://evil.example:8000/api/tags", headers={"Origin": "http://evil.example:8000"})
+    assert rebound.status_code == 403 and "evil.example" in rebound.json()["error"]
+    for host in ("127.0.0.1:8000", "[::1]:8000", "localhost", "gpu-box:8000", "10.0.0.5"):
+        assert http.get(f"http://{host}/api/tags").status_code == 200, host
+
+
+def test_allowed_origins_and_hosts_are_configurable(client):
+    svc = make_services(keys=False, loopback_bind=True, tags=[])
+    svc.config.security.allowed_origins = ["https://chat.example"]
+    svc.config.security.allowed_hosts = ["Gateway.Lan"]
+    http = client(svc)
+    assert http.get("http://127.0.0.1/api/tags", headers={"Origin": "https://chat.example"}).status_code == 200
+    assert http.get("http://127.0.0.1/api/tags", headers={"Origin": "https://other.example"}).status_code == 403
+    assert http.get("http://gateway.lan/api/tags").status_code == 200
+    assert http.get("http://other.lan/api/tags").status_code == 403
+    svc.loopback_bind = False  # bound to the LAN (with keys, by the bind rule): names are the operator's
+    assert http.get("http://other.lan/api/tags").status_code == 200
