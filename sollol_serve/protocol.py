@@ -9,7 +9,7 @@ plain dicts already in the client's API format.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Api = Literal["ollama", "openai"]
@@ -115,6 +115,49 @@ class Outcome:
     node: str
     ok: bool | None  # None: the client went away, nothing to learn
     usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    """A node as the Router sees it, for /api/nodes, /health, /metrics and the dashboard."""
+
+    name: str
+    healthy: bool
+    slots: int  # what the router lets in at once now
+    in_flight: int
+    breaker: str = "closed"
+    url: str = ""
+    kind: str | None = None
+    slots_source: str = "learned"  # configured, reported by the node, or learned
+    slots_configured: int | None = None
+    slots_learned: int | None = None
+    capacity: dict = field(default_factory=dict)  # what capacity learning has proven and probed
+    draining: bool = False
+    added_at_run_time: bool = False
+    models: list[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    error: str | None = None
+    worker_ip: str | None = None
+    worker_node_id: str | None = None
+    telemetry: dict | None = None
+    decode_tps: dict[str, float] = field(default_factory=dict)  # model -> learned tokens/s
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class QueueStatus:
+    """A Router replica's priority queue: who waits now, and how long served requests waited."""
+
+    router: str
+    waiting: int
+    max: int
+    aging_s: float
+    waited_by_priority: dict[str, dict] = field(default_factory=dict)  # priority -> count, mean/max ms
+
+    def as_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(slots=True)

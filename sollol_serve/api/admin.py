@@ -15,7 +15,7 @@ router = APIRouter(dependencies=[authorized("admin")])
 
 @router.get("/api/admin/nodes")
 async def admin_nodes(svc: Services = Depends(services)) -> Response:
-    return JSONResponse({"nodes": await svc.router.nodes.remote()})
+    return JSONResponse({"nodes": [n.as_json() for n in await svc.router.nodes.remote()]})
 
 
 @router.post("/api/admin/nodes")

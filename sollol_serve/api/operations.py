@@ -19,19 +19,19 @@ health_router = APIRouter(dependencies=[authorized(None)])
 @health_router.get("/health")
 async def health(svc: Services = Depends(services)) -> Response:
     nodes = await svc.router.nodes.remote()
-    healthy = sum(1 for n in nodes if n["healthy"])
+    healthy = sum(1 for n in nodes if n.healthy)
     return JSONResponse({"status": "ok" if healthy else "no healthy node", "nodes": len(nodes), "healthy": healthy},
                         status_code=200 if healthy else 503)
 
 
 @router.get("/api/nodes")
 async def nodes(svc: Services = Depends(services)) -> Response:
-    return JSONResponse({"nodes": await svc.router.nodes.remote()})
+    return JSONResponse({"nodes": [n.as_json() for n in await svc.router.nodes.remote()]})
 
 
 @router.get("/api/queue")
 async def queue(svc: Services = Depends(services)) -> Response:
-    return JSONResponse({"queue": await svc.router.queue_stats.remote()})
+    return JSONResponse({"queue": (await svc.router.queue_stats.remote()).as_json()})
 
 
 @router.get("/api/cache")
@@ -58,8 +58,8 @@ async def stats(svc: Services = Depends(services)) -> Response:
     totals = {"requests": sum(book.requests.values()),
               "errors": sum(n for key, n in book.requests.items() if int(key[3]) >= 400),
               "retries": sum(book.retries.values()), "hedges": sum(book.hedges.values())}
-    return JSONResponse({"nodes": nodes, "queue": queue, "shards": shards, "latency": latency,
-                         "totals": totals, "cache": cache, "batch": batch})
+    return JSONResponse({"nodes": [n.as_json() for n in nodes], "queue": queue.as_json(), "shards": shards,
+                         "latency": latency, "totals": totals, "cache": cache, "batch": batch})
 
 
 @router.get("/api/routing/decisions")

@@ -20,6 +20,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from sollol_serve.protocol import NodeStatus, QueueStatus
+
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -120,7 +122,7 @@ def _gauge(name: str, doc: str, labels: list[str], values: Iterable[tuple[list[s
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
-def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict,
+def families(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict], cache: dict,
              batch: dict) -> list:
     """Every metric family: the request book, and gauges from `Router.nodes()`,
     `Router.queue_stats()`, the shard groups' status, the response cache's size and the
@@ -145,26 +147,26 @@ def families(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[
         _gauge("sollol_batch_items_pending", "Items still to do in unfinished batch jobs", [],
                [([], float(batch.get("pending_items", 0)))]),
         _gauge("sollol_node_healthy", "1 if the node answers its health probe", ["node"],
-               ([[n["name"]], float(n["healthy"])] for n in nodes)),
+               ([[n.name], float(n.healthy)] for n in nodes)),
         _gauge("sollol_node_in_flight", "Requests in flight on the node (all routers)", ["node"],
-               ([[n["name"]], float(n["in_flight"])] for n in nodes)),
+               ([[n.name], float(n.in_flight)] for n in nodes)),
         _gauge("sollol_node_slots", "Parallel requests the node serves", ["node"],
-               ([[n["name"]], float(n["slots"])] for n in nodes)),
+               ([[n.name], float(n.slots)] for n in nodes)),
         _gauge("sollol_node_breaker", "Circuit breaker state (1 for the current one)", ["node", "state"],
-               ([[n["name"], s], float(n["breaker"] == s)] for n in nodes for s in BREAKER_STATES)),
+               ([[n.name, s], float(n.breaker == s)] for n in nodes for s in BREAKER_STATES)),
         _gauge("sollol_node_vram_free_bytes", "Free VRAM on the node's host (nodes with GPU readings)", ["node"],
-               ([[n["name"]], float(n["telemetry"]["vram_free_mb"]) * 2**20] for n in nodes
-                if (n.get("telemetry") or {}).get("vram_free_mb") is not None)),
+               ([[n.name], float(n.telemetry["vram_free_mb"]) * 2**20] for n in nodes
+                if (n.telemetry or {}).get("vram_free_mb") is not None)),
         _gauge("sollol_node_decode_tokens_per_second", "Learned decode speed per node and model", ["node", "model"],
-               ([[n["name"], model], tps] for n in nodes for model, tps in sorted(n.get("decode_tps", {}).items()))),
+               ([[n.name, model], tps] for n in nodes for model, tps in sorted(n.decode_tps.items()))),
         _gauge("sollol_queue_waiting", "Requests waiting in the router's priority queue", [],
-               [([], float(queue.get("waiting", 0)))]),
+               [([], float(queue.waiting))]),
         _gauge("sollol_queue_wait_seconds_mean", "Mean wait in the queue of served requests, per priority",
                ["priority"], ([[p], float(w.get("mean_ms", 0.0)) / 1000]
-                              for p, w in sorted(queue.get("waited_by_priority", {}).items()))),
+                              for p, w in sorted(queue.waited_by_priority.items()))),
         _gauge("sollol_queue_wait_seconds_max", "Longest wait in the queue of a served request, per priority",
                ["priority"], ([[p], float(w.get("max_ms", 0.0)) / 1000]
-                              for p, w in sorted(queue.get("waited_by_priority", {}).items()))),
+                              for p, w in sorted(queue.waited_by_priority.items()))),
         _gauge("sollol_shard_group_state", "Shard group state (1 for the current one)", ["model", "state"],
                ([[g["model"], s], float(g["state"] == s)] for g in shards
                 for s in ("starting", "running", "restarting", "failed", "stopped"))),
@@ -180,7 +182,7 @@ class _Families:
         return iter(self.items)
 
 
-def render(book: RequestMetrics, nodes: list[dict], queue: dict, shards: list[dict], cache: dict,
+def render(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict], cache: dict,
            batch: dict) -> bytes:
     """The Prometheus text exposition of everything."""
     registry = CollectorRegistry(auto_describe=False)

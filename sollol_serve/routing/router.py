@@ -35,10 +35,13 @@ from sollol_serve.protocol import (
     Conflict,
     ModelNotFound,
     NodeError,
+    NodeReport,
     NodeRequest,
+    NodeStatus,
     NoNodeAvailable,
     NotFound,
     Outcome,
+    QueueStatus,
     Ticket,
     Usage,
     error_message,
@@ -301,33 +304,30 @@ class Router:
         self.workers.forget(name)
 
     # -- cluster views used by the ingress ---------------------------------------------
-    async def nodes(self) -> list[dict]:
+    async def nodes(self) -> list[NodeStatus]:
         reports = await self.state.reports.remote()
-        out = []
-        for v in self.core.snapshot.values():
-            report = reports.get(v.name)
-            out.append({
-                "name": v.name, "url": v.url, "kind": v.kind, "healthy": v.healthy, "slots": self.core.slots(v),
-                "slots_source": v.slots_source, "slots_configured": v.slots if v.slots_source == "configured" else None,
-                "slots_learned": self.core.book.learned_slots(v.name),
-                "capacity": self.core.book.capacity_of(v.name).as_dict(),
-                "in_flight": self.core.busy(v), "breaker": v.breaker, "draining": v.draining,
-                "added_at_run_time": self.workers.links[v.name].runtime,
-                "models": sorted(v.models.values()), "loaded": sorted(v.loaded), "error": v.error,
-                "worker_ip": report.worker_ip if report else None,
-                "worker_node_id": report.worker_node_id if report else None,
-                "telemetry": report.telemetry if report else None,
-                "decode_tps": {model: round(perf.decode_tps.mean, 2) for (node, model), perf in self.core.book.models.items()
-                               if node == v.name and perf.decode_tps.n},
-            })
-        return out
+        return [self._status(view, reports.get(view.name)) for view in self.core.snapshot.values()]
 
-    async def queue_stats(self) -> dict:
+    def _status(self, v: NodeView, report: NodeReport | None) -> NodeStatus:
+        book = self.core.book
+        return NodeStatus(
+            name=v.name, url=v.url, kind=v.kind, healthy=v.healthy, slots=self.core.slots(v),
+            slots_source=v.slots_source, slots_configured=v.slots if v.slots_source == "configured" else None,
+            slots_learned=book.learned_slots(v.name), capacity=book.capacity_of(v.name).as_dict(),
+            in_flight=self.core.busy(v), breaker=v.breaker, draining=v.draining,
+            added_at_run_time=self.workers.links[v.name].runtime, models=sorted(v.models.values()),
+            loaded=sorted(v.loaded), error=v.error,
+            worker_ip=report.worker_ip if report else None, worker_node_id=report.worker_node_id if report else None,
+            telemetry=report.telemetry if report else None,
+            decode_tps={model: round(perf.decode_tps.mean, 2) for (node, model), perf in book.models.items()
+                        if node == v.name and perf.decode_tps.n})
+
+    async def queue_stats(self) -> QueueStatus:
         """Requests waiting now, and how long served requests waited, per priority."""
-        stats = self.core.queue.wait_stats
-        return {"router": self.router_id, "waiting": len(self.core.queue), "max": self.core.queue.max_size,
-                "aging_s": self.core.queue.aging_s,
-                "waited_by_priority": {str(p): stats[p].as_dict() for p in sorted(stats)}}
+        queue = self.core.queue
+        stats = queue.wait_stats
+        return QueueStatus(router=self.router_id, waiting=len(queue), max=queue.max_size, aging_s=queue.aging_s,
+                           waited_by_priority={str(p): stats[p].as_dict() for p in sorted(stats)})
 
     async def knows(self, model: str) -> bool:
         """Whether some node (or a shard group) serves `model`, up or down."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from sollol_serve.observability.metrics import RequestMetrics, render
+from sollol_serve.protocol import NodeStatus, QueueStatus
 
-NODES = [{"name": "gpu-1", "healthy": True, "in_flight": 2, "slots": 4, "breaker": "half_open",
-          "telemetry": {"vram_free_mb": 1024}, "decode_tps": {"llama3.2:latest": 88.5}},
-         {"name": "cpu", "healthy": False, "in_flight": 0, "slots": 1, "breaker": "open", "telemetry": None}]
-QUEUE = {"waiting": 3, "waited_by_priority": {"9": {"count": 4, "mean_ms": 120.0, "max_ms": 400.0}}}
+NODES = [NodeStatus(name="gpu-1", healthy=True, in_flight=2, slots=4, breaker="half_open",
+                    telemetry={"vram_free_mb": 1024}, decode_tps={"llama3.2:latest": 88.5}),
+         NodeStatus(name="cpu", healthy=False, in_flight=0, slots=1, breaker="open", telemetry=None)]
+QUEUE = QueueStatus(router="r1", waiting=3, max=1000, aging_s=30.0,
+                    waited_by_priority={"9": {"count": 4, "mean_ms": 120.0, "max_ms": 400.0}})
 SHARDS = [{"model": "big:latest", "state": "running"}]
 
 
