@@ -2,8 +2,11 @@
 
 Keys are compared as SHA-256 digests in constant time and never stored, logged or echoed.
 A browser logs in to the dashboard once with a key and gets a session cookie: the key's
-name, an expiry and an HMAC keyed by the key's stored digest (rotating the key ends its
-sessions). Sessions only authorize GET requests, so a forged cross-site POST gets nothing.
+name, an expiry, a random id and an HMAC over them and the key's digest, keyed by a random
+secret that only the gateway's session actor holds (the digest is in the config, which Ray's
+dashboard serves, so it must not be the key). Rotating the key ends its sessions, an expiry
+beyond the session TTL is refused, and logout revokes the id (`api/sessions.py`). Sessions
+only authorize GET requests, so a forged cross-site POST gets nothing.
 Without configured keys every request is allowed, but only on a loopback bind
 (`check_bind`), unless the config says `allow_remote_without_keys`.
 """
@@ -16,7 +19,7 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sollol_serve.config import ALL_PERMISSIONS, Permission, SecurityConfig
 from sollol_serve.protocol import GatewayError
@@ -41,6 +44,7 @@ class Principal:
     name: str
     role: str
     permissions: frozenset[str]
+    session: str | None = None  # the session's id, when the caller came by cookie
 
 
 ANONYMOUS = Principal("anonymous", "admin", frozenset(ALL_PERMISSIONS))
@@ -82,8 +86,9 @@ def check_bind(host: str, security: SecurityConfig) -> None:
 
 
 class Authenticator:
-    def __init__(self, security: SecurityConfig):
+    def __init__(self, security: SecurityConfig, session_secret: bytes):
         self.security = security
+        self._secret = session_secret
         self._keys = [(k.sha256, Principal(k.name, k.role, frozenset(security.roles[k.role])))
                       for k in security.keys]
         self._by_name = {principal.name: (digest, principal) for digest, principal in self._keys}
@@ -123,21 +128,25 @@ class Authenticator:
         """The key's principal and a session token for it."""
         principal = self.authenticate({"x-api-key": key})
         expiry = int((now or time.time()) + SESSION_TTL_S)
-        return principal, f"{principal.name}.{expiry}.{self._sign(principal.name, expiry)}"
+        session = secrets.token_urlsafe(12)
+        return principal, f"{principal.name}.{expiry}.{session}.{self._sign(principal.name, expiry, session)}"
 
     def session(self, token: str, now: float | None = None) -> Principal:
+        """The principal of a valid, unexpired token, carrying the session's id (which the
+        caller checks against the revoked ones)."""
         try:
-            name, expiry, signature = token.rsplit(".", 2)
+            name, expiry, session, signature = token.rsplit(".", 3)
             expiry_at = int(expiry)
         except ValueError:
             raise Unauthorized("invalid session: log in again") from None
         known = self._by_name.get(name)
-        if known is None or not hmac.compare_digest(signature, self._sign(name, expiry_at)):
+        if known is None or not hmac.compare_digest(signature, self._sign(name, expiry_at, session)):
             raise Unauthorized("invalid session: log in again")
-        if expiry_at <= (now or time.time()):
+        now = now or time.time()
+        if not now < expiry_at <= now + SESSION_TTL_S:
             raise Unauthorized("session expired: log in again")
-        return known[1]
+        return replace(known[1], session=session)
 
-    def _sign(self, name: str, expiry: int) -> str:
-        digest = self._by_name[name][0] if name in self._by_name else "00"
-        return hmac.new(bytes.fromhex(digest), f"{name}.{expiry}".encode(), hashlib.sha256).hexdigest()
+    def _sign(self, name: str, expiry: int, session: str) -> str:
+        digest = self._by_name[name][0] if name in self._by_name else ""
+        return hmac.new(self._secret, f"{name}.{expiry}.{session}.{digest}".encode(), hashlib.sha256).hexdigest()

@@ -66,8 +66,15 @@ async def dashboard_login(request: Request, svc: Services = Depends(services)) -
 
 
 @router.post("/dashboard/logout")
-async def dashboard_logout(request: Request) -> Response:
+async def dashboard_logout(request: Request, svc: Services = Depends(services)) -> Response:
+    """Ends the session for good (a copy of the cookie stops working too), and drops the cookie."""
     root = request.scope.get("root_path", "")
+    token = request.cookies.get(SESSION_COOKIE)
+    if token and svc.auth.enabled:
+        try:
+            await svc.sessions.revoke.remote(svc.auth.session(token).session)
+        except GatewayError:
+            pass  # no valid session to end
     response = RedirectResponse(f"{root}/dashboard", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=root or "/")
     return response

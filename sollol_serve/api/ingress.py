@@ -19,6 +19,7 @@ from sollol_serve.api.http import app
 from sollol_serve.api.ratelimit import rate_limiter
 from sollol_serve.api.recorder import RequestRecorder
 from sollol_serve.api.services import Services
+from sollol_serve.api.sessions import session_actor
 from sollol_serve.cache.actor import cache_actor
 from sollol_serve.config import GatewayConfig
 from sollol_serve.observability.metrics_actor import metrics_actor
@@ -48,11 +49,13 @@ class Ingress:
         cache = cache_actor(config.state_actor_name, config.cache)
         await cache.configure.remote(config.cache.model_dump())
         book = metrics_actor(config.state_actor_name)
+        sessions = session_actor(config.state_actor_name)
+        auth = Authenticator(config.security, await sessions.secret.remote())
         self.services = Services(
             config=config, router=router, batch=batch,
             dispatch=Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, config.state_actor_name),
                                 config.failover),
-            lengths=OutputLengths(config.state_actor_name), auth=Authenticator(config.security),
+            lengths=OutputLengths(config.state_actor_name), auth=auth,
             limiter=limiter, limited=limited, recorder=RequestRecorder(book), metrics_book=book, cache=cache,
-            loopback_bind=is_loopback(bind), machine_names=await asyncio.to_thread(machine_names))
+            sessions=sessions, loopback_bind=is_loopback(bind), machine_names=await asyncio.to_thread(machine_names))
         self._flusher = asyncio.create_task(self.services.recorder.flush_forever())

@@ -15,7 +15,7 @@ from ray.actor import ActorHandle
 from ray.serve.handle import DeploymentHandle
 
 from sollol_serve.analysis.deployment import OutputLengths
-from sollol_serve.api.auth import SESSION_COOKIE, Authenticator, Principal
+from sollol_serve.api.auth import SESSION_COOKIE, Authenticator, Principal, Unauthorized
 from sollol_serve.api.body import json_object
 from sollol_serve.api.origin import check_request_origin
 from sollol_serve.api.ratelimit import RateLimited
@@ -37,6 +37,7 @@ class Services:
     recorder: RequestRecorder
     metrics_book: ActorHandle
     cache: ActorHandle
+    sessions: ActorHandle  # the dashboard sessions' secret and revocations
     loopback_bind: bool = True  # Serve's HTTP bind: host names are checked only on loopback
     machine_names: frozenset[str] = frozenset()
 
@@ -64,6 +65,8 @@ def session_of(request: Request) -> str | None:
 async def admit(svc: Services, request: Request, permission: Permission | None) -> Principal:
     """The caller, if its key (or session) has `permission` and its rate limit lets it in."""
     principal = svc.auth.authorize(request.headers, permission, session_of(request))
+    if principal.session and await svc.sessions.revoked.remote(principal.session):
+        raise Unauthorized("session ended: log in again")
     if principal.name in svc.limited:
         wait = await svc.limiter.admit.remote(principal.name)
         if wait:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import time
 
 import pytest
 from pydantic import ValidationError
 
 from sollol_serve.api.auth import (
     ANONYMOUS,
+    SESSION_TTL_S,
     Authenticator,
     Forbidden,
     Unauthorized,
@@ -18,10 +21,12 @@ from sollol_serve.api.auth import (
     is_loopback,
     presented_key,
 )
+from sollol_serve.api.sessions import Revocations
 from sollol_serve.cli import keys_command
 from sollol_serve.config import SecurityConfig
 
 ADMIN, USER, READER = "admin-secret", "user-secret", "reader-secret"
+SECRET = b"s" * 32
 
 
 def security(**extra) -> SecurityConfig:
@@ -49,13 +54,13 @@ def test_presented_key(headers, expected):
 
 
 def test_no_keys_means_anonymous_with_every_permission():
-    auth = Authenticator(SecurityConfig())
+    auth = Authenticator(SecurityConfig(), SECRET)
     assert not auth.enabled
     assert auth.authorize({}, "admin") is ANONYMOUS
 
 
 def test_missing_and_wrong_keys_are_401():
-    auth = Authenticator(security())
+    auth = Authenticator(security(), SECRET)
     with pytest.raises(Unauthorized, match="missing API key") as missing:
         auth.authorize({}, "chat")
     assert missing.value.status == 401
@@ -64,7 +69,7 @@ def test_missing_and_wrong_keys_are_401():
 
 
 def test_roles_grant_permissions():
-    auth = Authenticator(security())
+    auth = Authenticator(security(), SECRET)
     assert auth.authorize({"x-api-key": USER}, "chat").name == "app"
     assert auth.authorize({"authorization": f"Bearer {ADMIN}"}, "admin").role == "admin"
     assert auth.authorize({"x-api-key": READER}, "stats").name == "grafana"
@@ -107,18 +112,21 @@ def test_keys_new_prints_the_key_once_and_its_hash(capsys):
 
 
 def test_dashboard_sessions_are_signed_expire_and_end_with_the_key():
-    auth = Authenticator(security())
+    auth = Authenticator(security(), SECRET)
     principal, token = auth.login(ADMIN, now=1000.0)
     assert principal.name == "root" and ADMIN not in token
-    assert auth.session(token, now=1000.0 + 60) == principal
+    session = auth.session(token, now=1000.0 + 60)
+    assert (session.name, session.role, session.permissions) == (principal.name, principal.role, principal.permissions)
+    assert session.session and session.session != auth.login(ADMIN, now=1000.0)[1].split(".")[2]  # an id each
     assert auth.authorize({}, "admin", session=auth.login(ADMIN)[1]).name == "root"
     with pytest.raises(Unauthorized, match="expired"):
         auth.session(token, now=1000.0 + 9 * 3600)
-    name, expiry, signature = token.rsplit(".", 2)
-    for forged in (f"app.{expiry}.{signature}", f"root.{int(expiry) + 10**6}.{signature}", "root.x.y", "garbage", ""):
+    name, expiry, sid, signature = token.rsplit(".", 3)
+    for forged in (f"app.{expiry}.{sid}.{signature}", f"root.{int(expiry) + 10**6}.{sid}.{signature}",
+                   f"root.{expiry}.other.{signature}", "root.x.y.z", "garbage", ""):
         with pytest.raises(Unauthorized):
             auth.session(forged, now=1000.0)
-    rotated = Authenticator(SecurityConfig(keys=[{"name": "root", "sha256": hash_key("new-secret"), "role": "admin"}]))
+    rotated = Authenticator(SecurityConfig(keys=[{"name": "root", "sha256": hash_key("new-secret"), "role": "admin"}]), SECRET)
     with pytest.raises(Unauthorized):
         rotated.session(token, now=1000.0)
     _, user_token = auth.login(USER)
@@ -128,3 +136,32 @@ def test_dashboard_sessions_are_signed_expire_and_end_with_the_key():
         auth.login("wrong")
     # a key in the headers wins over the cookie
     assert auth.authorize({"x-api-key": READER}, "stats", session=auth.login(ADMIN)[1]).name == "grafana"
+
+
+def test_a_session_minted_from_what_the_config_shows_is_refused():
+    """The config (and Ray's dashboard, which serves it) holds each key's digest: a cookie
+    signed with it, or with no secret, or with a far expiry, is not a session."""
+    auth = Authenticator(security(), SECRET)
+    digest = hash_key(ADMIN)
+    for key in (bytes.fromhex(digest), digest.encode(), b"", b"\0" * 32):
+        for expiry in (int(time.time()) + 3600, 99999999999):
+            mac = hmac.new(key, f"root.{expiry}.x.{digest}".encode(), hashlib.sha256).hexdigest()
+            with pytest.raises(Unauthorized):
+                auth.session(f"root.{expiry}.x.{mac}")
+            legacy = hmac.new(key, f"root.{expiry}".encode(), hashlib.sha256).hexdigest()  # the old format
+            with pytest.raises(Unauthorized):
+                auth.session(f"root.{expiry}.{legacy}")
+    # Signed with the real secret but expiring beyond the TTL: refused too.
+    far = 99999999999
+    mac = hmac.new(SECRET, f"root.{far}.x.{digest}".encode(), hashlib.sha256).hexdigest()
+    with pytest.raises(Unauthorized, match="expired"):
+        auth.session(f"root.{far}.x.{mac}")
+    assert Authenticator(security(), b"another gateway").login(ADMIN)[1] != auth.login(ADMIN)[1]
+
+
+def test_revocations_last_as_long_as_a_token_could():
+    revoked = Revocations()
+    revoked.revoke("a", now=0.0)
+    assert revoked.revoked("a") and not revoked.revoked("b")
+    revoked.revoke("b", now=SESSION_TTL_S)  # "a" could not be valid any more: forgotten
+    assert not revoked.revoked("a") and revoked.revoked("b") and len(revoked) == 1

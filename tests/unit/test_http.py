@@ -71,9 +71,10 @@ def make_services(keys: bool = True, limited: dict | None = None, loopback_bind:
     config = GatewayConfig.model_validate({"security": security, "max_body_bytes": 1024})
     limiter = FakeHandle(admit=lambda name: (limited or {}).get(name), charge=None)
     return Services(config=config, router=FakeHandle(**router_answers), batch=FakeHandle(),
-                    dispatch=FakeDispatch(), lengths=SimpleNamespace(table={}), auth=Authenticator(config.security),
+                    dispatch=FakeDispatch(), lengths=SimpleNamespace(table={}), auth=Authenticator(config.security, b"k" * 32),
                     limiter=limiter, limited=frozenset(limited or ()), recorder=RequestRecorder(FakeHandle()),
-                    metrics_book=FakeHandle(), cache=FakeHandle(), loopback_bind=loopback_bind,
+                    metrics_book=FakeHandle(), cache=FakeHandle(), sessions=FakeHandle(revoked=False),
+                    loopback_bind=loopback_bind,
                     machine_names=frozenset({"gpu-box"}))
 
 
@@ -220,3 +221,22 @@ def test_allowed_origins_and_hosts_are_configurable(client):
     assert http.get("http://other.lan/api/tags").status_code == 403
     svc.loopback_bind = False  # bound to the LAN (with keys, by the bind rule): names are the operator's
     assert http.get("http://other.lan/api/tags").status_code == 200
+
+
+def test_logout_revokes_the_session_everywhere(client):
+    ended: set[str] = set()
+    svc = make_services()
+    svc.sessions = FakeHandle(revoked=lambda sid: sid in ended, revoke=ended.add)
+    http = client(svc)
+    login = http.post("/dashboard/login", content=f"key={ADMIN}", follow_redirects=False,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert login.status_code == 303
+    cookie = login.cookies["sollol_session"]
+    assert http.get("/dashboard", cookies={"sollol_session": cookie}).status_code == 200
+    http.cookies.clear()
+    assert http.post("/dashboard/logout", cookies={"sollol_session": cookie}, follow_redirects=False).status_code == 303
+    assert len(ended) == 1
+    # A copy of the cookie (kept by the browser, or stolen) is dead too.
+    again = http.get("/api/stats", cookies={"sollol_session": cookie})
+    assert again.status_code == 401 and "session ended" in again.json()["error"]
+    assert http.get("/dashboard", cookies={"sollol_session": cookie}).status_code == 401  # the login form
