@@ -52,6 +52,8 @@ class NodeConfig(_Strict):
     ray_resource: str | None = Field(default=None, min_length=1, max_length=128)
     # Set by discovery: the Ray node this server was found on (its worker is pinned there).
     ray_node_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{8,64}$")
+    # Sent as `Authorization: Bearer` to a node that wants one (llama-server --api-key).
+    api_key: str | None = Field(default=None, min_length=1, max_length=512, repr=False)
 
     @field_validator("name")
     @classmethod
@@ -71,6 +73,12 @@ class NodeConfig(_Strict):
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"node url {v!r} must be http(s)://host:port")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> "NodeConfig":
+        if self.api_key and urlparse(self.url).username is not None:
+            raise ValueError(f"node {self.name!r}: give either api_key or user:password in its url, not both")
+        return self
 
 
 class RoutingConfig(_Strict):
@@ -307,6 +315,8 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     # Largest accepted request body; larger ones get 413.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Largest answer read from a node (and longest line of a stream); larger ones are a 502.
+    max_node_response_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024, le=2**31)
     # Namespace-unique name of the node state actor, so two gateways on one Ray cluster
     # don't share state by accident.
     state_actor_name: str = "sollol_node_state"

@@ -5,6 +5,7 @@ function over output lengths this replica keeps in step) and carry it to a node 
 Router's ticket; JSON, or a stream written as it arrives.
 """
 
+import functools
 import time
 
 from fastapi import APIRouter, Depends, Request
@@ -20,6 +21,7 @@ from sollol_serve.api.ratelimit import tokens_used
 from sollol_serve.api.recorder import StreamAccount
 from sollol_serve.api.services import Services, authorized, counted, services
 from sollol_serve.api.streams import ndjson, sse
+from sollol_serve.api.visibility import shown_routing
 from sollol_serve.cache.policy import cache_key, cacheable
 from sollol_serve.cache.store import Cached
 from sollol_serve.protocol import Api, BadRequest, NodeRequest, Operation
@@ -68,14 +70,16 @@ async def routed(request: Request, svc: Services, principal: Principal, api: Api
         if key is not None:
             svc.cache.put.remote(key, req.model, answer.body, answer.node)  # not awaited: off the path
             headers["X-SOLLOL-Cache"] = "miss"
-        return JSONResponse({**answer.body, "_sollol_routing": answer.routing}, headers=headers)
+        return JSONResponse({**answer.body, "_sollol_routing": shown_routing(answer.routing, principal)},
+                            headers=headers)
     items = svc.dispatch.stream(profile, req)
     start = await items.__anext__()  # errors before the first byte surface here, as a status
     account = StreamAccount(svc.recorder, endpoint, req.model, start.node, started, charge)
+    view = functools.partial(shown_routing, principal=principal)
     if api == "ollama":
-        return StreamingResponse(ndjson(items, account), media_type="application/x-ndjson",
+        return StreamingResponse(ndjson(items, account, view), media_type="application/x-ndjson",
                                  headers={"X-SOLLOL-Node": start.node})
-    return StreamingResponse(sse(items, account), media_type="text/event-stream",
+    return StreamingResponse(sse(items, account, view), media_type="text/event-stream",
                              headers={"X-SOLLOL-Node": start.node, "Cache-Control": "no-cache"})
 
 

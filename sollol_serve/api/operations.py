@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from sollol_serve.api.body import query_int
 from sollol_serve.api.services import Services, authorized, services
+from sollol_serve.api.visibility import shown_nodes, shown_shards
 from sollol_serve.observability.activity import MAX_DECISIONS
 from sollol_serve.observability.metrics import render
 
@@ -25,8 +26,9 @@ async def health(svc: Services = Depends(services)) -> Response:
 
 
 @router.get("/api/nodes")
-async def nodes(svc: Services = Depends(services)) -> Response:
-    return JSONResponse({"nodes": [n.as_json() for n in await svc.router.nodes.remote()]})
+async def nodes(request: Request, svc: Services = Depends(services)) -> Response:
+    nodes = [n.as_json() for n in await svc.router.nodes.remote()]
+    return JSONResponse({"nodes": shown_nodes(nodes, request.state.principal)})
 
 
 @router.get("/api/queue")
@@ -49,7 +51,7 @@ async def metrics_text(svc: Services = Depends(services)) -> Response:
 
 
 @router.get("/api/stats")
-async def stats(svc: Services = Depends(services)) -> Response:
+async def stats(request: Request, svc: Services = Depends(services)) -> Response:
     """What the dashboard shows, as JSON: nodes, queue, shard groups, latency over time, totals."""
     nodes, queue, shards, latency, book, cache, batch = await asyncio.gather(
         svc.router.nodes.remote(), svc.router.queue_stats.remote(), svc.router.shards.remote(),
@@ -58,7 +60,9 @@ async def stats(svc: Services = Depends(services)) -> Response:
     totals = {"requests": sum(book.requests.values()),
               "errors": sum(n for key, n in book.requests.items() if int(key[3]) >= 400),
               "retries": sum(book.retries.values()), "hedges": sum(book.hedges.values())}
-    return JSONResponse({"nodes": [n.as_json() for n in nodes], "queue": queue.as_json(), "shards": shards,
+    principal = request.state.principal
+    return JSONResponse({"nodes": shown_nodes([n.as_json() for n in nodes], principal), "queue": queue.as_json(),
+                         "shards": shown_shards(shards, principal),
                          "latency": latency, "totals": totals, "cache": cache, "batch": batch})
 
 

@@ -4,7 +4,7 @@ with `_sollol_routing` on the last chunk and an error chunk if the stream breaks
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sollol_serve.api.recorder import StreamAccount
 from sollol_serve.protocol import StreamEnd, error_message
@@ -14,15 +14,21 @@ def dumps(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-async def ndjson(items: AsyncIterator[object], account: StreamAccount) -> AsyncIterator[str]:
-    """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing`."""
+def _as_is(routing: dict) -> dict:
+    return routing
+
+
+async def ndjson(items: AsyncIterator[object], account: StreamAccount,
+                 view: Callable[[dict], dict] = _as_is) -> AsyncIterator[str]:
+    """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing` (as
+    `view` shows it to this caller)."""
     final: dict | None = None
     try:
         async for item in items:
             if isinstance(item, StreamEnd):
                 account.end(item)
                 if final is not None:
-                    yield dumps({**final, "_sollol_routing": item.routing}) + "\n"
+                    yield dumps({**final, "_sollol_routing": view(item.routing)}) + "\n"
                 return
             account.chunk()
             if item[-1].get("done"):
@@ -36,7 +42,8 @@ async def ndjson(items: AsyncIterator[object], account: StreamAccount) -> AsyncI
         await items.aclose()
 
 
-async def sse(items: AsyncIterator[object], account: StreamAccount) -> AsyncIterator[str]:
+async def sse(items: AsyncIterator[object], account: StreamAccount,
+              view: Callable[[dict], dict] = _as_is) -> AsyncIterator[str]:
     """OpenAI stream: `data:` events; a last chunk carries `_sollol_routing`, then [DONE]."""
     last: dict = {}
     try:
@@ -44,7 +51,7 @@ async def sse(items: AsyncIterator[object], account: StreamAccount) -> AsyncIter
             if isinstance(item, StreamEnd):
                 account.end(item)
                 tail = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
-                yield f"data: {dumps({**tail, 'choices': [], '_sollol_routing': item.routing})}\n\n"
+                yield f"data: {dumps({**tail, 'choices': [], '_sollol_routing': view(item.routing)})}\n\n"
                 yield "data: [DONE]\n\n"
                 return
             account.chunk()

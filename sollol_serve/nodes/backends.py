@@ -75,7 +75,7 @@ class NodeBackend(ABC):
         except StreamBroken as exc:  # nothing has reached the client: another node may answer
             raise NodeError(exc.message, status=502) from None
         except ValueError as exc:
-            raise NodeError(f"node {self.url} sent a broken answer: {exc}", status=502) from None
+            raise NodeError(f"node {self.http.node} sent a broken answer: {exc}", status=502) from None
 
 
 class OllamaBackend(NodeBackend):
@@ -153,7 +153,7 @@ class OllamaBackend(NodeBackend):
     async def _get_object(self, path: str) -> dict:
         status, payload = await self.http.get_json(self.url + path)
         if status != 200 or not isinstance(payload, dict):
-            raise NodeError(f"node {self.url}{path} answered {status}", status=503)
+            raise NodeError(f"node {self.http.node}: {path} answered {status}", status=503)
         return payload
 
 
@@ -223,7 +223,7 @@ class OpenAIBackend(NodeBackend):
         status, payload = await self.http.get_json(self.url + "/v1/models")
         data = payload.get("data") if isinstance(payload, dict) else None
         if status != 200 or not isinstance(data, list):
-            raise NodeError(f"cannot list models of {self.url}: HTTP {status}", status=503)
+            raise NodeError(f"cannot list models of node {self.http.node}: HTTP {status}", status=503)
         ids = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
         slots, n_ctx = await self._props()
         entries = [{"name": i, "model": i, "modified_at": translate.now_iso(), "size": 0, "digest": "",

@@ -56,7 +56,8 @@ class NodeWorker:
 
     async def start(self) -> None:
         """Register the node, probe it once and keep probing (needs the running loop)."""
-        self.http = NodeHTTP(self.config.timeouts)
+        self.http = NodeHTTP(self.config.timeouts, self.node.name, self.config.max_node_response_bytes,
+                             self.node.api_key)
         if ray.is_initialized():
             self.host = (ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
             self.url = await self._reachable_url()
@@ -96,7 +97,7 @@ class NodeWorker:
             if self.backend is None:
                 kind = self.node.kind if self.node.kind != "auto" else await detect_kind(self.http, self.url)
                 if kind is None:
-                    raise NodeError(f"node {self.url} answers neither the Ollama nor the OpenAI API", 503)
+                    raise NodeError(f"node {self.node.name} answers neither the Ollama nor the OpenAI API", 503)
                 self.backend = BACKENDS[kind](self.url, self.http)
             inventory: NodeInventory = await self.backend.inventory()
             report = NodeReport(name=self.node.name, url=self.node.url, kind=inventory.kind, healthy=True,

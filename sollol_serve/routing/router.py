@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlparse
 
 import ray
 from pydantic import ValidationError
@@ -79,12 +80,19 @@ def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) ->
     )
 
 
+def host_port(url: str) -> str:
+    """`10.0.0.3:11434` of a node's URL: what the seeds' `_sollol_routing.host` shows, and never
+    the credentials a URL may carry."""
+    parsed = urlparse(url)
+    return f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)
+
+
 def choice_of(profile: RequestProfile, strategy: str, grant: Grant) -> dict:
     """The decision's part of `_sollol_routing`: the choice and every candidate's prediction."""
     chosen = grant.choice
     return {
         "node": chosen.node.name,
-        "host": chosen.node.url,
+        "host": host_port(chosen.node.url),
         "strategy": strategy,
         "task_type": profile.task_type,
         "complexity": profile.complexity,

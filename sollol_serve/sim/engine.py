@@ -73,6 +73,8 @@ class Faults(BaseModel):
     slow_factor: float = Field(default=5.0, ge=1)
     # Break a stream after this many tokens (connection drop mid-stream).
     break_after_tokens: int | None = Field(default=None, ge=0)
+    # Pad the first token with this many bytes: an answer (and a stream line) of any size.
+    pad_bytes: int = Field(default=0, ge=0, le=256 * 2**20)
 
 
 class QueueFull(Exception):
@@ -362,7 +364,7 @@ class SimEngine:
                 if delay > 0:
                     await asyncio.sleep(delay)
             word = rng.choice(_WORDS)
-            token = word if i == 0 else " " + word
+            token = word + "x" * self.faults.pad_bytes if i == 0 else " " + word
             stats.tokens.append(token)
             yield token
         stats.eval_ns = int((time.monotonic() - start) * 1e9)

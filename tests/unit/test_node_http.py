@@ -27,9 +27,9 @@ async def _serve(handler) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/stream"
 
 
-async def _lines(handler, timeouts: TimeoutConfig) -> tuple[list[str], BaseException | None, float]:
+async def _lines(handler, timeouts: TimeoutConfig, **http_options) -> tuple[list[str], BaseException | None, float]:
     runner, url = await _serve(handler)
-    http = NodeHTTP(timeouts)
+    http = NodeHTTP(timeouts, **http_options)
     got: list[str] = []
     started = time.monotonic()
     try:
@@ -88,6 +88,62 @@ def test_total_limit_ends_a_stream_that_keeps_trickling():
     limits = TimeoutConfig(connect_s=2, first_byte_s=2, idle_s=1, total_s=0.5)
     got, error, elapsed = asyncio.run(_lines(trickle, limits))
     assert 1 <= len(got) < 50 and isinstance(error, StreamBroken) and elapsed < 2.0
+
+
+LIMITS = TimeoutConfig(connect_s=2, first_byte_s=5, idle_s=5, total_s=30)
+
+
+def _writes(*pieces: bytes):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+        return response
+    return handler
+
+
+def test_a_stream_line_over_the_cap_is_refused_before_or_after_the_first_line():
+    big = b"x" * 200_000
+    got, error, _ = asyncio.run(_lines(_writes(big, big, b"\n"), LIMITS, node="n1", max_response_bytes=100_000))
+    assert got == [] and isinstance(error, NodeError) and error.status == 502 and "n1" in error.message
+    got, error, _ = asyncio.run(_lines(_writes(b'{"n": 1}\n', big, big), LIMITS, node="n1",
+                                       max_response_bytes=100_000))
+    assert got == ['{"n": 1}'] and isinstance(error, StreamBroken) and "more than 100000 bytes" in error.message
+    got, error, _ = asyncio.run(_lines(_writes(b'{"n": 1}\n' * 50_000), LIMITS, max_response_bytes=100_000))
+    assert error is None and len(got) == 50_000  # a long stream of short lines is fine
+
+
+def test_an_answer_over_the_cap_is_a_502_and_errors_never_name_the_url():
+    async def run() -> list[NodeError]:
+        app = web.Application()
+        app.router.add_post("/big", lambda r: web.Response(body=b'{"a": "' + b"x" * 300_000 + b'"}'))
+        app.router.add_get("/big", lambda r: web.Response(body=b"[" + b"1," * 200_000 + b"1]")
+                           if r.headers.get("Authorization") == "Bearer k" else web.Response(status=401))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        http = NodeHTTP(LIMITS, node="n1", max_response_bytes=100_000)
+        keyed = NodeHTTP(LIMITS, node="n1", max_response_bytes=100_000, api_key="k")  # the GET wants the key
+        errors = []
+        for call in (http.post_json(f"http://u:pw@127.0.0.1:{port}/big", {}), keyed.get_json(f"http://127.0.0.1:{port}/big"),
+                     http.post_json("http://u:pw@127.0.0.1:9/x", {})):  # nothing listens on port 9
+            try:
+                await call
+            except NodeError as exc:
+                errors.append(exc)
+        await http.close()
+        await keyed.close()
+        await runner.cleanup()
+        return errors
+
+    big_post, big_get, refused = asyncio.run(run())
+    assert big_post.status == big_get.status == 502 and "more than 100000 bytes" in big_post.message
+    assert refused.status == 503 and refused.message.startswith("cannot reach node n1")
+    for exc in (big_post, big_get, refused):
+        assert "127.0.0.1" not in exc.message and "pw" not in exc.message and ":9" not in exc.message, exc.message
 
 
 @pytest.mark.parametrize("name", ["llama-server", "ggml-rpc-server"])
