@@ -56,6 +56,8 @@ class Ingress:
             dispatch=Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, config.state_actor_name),
                                 config.failover),
             lengths=OutputLengths(config.state_actor_name), auth=auth,
-            limiter=limiter, limited=limited, recorder=RequestRecorder(book), metrics_book=book, cache=cache,
+            limiter=limiter, limited=limited, recorder=RequestRecorder(book, router.model_names.remote),
+            metrics_book=book, cache=cache,
             sessions=sessions, loopback_bind=is_loopback(bind), machine_names=await asyncio.to_thread(machine_names))
+        await self.services.recorder.refresh_models()
         self._flusher = asyncio.create_task(self.services.recorder.flush_forever())

@@ -1,41 +1,61 @@
 """An Ingress replica's request counts and routing decisions, sent to the shared metrics book
-once a second (so the app is one scrape target, whatever the number of replicas)."""
+once a second (so the app is one scrape target, whatever the number of replicas).
+
+Only models some node serves become metric labels: a client can send any string as a model,
+and every new label is a new time series in every scrape, for good. The rest count as
+`unknown`. The served models are asked of the Router at each flush."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ray.actor import ActorHandle
 
+from sollol_serve.names import normalize_model
 from sollol_serve.observability.activity import decision
 from sollol_serve.observability.metrics import RequestMetrics
 from sollol_serve.protocol import StreamEnd
 
 METRICS_FLUSH_S = 1.0
+UNKNOWN_MODEL = "unknown"
 
 
 class RequestRecorder:
-    def __init__(self, book: ActorHandle):
+    def __init__(self, book: ActorHandle, served_models: Callable[[], Awaitable[set[str]]] | None = None):
         self.book = book
+        self.served_models = served_models
+        self.known: frozenset[str] = frozenset()  # normalized names of the models nodes serve
         self.metrics = RequestMetrics()  # counts since the last flush
         self.decisions: list[dict] = []  # and the routing decisions
+
+    def label(self, model: str) -> str:
+        """The model's metric label: itself if some node serves it, else `unknown`."""
+        return model if normalize_model(model) in self.known else UNKNOWN_MODEL
 
     def record(self, endpoint: str, model: str, node: str, status: int, latency_s: float, ttft_s: float | None,
                routing: dict | None) -> None:
         """Count a routed request, and keep its decision for the dashboard."""
         routing = routing or {}
-        self.metrics.record(endpoint, model, node, status, latency_s, ttft_s, routing.get("attempts", ()))
+        self.metrics.record(endpoint, self.label(model), node, status, latency_s, ttft_s, routing.get("attempts", ()))
         if routing:
             self.decisions.append(decision(model, endpoint, status, latency_s, routing))
 
     def cache_lookup(self, endpoint: str, model: str, hit: bool) -> None:
-        self.metrics.cache_lookup(endpoint, model, hit)
+        self.metrics.cache_lookup(endpoint, self.label(model), hit)
+
+    async def refresh_models(self) -> None:
+        if self.served_models is not None:
+            try:
+                self.known = frozenset(await self.served_models())
+            except Exception:  # keep the last known set; the next flush asks again
+                pass
 
     async def flush_forever(self) -> None:
         while True:
             await asyncio.sleep(METRICS_FLUSH_S)
+            await self.refresh_models()
             await self.flush()
 
     async def flush(self) -> None:

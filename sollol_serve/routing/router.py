@@ -341,6 +341,10 @@ class Router:
         """Whether some node (or a shard group) serves `model`, up or down."""
         return model_known(self.core.snapshot, model) or normalize_model(model) in self.shard_models
 
+    async def model_names(self) -> set[str]:
+        """Every model some node (or a shard group) serves, normalized: the ones metrics label."""
+        return {m for v in self.core.snapshot.values() for m in v.models} | self.shard_models
+
     async def tags(self) -> list[dict]:
         return await self.state.tags.remote()
 

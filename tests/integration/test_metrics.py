@@ -22,7 +22,7 @@ def _scrape(url: str) -> dict[tuple[str, tuple], float]:
 def test_metrics_count_the_traffic_sent(gateway):
     url = gateway.url
     ok = (("endpoint", "/api/generate"), ("model", "qwen2.5:0.5b"), ("node", "mid"), ("status", "200"))
-    missing = (("endpoint", "/api/generate"), ("model", "no-such-model"), ("node", "none"), ("status", "404"))
+    missing = (("endpoint", "/api/generate"), ("model", "unknown"), ("node", "none"), ("status", "404"))
     before = _scrape(url)
     for i in range(5):
         r = httpx.post(url + "/api/generate", timeout=30, json={

@@ -145,6 +145,7 @@ def test_auth_refusals_in_each_api_format(client):
 
 def test_a_refused_inference_request_is_counted_and_a_served_one_charged(client):
     svc = make_services(limited={"app": None})
+    svc.recorder.known = frozenset({"m:latest"})  # what the nodes serve
     http = client(svc)
     refused = http.post("/api/chat", headers=bearer(READER), json={"model": "m", "messages": []})
     assert refused.status_code == 403 and "lacks the 'chat' permission" in refused.json()["error"]
@@ -152,8 +153,11 @@ def test_a_refused_inference_request_is_counted_and_a_served_one_charged(client)
                        json={"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]})
     assert served.status_code == 200 and served.headers["X-SOLLOL-Node"] == "n1"
     assert served.json()["_sollol_routing"]["node"] == "n1" and served.json()["message"]["content"] == "hi"
-    assert dict(svc.recorder.metrics.requests) == {("/api/chat", "none", "none", "403"): 1,
-                                                   ("/api/chat", "m", "n1", "200"): 1}
+    for name in ("no-such-model-1", "no-such-model-2"):  # a client's strings never become labels
+        http.post("/api/chat", headers=bearer(USER), json={"model": name, "stream": False, "messages": []})
+    assert dict(svc.recorder.metrics.requests) == {("/api/chat", "unknown", "none", "403"): 1,
+                                                   ("/api/chat", "m", "n1", "200"): 1,
+                                                   ("/api/chat", "unknown", "n1", "200"): 2}
     assert ("charge", ("app", 7)) in svc.limiter.calls  # prompt 3 + answer 4 tokens
 
 
