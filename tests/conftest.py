@@ -88,6 +88,9 @@ def gateway():
 ADMIN, USER, READER = "sk-sollol-admin-test", "sk-sollol-user-test", "sk-sollol-reader-test"
 LIMITED = "sk-sollol-limited-test"
 LIMIT_RPM = 10
+# Keys of the security tests' limits: tokens per minute, requests in flight, a batch budget.
+STREAMER, PAIR, BUDGET = "sk-sollol-streamer-test", "sk-sollol-pair-test", "sk-sollol-budget-test"
+STREAMER_TPM, PAIR_MAX, BUDGET_RPM = 200, 2, 20
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +109,12 @@ def secure(gateway):
                               {"name": "app", "sha256": hash_key(USER), "role": "user"},
                               {"name": "grafana", "sha256": hash_key(READER), "role": "reader"},
                               {"name": "metered", "sha256": hash_key(LIMITED), "role": "user",
-                               "requests_per_minute": LIMIT_RPM}]},
+                               "requests_per_minute": LIMIT_RPM},
+                              {"name": "streamer", "sha256": hash_key(STREAMER), "role": "user",
+                               "tokens_per_minute": STREAMER_TPM},
+                              {"name": "pair", "sha256": hash_key(PAIR), "role": "user", "max_concurrent": PAIR_MAX},
+                              {"name": "budget", "sha256": hash_key(BUDGET), "role": "user",
+                               "requests_per_minute": BUDGET_RPM}]},
     })
     serve.run(build_gateway(config), name="secure", route_prefix="/secure")
     try:

@@ -45,6 +45,7 @@ class Principal:
     role: str
     permissions: frozenset[str]
     session: str | None = None  # the session's id, when the caller came by cookie
+    max_priority: int = 10  # higher asks are lowered to this
 
 
 ANONYMOUS = Principal("anonymous", "admin", frozenset(ALL_PERMISSIONS))
@@ -89,7 +90,8 @@ class Authenticator:
     def __init__(self, security: SecurityConfig, session_secret: bytes):
         self.security = security
         self._secret = session_secret
-        self._keys = [(k.sha256, Principal(k.name, k.role, frozenset(security.roles[k.role])))
+        self._keys = [(k.sha256, Principal(k.name, k.role, frozenset(security.roles[k.role]),
+                                           max_priority=security.priority_cap(k)))
                       for k in security.keys]
         self._by_name = {principal.name: (digest, principal) for digest, principal in self._keys}
 

@@ -1,12 +1,16 @@
 """The batch surface (the `batch` permission): submit embedding or chat jobs, follow them,
 page through their results, cancel them. A caller sees its own jobs; an admin sees all."""
 
+import json
+
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
+from sollol_serve.analysis.profile import estimate_tokens
 from sollol_serve.api.auth import Principal
 from sollol_serve.api.body import PayloadTooLarge, query_int, validated
+from sollol_serve.api.ratelimit import RateLimited
 from sollol_serve.api.schemas import BatchChatRequest, BatchEmbedRequest, chat_items, job_settings
 from sollol_serve.api.services import Services, authorized, services
 from sollol_serve.protocol import BadRequest, ModelNotFound
@@ -32,7 +36,15 @@ async def submit(request: Request, svc: Services, principal: Principal, kind: st
         raise PayloadTooLarge(f"a batch job takes at most {limit} items; this one has {len(inputs)}")
     if not await svc.router.knows.remote(job.model):  # every item would fail: refuse it up front
         raise ModelNotFound(f"model '{job.model}' not found on any node")
-    status = await svc.batch.submit.remote(kind, job.model, principal.name, job_settings(job), inputs, job.ttl_s)
+    if principal.name in svc.limited:  # the key pays for every item, and up front
+        tokens = estimate_tokens(json.dumps(inputs, ensure_ascii=False))
+        refused = await svc.limiter.admit_batch.remote(principal.name, len(inputs), tokens)
+        if refused:
+            raise RateLimited(refused, retry_after_s=60)
+    settings = job_settings(job)
+    if settings.get("priority", 0) > principal.max_priority:
+        settings["priority"] = principal.max_priority  # the key may not ask higher
+    status = await svc.batch.submit.remote(kind, job.model, principal.name, settings, inputs, job.ttl_s)
     return JSONResponse(status, status_code=202)
 
 

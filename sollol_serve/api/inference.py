@@ -44,13 +44,34 @@ def cached_routing(hit: Cached, lookup_s: float) -> dict:
             "reasoning": "answered from the response cache: same model, input and options as an earlier request"}
 
 
+def clamped(asked: int, priority: int) -> dict[str, str]:
+    """Tells a client whose key may not ask that high that its priority was lowered."""
+    return {"X-SOLLOL-Priority": f"{priority}; lowered from {asked} (the key's max_priority)"} if asked > priority else {}
+
+
 async def routed(request: Request, svc: Services, principal: Principal, api: Api, op: Operation,
                  schema: type[BaseModel]) -> Response:
+    """One inference request, holding one of its key's `max_concurrent` leases until its
+    answer (or its stream) ends."""
+    release = await svc.lease(principal)
+    try:
+        response = await answer(request, svc, principal, api, op, schema, release)
+    except BaseException:
+        release()
+        raise
+    if not isinstance(response, StreamingResponse):
+        release()
+    return response
+
+
+async def answer(request: Request, svc: Services, principal: Principal, api: Api, op: Operation,
+                 schema: type[BaseModel], release) -> Response:
     started, endpoint = request.state.started, api_path(request)
     body = await svc.body(request)
     validated(body, schema)  # forwarded as the client sent it, once the schema accepts it
     request.state.model = str(body.get("model"))
-    priority = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
+    asked = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
+    priority = min(asked, principal.max_priority)
     streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
     key = cache_key(api, op, body) if cacheable(api, op, body, streams, svc.config.cache) else None
     if key is not None:
@@ -62,25 +83,26 @@ async def routed(request: Request, svc: Services, principal: Principal, api: Api
     req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
     charge = svc.charger(principal)
     if not streams:
-        answer = await svc.dispatch.call(profile, req)
-        charge(tokens_used(answer.body))
-        svc.recorder.record(endpoint, req.model, answer.node, 200, time.perf_counter() - started, None,
-                            answer.routing)
-        headers = {"X-SOLLOL-Node": answer.node}
+        routed_answer = await svc.dispatch.call(profile, req)
+        charge(tokens_used(routed_answer.body))
+        svc.recorder.record(endpoint, req.model, routed_answer.node, 200, time.perf_counter() - started, None,
+                            routed_answer.routing)
+        headers = {"X-SOLLOL-Node": routed_answer.node, **clamped(asked, priority)}
         if key is not None:
-            svc.cache.put.remote(key, req.model, answer.body, answer.node)  # not awaited: off the path
+            svc.cache.put.remote(key, req.model, routed_answer.body, routed_answer.node)  # not awaited: off the path
             headers["X-SOLLOL-Cache"] = "miss"
-        return JSONResponse({**answer.body, "_sollol_routing": shown_routing(answer.routing, principal)},
+        return JSONResponse({**routed_answer.body, "_sollol_routing": shown_routing(routed_answer.routing, principal)},
                             headers=headers)
     items = svc.dispatch.stream(profile, req)
     start = await items.__anext__()  # errors before the first byte surface here, as a status
-    account = StreamAccount(svc.recorder, endpoint, req.model, start.node, started, charge)
+    account = StreamAccount(svc.recorder, endpoint, req.model, start.node, started, charge,
+                            prompt_tokens=profile.tokens_in, on_close=release)
     view = functools.partial(shown_routing, principal=principal)
+    headers = {"X-SOLLOL-Node": start.node, **clamped(asked, priority)}
     if api == "ollama":
-        return StreamingResponse(ndjson(items, account, view), media_type="application/x-ndjson",
-                                 headers={"X-SOLLOL-Node": start.node})
+        return StreamingResponse(ndjson(items, account, view), media_type="application/x-ndjson", headers=headers)
     return StreamingResponse(sse(items, account, view), media_type="text/event-stream",
-                             headers={"X-SOLLOL-Node": start.node, "Cache-Control": "no-cache"})
+                             headers={**headers, "Cache-Control": "no-cache"})
 
 
 def cached(svc: Services, endpoint: str, model: str, hit: Cached, started: float) -> Response:

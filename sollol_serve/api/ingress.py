@@ -42,7 +42,7 @@ class Ingress:
         bind = await serve_http_host()
         check_bind(bind, config.security)
         keys = config.security.keys
-        limited = frozenset(k.name for k in keys if k.requests_per_minute or k.tokens_per_minute)
+        limited = frozenset(k.name for k in keys if k.requests_per_minute or k.tokens_per_minute or k.max_concurrent)
         limiter = rate_limiter(f"{config.state_actor_name}_ratelimits", keys) if limited else None
         if limiter is not None:
             await limiter.configure.remote(keys)  # it outlives a redeploy: take the keys' limits again

@@ -71,24 +71,52 @@ class RequestRecorder:
 
 
 class StreamAccount:
-    """What a stream's end settles: the key's tokens and the metrics (with time to first chunk)."""
+    """What a stream settles: the key's tokens as they flow, the metrics (with time to first
+    chunk) at its end, and its key's in-flight lease when it closes, however it closes."""
+
+    CHARGE_EVERY = 32  # chunks (about one token each) charged per call to the rate limiter
 
     def __init__(self, recorder: RequestRecorder, endpoint: str, model: str, node: str, started: float,
-                 charge: Callable[[int], None]):
+                 charge: Callable[[int], None], prompt_tokens: int = 0, on_close: Callable[[], None] | None = None):
         self.recorder, self.endpoint, self.model, self.node = recorder, endpoint, model, node
-        self.started, self.charge = started, charge
+        self.started, self.charge, self.on_close = started, charge, on_close
         self.first: float | None = None
+        self.chunks = 0
+        self.charged = 0
+        self.pending = prompt_tokens  # owed before the node's own count arrives at the end
+        self.settled = False
 
-    def chunk(self) -> None:
+    def chunk(self, n: int = 1) -> None:
         if self.first is None:
             self.first = time.perf_counter() - self.started
+        self.chunks += n
+        self.pending += n
+        if self.pending >= self.CHARGE_EVERY:
+            self._pay(self.pending)
 
     def end(self, item: StreamEnd) -> None:
-        self.charge(item.tokens)
+        self.settled = True
+        self._pay(item.tokens - self.charged)
         self._record(200, item.routing)
 
     def broken(self) -> None:
         self._record(502, None)
+
+    def close(self) -> None:
+        """The stream is over: a client that left (or a node that broke) still pays for what
+        was generated, and the key's lease goes back."""
+        if not self.settled:
+            self.settled = True
+            self._pay(self.pending)
+        if self.on_close is not None:
+            self.on_close()
+            self.on_close = None
+
+    def _pay(self, tokens: int) -> None:
+        if tokens > 0:
+            self.charge(tokens)
+            self.charged += tokens
+        self.pending = 0
 
     def _record(self, status: int, routing: dict | None) -> None:
         self.recorder.record(self.endpoint, self.model, self.node, status, time.perf_counter() - self.started,

@@ -18,7 +18,7 @@ from sollol_serve.analysis.deployment import OutputLengths
 from sollol_serve.api.auth import SESSION_COOKIE, Authenticator, Principal, Unauthorized
 from sollol_serve.api.body import json_object
 from sollol_serve.api.origin import check_request_origin
-from sollol_serve.api.ratelimit import RateLimited
+from sollol_serve.api.ratelimit import RateLimited, TooManyInFlight
 from sollol_serve.api.recorder import RequestRecorder
 from sollol_serve.config import GatewayConfig, Permission
 from sollol_serve.routing.dispatch import Dispatcher
@@ -44,11 +44,27 @@ class Services:
     async def body(self, request: Request) -> dict:
         return await json_object(request, self.config.max_body_bytes)
 
+    async def lease(self, principal: Principal) -> Callable[[], None]:
+        """One of the key's `max_concurrent` requests in flight, and how to give it back."""
+        if principal.name not in self.limited:
+            return _nothing
+        lease = await self.limiter.acquire.remote(principal.name, self.config.timeouts.total_s + 60)
+        if lease is None:
+            raise TooManyInFlight(f"key '{principal.name}' has its most requests in flight; retry when one ends",
+                                  retry_after_s=1)
+        if not lease:
+            return _nothing
+        return lambda: self.limiter.release.remote(principal.name, lease)
+
     def charger(self, principal: Principal) -> Callable[[int], None]:
         """Charges the tokens a response used to its key, if the key is rate limited."""
         if principal.name not in self.limited:
             return lambda tokens: None
         return lambda tokens: self.limiter.charge.remote(principal.name, tokens)
+
+
+def _nothing() -> None:
+    return None
 
 
 # The dependencies are coroutines: FastAPI runs a plain `def` one in a thread, a hop per request.

@@ -30,7 +30,7 @@ async def ndjson(items: AsyncIterator[object], account: StreamAccount,
                 if final is not None:
                     yield dumps({**final, "_sollol_routing": view(item.routing)}) + "\n"
                 return
-            account.chunk()
+            account.chunk(len(item))
             if item[-1].get("done"):
                 final = item.pop()  # held only until the StreamEnd that follows at once
             if item:
@@ -39,6 +39,7 @@ async def ndjson(items: AsyncIterator[object], account: StreamAccount,
         account.broken()
         yield dumps({"error": error_message(exc), "done": True, "done_reason": "error"}) + "\n"
     finally:
+        account.close()
         await items.aclose()
 
 
@@ -54,7 +55,7 @@ async def sse(items: AsyncIterator[object], account: StreamAccount,
                 yield f"data: {dumps({**tail, 'choices': [], '_sollol_routing': view(item.routing)})}\n\n"
                 yield "data: [DONE]\n\n"
                 return
-            account.chunk()
+            account.chunk(len(item))
             last = item[-1]
             yield "".join(f"data: {dumps(chunk)}\n\n" for chunk in item)
     except Exception as exc:
@@ -62,6 +63,7 @@ async def sse(items: AsyncIterator[object], account: StreamAccount,
         error = {"message": error_message(exc), "type": "server_error", "code": "stream_broken"}
         yield f"data: {dumps({'error': error})}\n\n"
     finally:
+        account.close()
         await items.aclose()
 
 

@@ -12,10 +12,10 @@ from ray.exceptions import RayTaskError
 
 from sollol_serve.api.auth import Authenticator, hash_key
 from sollol_serve.api.http import app
-from sollol_serve.api.recorder import RequestRecorder
+from sollol_serve.api.recorder import RequestRecorder, StreamAccount
 from sollol_serve.api.services import Services, services
 from sollol_serve.config import GatewayConfig
-from sollol_serve.protocol import NoNodeAvailable
+from sollol_serve.protocol import NoNodeAvailable, StreamEnd
 
 ADMIN, USER, READER = "admin-secret", "user-secret", "reader-secret"
 
@@ -69,7 +69,8 @@ def make_services(keys: bool = True, limited: dict | None = None, loopback_bind:
                          {"name": "app", "sha256": hash_key(USER), "role": "user"},
                          {"name": "grafana", "sha256": hash_key(READER), "role": "reader"}]} if keys else {}
     config = GatewayConfig.model_validate({"security": security, "max_body_bytes": 1024})
-    limiter = FakeHandle(admit=lambda name: (limited or {}).get(name), charge=None)
+    limiter = FakeHandle(admit=lambda name: (limited or {}).get(name), charge=None, acquire="", release=None,
+                         admit_batch=None)
     return Services(config=config, router=FakeHandle(**router_answers), batch=FakeHandle(),
                     dispatch=FakeDispatch(), lengths=SimpleNamespace(table={}), auth=Authenticator(config.security, b"k" * 32),
                     limiter=limiter, limited=frozenset(limited or ()), recorder=RequestRecorder(FakeHandle()),
@@ -244,3 +245,24 @@ def test_logout_revokes_the_session_everywhere(client):
     again = http.get("/api/stats", cookies={"sollol_session": cookie})
     assert again.status_code == 401 and "session ended" in again.json()["error"]
     assert http.get("/dashboard", cookies={"sollol_session": cookie}).status_code == 401  # the login form
+
+
+def test_a_stream_is_charged_as_it_flows_and_when_the_client_leaves():
+    charged: list[int] = []
+    released: list[bool] = []
+    account = StreamAccount(RequestRecorder(FakeHandle()), "/api/chat", "m", "n1", 0.0, charged.append,
+                            prompt_tokens=10, on_close=lambda: released.append(True))
+    account.chunk(20)
+    assert charged == []  # 30 owed: below a charge's batch
+    account.chunk(5)
+    assert charged == [35]
+    account.chunk(3)
+    account.close()  # the client went away: the 3 tokens since are paid too, and the lease returns
+    account.close()
+    assert charged == [35, 3] and released == [True]
+    finished = StreamAccount(RequestRecorder(FakeHandle()), "/api/chat", "m", "n1", 0.0, charged.append,
+                             prompt_tokens=10)
+    finished.chunk(40)
+    finished.end(StreamEnd({"node": "n1"}, tokens=60))  # the node's own count settles the rest
+    finished.close()
+    assert charged == [35, 3, 50, 10]

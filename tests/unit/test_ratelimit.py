@@ -64,3 +64,25 @@ def test_configure_again_keeps_unchanged_buckets_and_takes_new_limits():
     # Limits removed: the key goes freely.
     rl.configure([ApiKeyConfig(name="k", sha256=H)])
     assert rl.admit("k", 1.0) is None and rl.buckets == {}
+
+
+def test_max_concurrent_leases_expire_and_come_back():
+    limits = RateLimits([ApiKeyConfig(name="pair", sha256="0" * 64, max_concurrent=2),
+                         ApiKeyConfig(name="free", sha256="1" * 64)])
+    first, second = limits.acquire("pair", 60, 0.0), limits.acquire("pair", 60, 1.0)
+    assert first and second and first != second
+    assert limits.acquire("pair", 60, 2.0) is None  # two in flight
+    assert limits.acquire("free", 60, 2.0) == ""  # no cap: nothing to hold
+    limits.release("pair", first)
+    assert limits.acquire("pair", 60, 3.0)
+    assert limits.acquire("pair", 60, 4.0) is None
+    assert limits.acquire("pair", 60, 61.0)  # `second` (taken at 1.0) was lost by its replica: expired at 61
+
+
+def test_a_batch_pays_up_front_or_takes_nothing():
+    limits = RateLimits([ApiKeyConfig(name="k", sha256="0" * 64, requests_per_minute=20, tokens_per_minute=1000)])
+    assert "exceeds" in limits.admit_batch("k", 21, 10, 0.0)
+    assert "1000 tokens per minute" in limits.admit_batch("k", 5, 1001, 0.0)
+    assert limits.admit_batch("k", 15, 400, 0.0) is None
+    assert limits.buckets[("k", "requests")].level == 5 and limits.buckets[("k", "tokens")].level == 600
+    assert limits.admit_batch("k", 6, 0, 0.0) is not None  # 5 left
