@@ -277,6 +277,11 @@ class ApiKeyConfig(_Strict):
     # Per-key limits, shared by every ingress replica; None = unlimited.
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    # Requests of this key in flight at once, over every replica (more: 429); None = unlimited.
+    max_concurrent: int | None = Field(default=None, ge=1, le=100_000)
+    # The highest priority this key may ask for (higher ones are lowered to it, and the
+    # answer says so); None = the role's `max_priority`, else 10.
+    max_priority: int | None = Field(default=None, ge=1, le=10)
 
 
 class SecurityConfig(_Strict):
@@ -290,13 +295,22 @@ class SecurityConfig(_Strict):
     # Host names the gateway answers to on a loopback bind, besides IP addresses, localhost and
     # this machine's name: other names are DNS rebinding.
     allowed_hosts: list[str] = Field(default_factory=list)
+    # Per role, the highest priority its keys may ask for (a key's own max_priority wins).
+    # Urgent requests jump the queue and are hedged (run twice): not every client's call.
+    max_priority: dict[str, int] = Field(default_factory=lambda: {"user": 8})
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "SecurityConfig":
         unknown = sorted({k.role for k in self.keys} - set(self.roles))
         if unknown:
             raise ValueError(f"API keys use undefined roles: {', '.join(unknown)}")
+        bad = {role: p for role, p in self.max_priority.items() if not 1 <= p <= 10}
+        if bad:
+            raise ValueError(f"security.max_priority must be 1-10 per role, got {bad}")
         return self
+
+    def priority_cap(self, key: ApiKeyConfig) -> int:
+        return key.max_priority or self.max_priority.get(key.role, 10)
 
 
 class GatewayConfig(_Strict):
