@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import os
 import re
 from typing import Literal
@@ -141,10 +142,27 @@ class DiscoveryConfig(_Strict):
     ray_nodes: bool = True
     ports: list[int] = Field(default_factory=lambda: [11434], max_length=16)
     interval_s: float = Field(default=10.0, gt=0)
-    # Optional bounded scan of an address range (e.g. "10.0.0.0/24"), off by default.
+    # Optional bounded scan of an address range (e.g. "10.0.0.0/24"), off by default. Whatever
+    # answers there becomes a node that receives prompts, so the range must lie inside
+    # `cidr_allow`, the networks the operator confirms as theirs.
     cidr: str | None = None
+    cidr_allow: list[str] = Field(default_factory=list)
     cidr_max_hosts: int = Field(default=256, ge=1, le=4096)
     probe_timeout_s: float = Field(default=0.5, gt=0, le=10)
+    # A scan's probes run this many at once, and a round stops probing after interval_s.
+    scan_concurrency: int = Field(default=32, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _cidr_confirmed(self) -> "DiscoveryConfig":
+        try:
+            allowed = [ipaddress.ip_network(c, strict=False) for c in self.cidr_allow]
+            scanned = ipaddress.ip_network(self.cidr, strict=False) if self.cidr else None
+        except ValueError as exc:
+            raise ValueError(f"discovery: bad network: {exc}") from None
+        if scanned is not None and not any(scanned.version == a.version and scanned.subnet_of(a) for a in allowed):
+            raise ValueError(f"discovery.cidr {self.cidr} is not inside discovery.cidr_allow {self.cidr_allow}: "
+                             "list the networks you confirm as yours there")
+        return self
 
     @field_validator("ports")
     @classmethod

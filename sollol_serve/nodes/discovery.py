@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -21,7 +22,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sollol_serve.cluster.state_actor import state_actor
-from sollol_serve.config import GatewayConfig, NodeConfig, default_node_name
+from sollol_serve.config import DiscoveryConfig, GatewayConfig, NodeConfig, default_node_name
 from sollol_serve.names import NAMESPACE, named_actor
 from sollol_serve.nodes.backends import KIND_PROBES
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
@@ -93,6 +94,20 @@ def scan_targets(cidr: str, ports: list[int], max_hosts: int) -> list[str]:
     return [f"http://{host}:{port}" for host in hosts for port in ports]
 
 
+def scan(settings: DiscoveryConfig) -> list[Endpoint]:
+    """Probe the range, `scan_concurrency` hosts at once, for at most `interval_s`: a big range
+    of silent hosts must not stall discovery's rounds."""
+    targets = scan_targets(settings.cidr, settings.ports, settings.cidr_max_hosts)
+    with httpx.Client(timeout=settings.probe_timeout_s, trust_env=False) as client, \
+            ThreadPoolExecutor(settings.scan_concurrency) as pool:
+        futures = {pool.submit(kind_of, client, base): base for base in targets}
+        done, late = wait(futures, timeout=settings.interval_s)
+        for future in late:
+            future.cancel()
+    return [Endpoint(futures[f], f.result(), None, urlparse(futures[f]).hostname or "")
+            for f in done if f.result()]
+
+
 def known_key(url: str, worker_ip: str | None) -> str:
     """host:port of a node already in the gateway; a loopback URL is its worker's host."""
     parsed = urlparse(url)
@@ -142,7 +157,7 @@ class NodeDiscovery:
         alive = {n["NodeID"]: n["NodeManagerAddress"] for n in await asyncio.to_thread(ray.nodes) if n["Alive"]}
         found = await self._probe_ray_nodes(list(alive)) if settings.ray_nodes else []
         if settings.cidr:
-            found += await asyncio.to_thread(self._scan)
+            found += await asyncio.to_thread(scan, settings)
         known = {known_key(r.url, r.worker_ip) for r in (await self.state.reports.remote()).values()}
         to_add, to_retire = plan(found, known, self.discovered, set(alive), self.missed)
         for endpoint in to_add:
@@ -162,16 +177,6 @@ class NodeDiscovery:
         results = await asyncio.gather(*refs, return_exceptions=True)
         return [Endpoint(url, kind, node_id, ip) for node_id, result in zip(node_ids, results)
                 if isinstance(result, list) for url, kind, ip in result]
-
-    def _scan(self) -> list[Endpoint]:
-        settings = self.config.discovery
-        found = []
-        with httpx.Client(timeout=settings.probe_timeout_s, trust_env=False) as client:
-            for base in scan_targets(settings.cidr, settings.ports, settings.cidr_max_hosts):
-                kind = kind_of(client, base)
-                if kind:
-                    found.append(Endpoint(base, kind, None, urlparse(base).hostname or ""))
-        return found
 
     def configure(self, config: dict) -> None:
         """The gateway's config again (a redeploy): the next round uses it."""

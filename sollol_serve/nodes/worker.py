@@ -41,6 +41,10 @@ def _closes_stream(item: dict | Usage) -> bool:
     return isinstance(item, Usage) or bool(item.get("done"))
 
 
+# What a node may advertise: a rogue server listing a million models must not fill the state.
+MAX_MODELS_PER_NODE = 1024
+
+
 class NodeWorker:
     def __init__(self, node: dict, config: dict):
         self.node = NodeConfig.model_validate(node)
@@ -101,7 +105,7 @@ class NodeWorker:
                 self.backend = BACKENDS[kind](self.url, self.http)
             inventory: NodeInventory = await self.backend.inventory()
             report = NodeReport(name=self.node.name, url=self.node.url, kind=inventory.kind, healthy=True,
-                                models=inventory.models, loaded=inventory.loaded, slots=inventory.slots,
+                                models=inventory.models[:MAX_MODELS_PER_NODE], loaded=inventory.loaded, slots=inventory.slots,
                                 version=inventory.version)
         except NodeError as exc:
             report.error = exc.message

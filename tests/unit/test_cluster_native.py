@@ -124,3 +124,42 @@ def test_cold_model_is_not_sent_to_a_node_without_the_vram_for_it():
     assert [s.node.name for s in core.rank(_profile(), set(), 0.0)] == ["small"]
     core.snapshot = {"roomy": dataclasses.replace(_view("roomy", 6700))}  # 6 GiB x 1.1 > 6700 MiB
     assert core.fits(core.snapshot["roomy"], "big", 0.0) is False
+
+
+def test_a_scan_range_must_be_confirmed_and_valid():
+    from pydantic import ValidationError
+
+    from sollol_serve.config import DiscoveryConfig
+
+    assert DiscoveryConfig(cidr="10.0.0.0/24", cidr_allow=["10.0.0.0/16"]).cidr == "10.0.0.0/24"
+    for bad, allow in (("10.0.0.0/24", []), ("10.1.0.0/24", ["10.0.0.0/16"]), ("10.0.0.0/8", ["10.0.0.0/16"]),
+                       ("10.0.0.300/24", ["10.0.0.0/8"]), ("10.0.0.0/24", ["not-a-net"]), ("fd00::/120", ["10.0.0.0/8"])):
+        with pytest.raises(ValidationError):
+            DiscoveryConfig(cidr=bad, cidr_allow=allow)
+
+
+def test_a_scan_probes_concurrently_within_its_budget():
+    """16 servers on loopback that accept and never answer: probed one by one (two probes of
+    0.5 s each) they would take 16 s; concurrently, within a 2 s round budget, far less."""
+    import socket
+    import time
+
+    from sollol_serve.config import DiscoveryConfig
+    from sollol_serve.nodes.discovery import scan
+
+    silent = []
+    for _ in range(16):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)  # the kernel completes connections; nobody reads or answers
+        silent.append(sock)
+    try:
+        settings = DiscoveryConfig(ray_nodes=False, cidr="127.0.0.1/32", cidr_allow=["127.0.0.0/8"],
+                                   ports=[s.getsockname()[1] for s in silent], probe_timeout_s=0.5, interval_s=2.0,
+                                   scan_concurrency=16)
+        started = time.monotonic()
+        assert scan(settings) == []
+        assert time.monotonic() - started < 5.0
+    finally:
+        for sock in silent:
+            sock.close()
