@@ -6,6 +6,7 @@ cache, metrics book), and the output lengths it profiles requests with.
 """
 
 import asyncio
+import logging
 
 import ray
 from ray import serve
@@ -22,15 +23,25 @@ from sollol_serve.api.services import Services
 from sollol_serve.api.sessions import session_actor
 from sollol_serve.cache.actor import cache_actor
 from sollol_serve.config import GatewayConfig
+from sollol_serve.exposure import exposure_lines
 from sollol_serve.observability.metrics_actor import metrics_actor
 from sollol_serve.routing.dispatch import Dispatcher
 from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry
 
 
-async def serve_http_host() -> str:
-    """The host Serve's HTTP ingress binds, as configured (http_options.host)."""
+async def serve_listeners() -> tuple[str, int, int | None]:
+    """Serve's HTTP bind as configured (http_options host and port), and its gRPC port if any."""
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    return (await controller.get_http_config.remote()).host
+    http = await controller.get_http_config.remote()
+    try:
+        grpc = await controller.get_grpc_config.remote()
+        grpc_port = grpc.port if grpc.grpc_servicer_functions else None
+    except Exception:  # an older controller without the call: no gRPC to report
+        grpc_port = None
+    return http.host, http.port, grpc_port
+
+
+logger = logging.getLogger("ray.serve")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -39,8 +50,10 @@ class Ingress:
     async def __init__(self, router: DeploymentHandle, workers: dict[str, DeploymentHandle], batch: DeploymentHandle,
                        config: dict):
         config = GatewayConfig.model_validate(config)
-        bind = await serve_http_host()
+        bind, port, grpc_port = await serve_listeners()
         check_bind(bind, config.security)
+        for line in exposure_lines(config, bind, port, grpc_port):
+            logger.warning("start-up audit: %s", line)
         keys = config.security.keys
         limited = frozenset(k.name for k in keys if k.requests_per_minute or k.tokens_per_minute or k.max_concurrent)
         limiter = rate_limiter(f"{config.state_actor_name}_ratelimits", keys) if limited else None
