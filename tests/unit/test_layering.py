@@ -11,7 +11,7 @@ import sollol_serve
 LAYERS = [
     {"__init__", "protocol", "names", "loops", "processes"},  # leaves: messages, names, helpers
     {"config"},  # settings
-    {"cluster", "cache", "sim", "observability"},  # shared state actors, the node simulator
+    {"cluster", "cache", "sim", "observability", "exposure"},  # shared state actors, the node simulator, the audit
     {"analysis", "nodes"},  # request profiles; talking to nodes
     {"shard"},  # shard groups run as nodes
     {"routing"},  # deciding, carrying requests to nodes
