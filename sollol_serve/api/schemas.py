@@ -119,10 +119,10 @@ class BatchEmbedRequest(BaseModel):
     """`POST /api/batch/embed`: Ollama's /api/embed body with many inputs, run as a job."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=512)
     input: list[str] = Field(min_length=1)
     truncate: bool | None = None
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
     options: dict | None = None
     keep_alive: str | int | float | None = None
     priority: int | None = Field(default=None, ge=1, le=10)
@@ -133,7 +133,7 @@ class BatchChatRequest(BaseModel):
     """`POST /api/batch/chat`: many /api/chat bodies (without `model`) for one model."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=512)
     requests: list[dict] = Field(min_length=1)
     priority: int | None = Field(default=None, ge=1, le=10)
     ttl_s: float | None = Field(default=None, gt=0, le=MAX_BATCH_TTL_S)

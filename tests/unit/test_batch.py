@@ -196,6 +196,9 @@ def test_payloads():
     assert job_settings(embed) == {"truncate": True, "priority": 2}
     with pytest.raises(ValueError):
         BatchEmbedRequest.model_validate({"model": "m", "input": []})
+    for unbounded in ({"dimensions": 10**12}, {"model": "m" * 513}):
+        with pytest.raises(ValueError):
+            BatchEmbedRequest.model_validate({"model": "m", "input": ["a"], **unbounded})
     chat = BatchChatRequest.model_validate({"model": "m", "requests": [
         {"messages": [{"role": "user", "content": "hi"}], "options": {"temperature": 0}, "stream": True}]})
     assert chat_items(chat) == [{"messages": [{"role": "user", "content": "hi"}], "options": {"temperature": 0}}]
