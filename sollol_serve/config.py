@@ -191,10 +191,16 @@ class ShardConfig(_Strict):
     # Ray resource that marks a host willing to run an rpc-server (`ray start --resources='{"sollol-rpc": 1}'`).
     rpc_label: str = "sollol-rpc"
     backends: int = Field(default=2, ge=1, le=16)
-    # rpc-servers bind their host's cluster address; "loopback" binds 127.0.0.1 (one-machine setups).
-    bind: Literal["node", "loopback"] = "node"
+    # rpc-servers bind their host's cluster address ("node"), 127.0.0.1 ("loopback": one-machine
+    # setups) or the address given. rpc-server has no authentication: a group whose rpc-servers
+    # would listen on a wildcard (0.0.0.0, ::) or public address is refused unless
+    # `allow_public_bind` (then firewall those ports yourself).
+    bind: str = "node"
+    allow_public_bind: bool = False
     ctx_size: int = Field(default=2048, ge=64)
     parallel: int = Field(default=2, ge=1, le=64)
+    # Extra llama-server arguments; none that sets its address, api key or a log level or
+    # file that would record prompts (the coordinator sets those).
     llama_server_args: list[str] = Field(default_factory=list)
     start_timeout_s: float = Field(default=300.0, gt=0)
     # Restarts after a crash (rpc-server or llama-server), with doubling backoff; then "failed".
@@ -202,6 +208,30 @@ class ShardConfig(_Strict):
     restart_backoff_s: float = Field(default=1.0, ge=0)
     # A group that has processed no token for this long is stopped (started again on demand).
     idle_stop_s: float = Field(default=900.0, gt=0)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_ok(cls, v: str) -> str:
+        import ipaddress
+
+        if v in ("node", "loopback"):
+            return v
+        try:
+            return str(ipaddress.ip_address(v.strip("[]")))
+        except ValueError:
+            raise ValueError(f"shard.bind {v!r} must be 'node', 'loopback' or an IP address") from None
+
+    @field_validator("llama_server_args")
+    @classmethod
+    def _args_ok(cls, v: list[str]) -> list[str]:
+        reserved = {"--host", "--port", "--api-key", "--api-key-file", "-v", "--verbose", "--log-verbose", "-lv",
+                    "--verbosity", "--log-verbosity", "--log-file", "--log-prompts-dir", "--verbose-prompt", "--props"}
+        for arg in v:
+            flag = arg.split("=", 1)[0]
+            if flag in reserved:
+                raise ValueError(f"shard.llama_server_args may not contain {flag}: the coordinator sets the "
+                                 "address, api key and log level (prompts must not be logged)")
+        return v
 
 
 class FailoverConfig(_Strict):

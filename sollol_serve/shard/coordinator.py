@@ -7,12 +7,22 @@ the layers split by free memory, waits for its /health, and registers it as the 
 `shard:<model>` (an OpenAI-compatible node: the whole API, streaming included, works). Any RPC
 error aborts llama-server, so a supervisor restarts the whole group (bounded, with backoff)
 and stops a group that has been idle too long.
+
+Exposure: llama-server listens on 127.0.0.1 only and wants a random api key that only the
+gateway knows (the node's worker, pinned to this actor's host, sends it); rpc-servers, which
+have no authentication, listen on what `shard.bind` names, and a wildcard or public address is
+refused unless `shard.allow_public_bind`. llama-server logs at info level (no prompts) to
+`<data dir>/shard/`, mode 0600. A client whose request could not start a group gets a short
+reason; the log tail is in the group's status (admins: /api/shards).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -25,30 +35,103 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sollol_serve.cluster.state_actor import state_actor
-from sollol_serve.config import GatewayConfig, NodeConfig
+from sollol_serve.config import GatewayConfig, NodeConfig, data_dir
 from sollol_serve.names import named_actor, normalize_model
 from sollol_serve.nodes.lifecycle import add_runtime_node, remove_node_now
 from sollol_serve.processes import die_with_parent, free_port
-from sollol_serve.protocol import GatewayError, NoNodeAvailable, NotFound
+from sollol_serve.protocol import BadRequest, GatewayError, NoNodeAvailable, NotFound
 from sollol_serve.shard.build import ensure_binaries
-from sollol_serve.shard.models import read_gguf_info, resolve_gguf
+from sollol_serve.shard.models import InvalidModelName, ModelFileError, check_model_name, read_gguf_info, resolve_gguf
 from sollol_serve.shard.plan import (
+    API_KEY_ENV,
     Backend,
     Host,
+    PlanError,
     activity,
+    bind_refusal,
     choose_hosts,
     llama_server_command,
     rpc_buffers,
     rpc_server_command,
+    tensor_split,
 )
 
 logger = logging.getLogger(__name__)
 
 SUPERVISE_EVERY_S = 1.0
+LLAMA_SERVER_HOST = "127.0.0.1"  # its node's worker runs on the coordinator's host
+LOG_ROTATE_BYTES = 4 * 2**20  # a log bigger than this at a (re)start becomes <log>.1
+LOG_TAIL_CHARS = 1500  # of a failed start's log, in the group's status (admins only)
 
 
 def shard_node_name(model: str) -> str:
     return f"shard:{normalize_model(model)}"
+
+
+class ShardStartError(RuntimeError):
+    """A group could not start: `reason` is short and safe for any client, `detail` (the log
+    tail, paths) is for the group's status only."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail or reason
+
+
+START_ERRORS = (GatewayError, ValueError, RuntimeError, OSError, ray.exceptions.RayError)
+
+
+def _failure(exc: BaseException) -> tuple[str, str]:
+    """(reason for the client, detail for the group's status) of a failed start."""
+    if isinstance(exc, ShardStartError):
+        return exc.reason, exc.detail
+    if isinstance(exc, ModelFileError):  # its message names files and directories of the host
+        return "no usable GGUF file for the model", str(exc)
+    if isinstance(exc, PlanError):
+        return str(exc), str(exc)
+    return f"its processes could not be started ({type(exc).__name__})", str(exc)
+
+
+def rpc_bind_address(bind: str, node_ip: str) -> str:
+    """The address an rpc-server on a host whose cluster address is `node_ip` listens on."""
+    return {"loopback": "127.0.0.1", "node": node_ip}.get(bind, bind)
+
+
+def check_bind(address: str, allow_public: bool) -> None:
+    """ShardStartError if a shard group's process may not listen on `address`."""
+    why = bind_refusal(address, allow_public)
+    if why is not None:
+        raise ShardStartError(f"refused to bind an rpc-server to {why} (it has no authentication; "
+                              "shard.allow_public_bind allows it)")
+
+
+def open_log(path: Path) -> tuple[int, int]:
+    """Open llama-server's log for appending, mode 0600 in a 0700 directory, first renaming a
+    log bigger than LOG_ROTATE_BYTES to `<log>.1` (one old copy is kept): (fd, start offset)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older version may have been wider
+    return fd, os.fstat(fd).st_size
+
+
+def log_path_for(config: GatewayConfig, model: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model).strip(".") or "model"
+    return Path(data_dir(config.batch)) / "shard" / f"{safe}.log"
+
+
+def _read_log(path: str | None, offset: int) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _wait_for_port(host: str, port: int, timeout_s: float) -> bool:
@@ -64,10 +147,12 @@ def _wait_for_port(host: str, port: int, timeout_s: float) -> bool:
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class RpcServerActor:
-    """One `ggml-rpc-server` on this actor's Ray host, bound to the host's address."""
+    """One `ggml-rpc-server` on this actor's Ray host, bound to what `bind` names (see
+    `rpc_bind_address`); a wildcard or public address only with `allow_public`."""
 
-    def __init__(self, binary: str, loopback: bool):
-        self.bind = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
+    def __init__(self, binary: str, bind: str, allow_public: bool = False):
+        self.bind = rpc_bind_address(bind, ray.util.get_node_ip_address())
+        check_bind(self.bind, allow_public)
         self.port = free_port(self.bind)
         self.log = tempfile.NamedTemporaryFile(prefix="sollol-rpc-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(rpc_server_command(Path(binary), self.bind, self.port), stdout=self.log,
@@ -76,6 +161,7 @@ class RpcServerActor:
             raise RuntimeError(f"ggml-rpc-server did not listen on {self.bind}:{self.port}")
 
     def endpoint(self) -> tuple[str, int, int]:
+        """(address it listens on, port, pid)."""
         return self.bind, self.port, self.proc.pid
 
     def alive(self) -> bool:
@@ -95,9 +181,17 @@ class Group:
     proc: subprocess.Popen | None = None
     url: str | None = None
     log_path: str | None = None
+    log_offset: int = 0  # where this start's output begins in the log
+    log_tail: str | None = None  # of a failed start (admins only)
+    # llama-server's api key: random, known to the gateway only (the node's worker sends it)
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    registered: bool = False
     restarts: int = 0
-    error: str | None = None
-    buffers: dict[str, float] = field(default_factory=dict)  # MiB of weights per backend, read once per start
+    error: str | None = None  # what went wrong, in full (admins only: under "log")
+    reason: str | None = None  # the short form a client (and a reader of /api/stats) is given
+    # MiB of weights per backend, from llama-server's log when it says (at info level, which
+    # logs no prompt, this llama.cpp does not: None then; `layer_share` is the split asked for)
+    buffers: dict[str, float] = field(default_factory=dict)
     layers: int | None = None
     size_mb: int | None = None
     started_s: float | None = None  # seconds from launch to healthy, last start
@@ -108,11 +202,13 @@ class Group:
     def as_dict(self) -> dict:
         return {"model": self.model, "node": shard_node_name(self.model), "state": self.state, "url": self.url,
                 "backends": [{"address": b.address, "node_id": b.host.node_id, "free_mb": b.host.free_mb,
-                              "pid": pid, "model_buffer_mib": self.buffers.get(b.address)}
-                             for b, pid in zip(self.backends, self.rpc_pids)],
+                              "pid": pid, "layer_share": share, "model_buffer_mib": self.buffers.get(b.address)}
+                             for b, pid, share in zip(self.backends, self.rpc_pids, tensor_split(self.backends))],
                 "pid": self.proc.pid if self.proc else None,
-                "layers": self.layers, "size_mb": self.size_mb, "restarts": self.restarts, "error": self.error,
-                "start_s": self.started_s, "log": self.log_path}
+                "layers": self.layers, "size_mb": self.size_mb, "restarts": self.restarts,
+                # readers see `error` (short, no address or path); `log` is for admins only
+                "error": self.reason if self.error else None,
+                "start_s": self.started_s, "log": {"path": self.log_path, "tail": self.log_tail, "error": self.error}}
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -132,6 +228,10 @@ class ShardCoordinator:
 
     async def ensure(self, model: str) -> dict:
         """The model's group, started if needed; waits until it serves. GatewayError if it can't."""
+        try:
+            check_model_name(model)
+        except InvalidModelName as exc:
+            raise BadRequest(str(exc)) from None
         model = normalize_model(model)
         group = self.groups.get(model)
         if group is None or group.state in ("stopped", "failed"):
@@ -143,7 +243,8 @@ class ShardCoordinator:
             raise NoNodeAvailable(
                 f"shard group for '{model}' not ready within {self.settings.start_timeout_s:g} s") from None
         if group.state != "running":
-            raise NoNodeAvailable(f"shard group for '{model}' could not start: {group.error}")
+            raise NoNodeAvailable(f"shard group for '{model}' could not start: {group.reason or 'unknown error'}; "
+                                  "see the shard group's log (admins: /api/shards)")
         return group.as_dict()
 
     async def stop(self, model: str) -> dict:
@@ -161,10 +262,11 @@ class ShardCoordinator:
     async def _start(self, group: Group) -> None:
         try:
             await self._launch(group)
-            group.state, group.error = "running", None
-        except (GatewayError, ValueError, RuntimeError, OSError, ray.exceptions.RayError) as exc:
-            group.state, group.error = "failed", str(exc)
-            logger.warning("shard group %s failed to start: %s", group.model, exc)
+            group.state, group.error, group.reason, group.log_tail = "running", None, None, None
+        except START_ERRORS as exc:
+            group.reason, group.error = _failure(exc)
+            group.state = "failed"
+            logger.warning("shard group %s failed to start: %s", group.model, group.error)
             await self._teardown(group, unregister=False)
         finally:
             group.ready.set()
@@ -182,23 +284,32 @@ class ShardCoordinator:
         info = read_gguf_info(gguf)
         group.layers, group.size_mb = info.block_count, info.size_bytes // 2**20
         hosts = choose_hosts(await asyncio.to_thread(self._hosts), self.settings.backends, group.size_mb)
+        bind, allow_public = self.settings.bind, self.settings.allow_public_bind
+        for h in hosts:  # refused before anything starts; each actor checks again where it runs
+            check_bind(rpc_bind_address(bind, h.ip), allow_public)
         group.rpc_actors = [
             RpcServerActor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(h.node_id, soft=False))
-            .remote(str(binaries.rpc_server), self.settings.bind == "loopback") for h in hosts]
+            .remote(str(binaries.rpc_server), bind, allow_public) for h in hosts]
         endpoints = await asyncio.gather(*(a.endpoint.remote() for a in group.rpc_actors))
-        group.backends = [Backend(h, port) if bind == h.ip else Backend(Host(h.node_id, bind, h.free_mb), port)
-                          for h, (bind, port, _) in zip(hosts, endpoints)]
+        # llama-server connects to the address an rpc-server listens on (its host's, for a wildcard)
+        group.backends = [Backend(Host(h.node_id, h.ip if _unspecified(addr) else addr, h.free_mb), port)
+                          for h, (addr, port, _) in zip(hosts, endpoints)]
         group.rpc_pids = [pid for _, _, pid in endpoints]
-        host = ray.util.get_node_ip_address() if self.settings.bind == "node" else "127.0.0.1"
+        host = LLAMA_SERVER_HOST
         port = int(group.url.rsplit(":", 1)[1]) if group.url else free_port(host)  # a restart keeps its URL
-        group.log_path = group.log_path or tempfile.mktemp(prefix="sollol-shard-", suffix=".log")
+        log_path = Path(group.log_path) if group.log_path else log_path_for(self.config, group.model)
         command = llama_server_command(binaries.llama_server, gguf, group.model, group.backends, host, port,
                                        self.settings.ctx_size, self.settings.parallel, self.settings.llama_server_args)
-        with open(group.log_path, "ab") as log:
-            group.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        fd, group.log_offset = open_log(log_path)
+        group.log_path = str(log_path)
+        try:
+            group.proc = subprocess.Popen(command, stdout=fd, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+                                          env={**os.environ, API_KEY_ENV: group.api_key})
+        finally:
+            os.close(fd)
         group.url = f"http://{host}:{port}"
         await self._wait_healthy(group)
-        group.buffers = rpc_buffers(Path(group.log_path).read_text(errors="replace"))
+        group.buffers = rpc_buffers(_read_log(group.log_path, group.log_offset))
         group.started_s = round(time.monotonic() - launched, 3)
         await self._register(group)
 
@@ -207,29 +318,37 @@ class ShardCoordinator:
         async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if group.proc.poll() is not None:
-                    tail = Path(group.log_path).read_text(errors="replace")[-1500:]
-                    raise RuntimeError(f"llama-server exited with {group.proc.returncode}: {tail}")
+                    group.log_tail = _read_log(group.log_path, group.log_offset)[-LOG_TAIL_CHARS:]
+                    code = group.proc.returncode
+                    raise ShardStartError(f"llama-server exited with code {code} during start",
+                                          f"llama-server exited with code {code} during start; "
+                                          f"log {group.log_path}: {group.log_tail}")
                 try:
                     if (await client.get(group.url + "/health")).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
                 await asyncio.sleep(0.3)
-        raise RuntimeError(f"llama-server not healthy within {self.settings.start_timeout_s:g} s")
+        group.log_tail = _read_log(group.log_path, group.log_offset)[-LOG_TAIL_CHARS:]
+        raise ShardStartError(f"llama-server not healthy within {self.settings.start_timeout_s:g} s")
 
     async def _register(self, group: Group) -> None:
         name = shard_node_name(group.model)
         known = (await self.state.snapshot.remote()).get(name)
-        if known is not None and known.url == group.url:
-            return  # a restart on the same URL: the node's worker finds it again
+        if known is not None and known.url == group.url and group.registered:
+            return  # a restart on the same URL and key: the node's worker finds it again
         if known is not None:  # registered by an earlier coordinator (it died with its group)
             await remove_node_now(self.state, name, self.config)
-        node = NodeConfig(name=name, url=group.url, kind="openai", slots=self.settings.parallel)
+        # The worker runs on this host (llama-server listens on its loopback) and sends the key.
+        node = NodeConfig(name=name, url=group.url, kind="openai", slots=self.settings.parallel,
+                          ray_node_id=ray.get_runtime_context().get_node_id(), api_key=group.api_key)
         await add_runtime_node(self.state, node, self.config)
+        group.registered = True
 
     async def _teardown(self, group: Group, unregister: bool) -> None:
         if unregister:
             await remove_node_now(self.state, shard_node_name(group.model), self.config)
+            group.registered = False
         if group.proc is not None and group.proc.poll() is None:
             group.proc.terminate()
             try:
@@ -267,7 +386,8 @@ class ShardCoordinator:
             await self._restart(group, broken)
             return
         try:
-            async with httpx.AsyncClient(timeout=2, trust_env=False) as client:
+            async with httpx.AsyncClient(timeout=2, trust_env=False,
+                                         headers={"Authorization": f"Bearer {group.api_key}"}) as client:
                 seen = activity((await client.get(group.url + "/metrics")).text)
         except httpx.HTTPError:
             return
@@ -279,23 +399,29 @@ class ShardCoordinator:
             await self.stop(group.model)
 
     async def _restart(self, group: Group, why: str) -> None:
-        group.error = why
+        group.error, group.reason = why, "it is restarting after a crash"
         await self._teardown(group, unregister=False)
         if group.restarts >= self.settings.max_restarts:
-            group.state = "failed"
+            group.state, group.reason = "failed", "it crashed more than shard.max_restarts times"
             await remove_node_now(self.state, shard_node_name(group.model), self.config)
+            group.registered = False
             return
         group.state = "restarting"
         group.restarts += 1
         await asyncio.sleep(self.settings.restart_backoff_s * 2 ** (group.restarts - 1))
         try:
             await self._launch(group)
-            group.state = "running"
-        except (GatewayError, ValueError, RuntimeError, OSError, ray.exceptions.RayError) as exc:
-            group.error = f"{why}; restart failed: {exc}"
+            group.state, group.reason, group.log_tail = "running", None, None
+        except START_ERRORS as exc:
+            group.reason, detail = _failure(exc)
+            group.error = f"{why}; restart failed: {detail}"
             await self._teardown(group, unregister=False)
             group.state = "restarting"  # the next supervision round will not see it running
             asyncio.get_running_loop().create_task(self._restart(group, group.error))
+
+
+def _unspecified(address: str) -> bool:
+    return address in ("0.0.0.0", "::")
 
 
 def coordinator_name(state_actor_name: str) -> str:

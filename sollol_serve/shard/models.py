@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from sollol_serve.protocol import BadRequest
 
 DEFAULT_REGISTRY = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -26,6 +29,26 @@ GGUF_MAGIC = b"GGUF"
 
 class ModelFileError(ValueError):
     """A model's GGUF file can't be found, or isn't a usable GGUF file."""
+
+
+class InvalidModelName(ModelFileError, BadRequest):
+    """A model name that is not one (a 400): it could name a file outside the model store."""
+
+    def __init__(self, message: str):
+        BadRequest.__init__(self, message)
+
+
+def check_model_name(model: str) -> None:
+    """Raise InvalidModelName for a name that could reach outside the store once it becomes a
+    path: a `.` or `..` segment (in the path or the tag), an absolute path, a backslash, a NUL
+    or another control character. Checked before any file is looked up."""
+    name = model.strip()
+    if not name or len(name) > 512 or any(ord(c) < 32 or c in "\\\x7f" for c in name):
+        raise InvalidModelName(f"invalid model name {model!r}")
+    for scheme in ("http://", "https://"):
+        name = name.removeprefix(scheme)
+    if name.startswith(("/", "~")) or any(seg in (".", "..") for seg in re.split(r"[/:@]", name)):
+        raise InvalidModelName(f"invalid model name {model!r}")
 
 
 class ModelName(NamedTuple):
@@ -46,7 +69,9 @@ class ModelName(NamedTuple):
 
 def parse_model_name(model: str) -> ModelName:
     """Ollama's normalization: `llama3.2` is `registry.ollama.ai/library/llama3.2:latest`,
-    `user/m` is namespace `user`, `hf.co/user/repo:tag` is registry `hf.co`."""
+    `user/m` is namespace `user`, `hf.co/user/repo:tag` is registry `hf.co`. A name that could
+    reach outside the store (`..`, an absolute path, ...) is an InvalidModelName."""
+    check_model_name(model)
     name = model.strip()
     for scheme in ("http://", "https://"):
         name = name.removeprefix(scheme)
@@ -56,7 +81,7 @@ def parse_model_name(model: str) -> ModelName:
         path, tag = name, DEFAULT_TAG
     parts = path.split("/")
     if len(parts) > 3 or not all(parts) or not tag:
-        raise ModelFileError(f"invalid model name {model!r}")
+        raise InvalidModelName(f"invalid model name {model!r}")
     registry, namespace = DEFAULT_REGISTRY, DEFAULT_NAMESPACE
     if len(parts) == 3:
         registry, namespace, repo = parts

@@ -7,6 +7,7 @@ in proportion to each backend's free memory.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,32 @@ def llama_server_command(binary: Path, model: Path, alias: str, backends: list[B
     split = ",".join(f"{share:g}" for share in tensor_split(backends))
     return [str(binary), "-m", str(model), "--alias", alias, "--host", host, "--port", str(port),
             "--rpc", ",".join(b.address for b in backends), "-ngl", "99", "--tensor-split", split,
-            "-c", str(ctx_size), "-np", str(parallel), "--metrics", "-lv", "4", *extra]
+            "-c", str(ctx_size), "-np", str(parallel), "--metrics", "-lv", str(LLAMA_SERVER_VERBOSITY), *extra]
+
+
+# llama-server's log level: 3 (info) logs the model load (the RPC buffers are read from it) and
+# each request's slot and timings, never a prompt or an answer (4, trace, and up do).
+LLAMA_SERVER_VERBOSITY = 3
+# The api key goes in llama-server's environment (only its own user can read it), not its
+# command line (every local user can read that in /proc/<pid>/cmdline).
+API_KEY_ENV = "LLAMA_API_KEY"
+
+
+def bind_refusal(address: str, allow_public: bool = False) -> str | None:
+    """Why a shard group's process must not listen on `address`, or None if it may: an
+    rpc-server has no authentication (whoever reaches it runs code in it), so only loopback
+    and private addresses are allowed, a wildcard or public one only with `allow_public`."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if allow_public:
+        return None
+    if ip.is_unspecified:
+        return f"{address} is a wildcard address (every interface)"
+    if not (ip.is_loopback or ip.is_private) or ip.is_multicast or ip.is_link_local:
+        return f"{address} is not a loopback or private address"
+    return None
 
 
 _RPC_BUFFER = re.compile(r"RPC\d*\[(?P<address>[^\]]+)\]\s+model buffer size\s*=\s*(?P<mib>[\d.]+)\s*MiB")
