@@ -31,8 +31,10 @@ class RequestRecorder:
         self.decisions: list[dict] = []  # and the routing decisions
 
     def label(self, model: str) -> str:
-        """The model's metric label: itself if some node serves it, else `unknown`."""
-        return model if normalize_model(model) in self.known else UNKNOWN_MODEL
+        """The model's metric label: its full name if some node serves it (`llama3.2` and
+        `llama3.2:latest` are one model), else `unknown`."""
+        name = normalize_model(model)
+        return name if name in self.known else UNKNOWN_MODEL
 
     def record(self, endpoint: str, model: str, node: str, status: int, latency_s: float, ttft_s: float | None,
                routing: dict | None) -> None:

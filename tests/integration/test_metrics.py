@@ -46,3 +46,19 @@ def test_metrics_count_the_traffic_sent(gateway):
     assert after[("sollol_node_healthy", (("node", "mid"),))] == 1
     assert after[("sollol_node_slots", (("node", "solo"),))] == 1
     assert ("sollol_queue_waiting", ()) in after
+
+
+def test_a_model_and_its_latest_tag_count_as_one(gateway):
+    url = gateway.url
+    before = _scrape(url)
+    for name in ("llama3.2", "llama3.2:latest"):
+        r = httpx.post(url + "/api/generate", timeout=30, json={
+            "model": name, "prompt": "same model", "stream": False, "options": {"num_predict": 1}})
+        assert r.status_code == 200
+
+    def served(scrape: dict) -> float:
+        return sum(v for (metric, labels), v in scrape.items() if metric == "sollol_requests_total"
+                   and ("endpoint", "/api/generate") in labels and ("model", "llama3.2:latest") in labels)
+
+    wait_until(lambda: served(_scrape(url)) - served(before) == 2, 10, "both requests under llama3.2:latest")
+    assert not [key for key in _scrape(url) if ("model", "llama3.2") in key[1]]

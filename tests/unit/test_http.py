@@ -157,7 +157,7 @@ def test_a_refused_inference_request_is_counted_and_a_served_one_charged(client)
     for name in ("no-such-model-1", "no-such-model-2"):  # a client's strings never become labels
         http.post("/api/chat", headers=bearer(USER), json={"model": name, "stream": False, "messages": []})
     assert dict(svc.recorder.metrics.requests) == {("/api/chat", "unknown", "none", "403"): 1,
-                                                   ("/api/chat", "m", "n1", "200"): 1,
+                                                   ("/api/chat", "m:latest", "n1", "200"): 1,
                                                    ("/api/chat", "unknown", "n1", "200"): 2}
     assert ("charge", ("app", 7)) in svc.limiter.calls  # prompt 3 + answer 4 tokens
 
