@@ -124,14 +124,18 @@ class Chooser:
 
 
 def needs_shard(snapshot: dict[str, NodeView], model: str, listed: set[str], headroom: float) -> bool:
-    """Whether the model goes to a shard group: listed for sharding, or bigger than what any
-    healthy node that has it can hold (its free VRAM, else its free RAM; unknown = can hold)."""
+    """Whether the model goes to a shard group: listed for sharding, or no healthy node that
+    has it can hold its own copy (its size there vs the node's free VRAM, else its free RAM;
+    unknown = can hold). Each node is judged by its own size: one node advertising a huge
+    size (a rogue server found by a scan) cannot push a model others hold onto a shard group."""
     wanted = normalize_model(model)
     if wanted in listed:
         return True
     holders = [v for v in snapshot.values() if v.healthy and v.has_model(wanted) and not v.name.startswith("shard:")]
-    if not holders:
-        return False
-    size_mb = max(v.model_sizes.get(wanted, 0) for v in holders) / 2**20 * headroom
-    capacities = [v.vram_free_mb if v.vram_free_mb is not None else v.ram_available_mb for v in holders]
-    return size_mb > 0 and None not in capacities and max(capacities) < size_mb
+
+    def holds(v: NodeView) -> bool:
+        size_mb = v.model_sizes.get(wanted, 0) / 2**20 * headroom
+        capacity = v.vram_free_mb if v.vram_free_mb is not None else v.ram_available_mb
+        return size_mb <= 0 or capacity is None or capacity >= size_mb
+
+    return bool(holders) and not any(holds(v) for v in holders)

@@ -71,3 +71,12 @@ def test_hybrid_decision_shards_listed_models_and_models_no_node_can_hold():
     assert not needs_shard(unknown, "big", set(), 1.1)
     assert needs_shard(roomy, "big", {"big:latest"}, 1.1)  # listed in the config
     assert not needs_shard(roomy, "other", set(), 1.1)
+
+
+def test_a_node_advertising_a_huge_size_cannot_push_a_model_onto_a_shard_group():
+    honest = {"a": _view("a", 4, vram=16000), "b": _view("b", 4, vram=8000)}
+    assert not needs_shard(honest, "big", set(), 1.1)
+    rogue = {**honest, "evil": _view("evil", 10**6, vram=1)}  # found by a scan, claims a petabyte
+    assert not needs_shard(rogue, "big", set(), 1.1)
+    alone = {"evil": _view("evil", 10**6, vram=1)}  # no honest holder: the claim is all there is
+    assert needs_shard(alone, "big", set(), 1.1)
