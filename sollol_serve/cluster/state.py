@@ -64,6 +64,7 @@ class NodeView:
     model_sizes: dict[str, int] = field(default_factory=dict)  # normalized name -> bytes on disk
     # normalized name -> the context (tokens) the model is loaded with now
     contexts: dict[str, int] = field(default_factory=dict)
+    registration: int = 0  # which registration of this name (a removed node's successor has a new one)
 
     @property
     def routable(self) -> bool:
@@ -90,8 +91,13 @@ class ClusterState:
     book: PerfBook = field(default_factory=PerfBook)
     breakers: dict[str, Breaker] = field(default_factory=dict)
     draining: set[str] = field(default_factory=set)
+    # Bumped each time a name is registered anew (after a removal): a router holding the
+    # handle of the removed node's worker must find the new one, even if it never saw the gap.
+    registrations: dict[str, int] = field(default_factory=dict)
 
     def register(self, name: str, url: str, slots: int | None, policy: BreakerPolicy = DEFAULT_POLICY) -> None:
+        if name not in self.reports:
+            self.registrations[name] = self.registrations.get(name, 0) + 1
         self.configured_slots[name] = slots
         self.breakers.setdefault(name, Breaker(policy))
         self.reports.setdefault(name, NodeReport(name=name, url=url, kind=None, healthy=False, error=NOT_PROBED))
@@ -161,6 +167,7 @@ class ClusterState:
                 ram_available_mb=(r.telemetry or {}).get("ram_available_mb"),
                 model_sizes={normalize_model(_entry_name(m)): int(m.get("size") or 0) for m in r.models},
                 contexts=_contexts(r.loaded),
+                registration=self.registrations.get(name, 0),
             )
         return views
 

@@ -37,6 +37,14 @@ async def remove_node_now(state: ActorHandle, name: str, config: GatewayConfig) 
     await _kill_runtime_worker(name, config)
 
 
+async def remove_node_unrouted(state: ActorHandle, name: str, config: GatewayConfig) -> None:
+    """Remove the node from the shared state, give every router two syncs to stop sending to
+    it (its server still answers what they sent meanwhile), then stop its runtime worker."""
+    await state.remove.remote(name)
+    await asyncio.sleep(2 * config.routing.snapshot_interval_s)
+    await _kill_runtime_worker(name, config)
+
+
 async def retire_node(state: ActorHandle, name: str, config: GatewayConfig) -> None:
     """Drain the node, let what it has finish (bounded by `drain_timeout_s`), then remove it
     from the shared state and stop its worker if it was started at run time."""

@@ -111,6 +111,7 @@ class Router:
     async def __init__(self, config: dict, workers: dict[str, DeploymentHandle]):
         self.config = GatewayConfig.model_validate(config)
         self.workers = WorkerRegistry(workers, self.config.state_actor_name)
+        self._registrations: dict[str, int] = {}  # run-time node -> the registration its link is for
         self.rng = random.Random()
         self.state = state_actor(self.config.state_actor_name)
         try:
@@ -154,10 +155,12 @@ class Router:
         """Take the shared state, routing only to nodes this router can reach: a node added
         at run time becomes routable once its worker actor is found."""
         links = self.workers.links
+        for name in [n for n, link in links.items() if link.runtime and (
+                n not in snapshot or snapshot[n].registration != self._registrations.get(n))]:
+            self.workers.forget(name)  # removed by another router, or removed and added again
         for name in snapshot.keys() - links.keys():
-            await self.workers.find(name)
-        for name in [n for n, link in links.items() if link.runtime and n not in snapshot]:
-            self.workers.forget(name)  # removed by another router
+            if await self.workers.find(name) is not None:
+                self._registrations[name] = snapshot[name].registration
         self.core.adopt({n: v for n, v in snapshot.items() if n in links}, book)
 
     def _release(self, flight_id: int, node: str, ok: bool | None, usage: Usage | None) -> None:

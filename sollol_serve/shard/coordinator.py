@@ -37,7 +37,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig, data_dir
 from sollol_serve.names import named_actor, normalize_model
-from sollol_serve.nodes.lifecycle import add_runtime_node, remove_node_now
+from sollol_serve.nodes.lifecycle import add_runtime_node, remove_node_now, remove_node_unrouted
 from sollol_serve.processes import die_with_parent, free_port
 from sollol_serve.protocol import BadRequest, GatewayError, NoNodeAvailable, NotFound
 from sollol_serve.shard.build import ensure_binaries
@@ -218,6 +218,7 @@ class ShardCoordinator:
         self.settings = self.config.shard
         self.state = state_actor(self.config.state_actor_name)
         self.groups: dict[str, Group] = {}
+        self._stopping: dict[str, asyncio.Future] = {}  # model -> done when its stop is
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     # -- API ----------------------------------------------------------------------------
@@ -233,6 +234,9 @@ class ShardCoordinator:
         except InvalidModelName as exc:
             raise BadRequest(str(exc)) from None
         model = normalize_model(model)
+        stopping = self._stopping.get(model)
+        if stopping is not None:  # a stop under way (idle, or an admin's): start again after it
+            await asyncio.shield(stopping)
         group = self.groups.get(model)
         if group is None or group.state in ("stopped", "failed"):
             group = self.groups[model] = Group(model)
@@ -248,11 +252,20 @@ class ShardCoordinator:
         return group.as_dict()
 
     async def stop(self, model: str) -> dict:
-        group = self.groups.get(normalize_model(model))
+        model = normalize_model(model)
+        group = self.groups.get(model)
         if group is None:
             raise NotFound(f"no shard group for '{model}'")
-        await self._teardown(group, unregister=True)
-        group.state = "stopped"
+        if model in self._stopping:  # already stopping: the same answer once it is done
+            await asyncio.shield(self._stopping[model])
+            return group.as_dict()
+        done = self._stopping[model] = asyncio.get_running_loop().create_future()
+        try:
+            await self._teardown(group, unregister=True)
+            group.state = "stopped"
+        finally:
+            del self._stopping[model]
+            done.set_result(None)
         return group.as_dict()
 
     def status(self) -> list[dict]:
@@ -346,8 +359,8 @@ class ShardCoordinator:
         group.registered = True
 
     async def _teardown(self, group: Group, unregister: bool) -> None:
-        if unregister:
-            await remove_node_now(self.state, shard_node_name(group.model), self.config)
+        if unregister:  # routers stop sending to the group before its processes go
+            await remove_node_unrouted(self.state, shard_node_name(group.model), self.config)
             group.registered = False
         if group.proc is not None and group.proc.poll() is None:
             group.proc.terminate()

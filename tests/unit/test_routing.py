@@ -443,3 +443,16 @@ def test_random_is_reproducible_with_seed():
     c3 = Chooser("random", seed=7)
     assert [names(c3.rank(nodes)) for _ in range(10)] != run1
     assert names(nodes) == list("abcdef")  # shuffles a copy
+
+
+def test_a_node_removed_and_added_again_is_a_new_registration():
+    """A router that missed the gap (the shard group's node after an idle stop) must see that
+    the worker behind the name changed."""
+    state = ClusterState()
+    state.register("shard:m", "http://127.0.0.1:1", 2)
+    first = state.snapshot()["shard:m"].registration
+    state.register("shard:m", "http://127.0.0.1:1", 2)  # a worker's restart registers again: same node
+    assert state.snapshot()["shard:m"].registration == first
+    state.remove("shard:m")
+    state.register("shard:m", "http://127.0.0.1:2", 2)
+    assert state.snapshot()["shard:m"].registration == first + 1

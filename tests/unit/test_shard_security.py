@@ -139,6 +139,7 @@ def _coordinator(tmp_path: Path, **shard):
                                                        "shard": {"start_timeout_s": 20, **shard}})
     coordinator.settings = coordinator.config.shard
     coordinator.groups = {}
+    coordinator._stopping = {}
     return coordinator
 
 
