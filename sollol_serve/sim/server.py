@@ -4,7 +4,8 @@ It is a simulator for demos, tests and benchmarks and says so on `/` and `/api/v
 Faults are injected at run time with `POST /_sim/faults {"mode": "error"|"hang"|"slow"|"none", ...}`;
 `GET /_sim/state` shows slots in use, queue length, requests received and served, and how
 many reused a slot's cached prompt prefix (`prefix_hits`, `cached_tokens` skipped);
-`GET /_sim/inputs` counts the texts embedded (with `--record-inputs`).
+`GET /_sim/inputs` counts the texts embedded (with `--record-inputs`). An Ollama-flavoured
+node also manages models (`models_api`: pull, delete, copy, create, push, blobs).
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from sollol_serve.sim.engine import (
     SimModel,
     SimNodeConfig,
 )
+from sollol_serve.sim.models_api import ModelStoreSim, sim_model
 from sollol_serve.sim.ollama_api import OllamaSim
 from sollol_serve.sim.openai_api import OpenAISim
+
+DEFAULT_PULL_S = 0.3  # a simulated pull: fast, yet long enough to see its progress lines
 
 
 def parse_models(spec: str, tagged: bool = True) -> list[SimModel]:
@@ -38,18 +42,16 @@ def parse_models(spec: str, tagged: bool = True) -> list[SimModel]:
         name, _, size = item.partition("@")
         if tagged and ":" not in name:
             name += ":latest"
-        fields: dict = {"name": name}
-        if size:
-            fields["size_bytes"] = int(float(size) * 1e9)
-        if "embed" in name:
-            fields.update(family="bert", parameter_size="137M")
-        models.append(SimModel(**fields))
+        models.append(sim_model(name, int(float(size) * 1e9) if size else None))
     return models
 
 
-def build_sim_app(config: SimNodeConfig) -> Starlette:
+def build_sim_app(config: SimNodeConfig, pull_s: float = DEFAULT_PULL_S) -> Starlette:
+    """`pull_s`: how long a simulated pull (or push) takes, spread over its progress lines."""
     engine = SimEngine(config)
     facade = OllamaSim(engine) if config.kind == "ollama" else OpenAISim(engine)
+    # llama-server has no model management: it serves the one model it was started with.
+    managed = ModelStoreSim(engine, pull_s).routes() if config.kind == "ollama" else []
 
     async def get_state(request: Request) -> Response:
         return JSONResponse(
@@ -79,7 +81,7 @@ def build_sim_app(config: SimNodeConfig) -> Starlette:
     async def get_inputs(request: Request) -> Response:
         return JSONResponse({"recording": config.record_inputs, "embedded": dict(engine.embedded)})
 
-    routes = facade.routes() + [
+    routes = facade.routes() + managed + [
         Route("/_sim/state", get_state, methods=["GET"]),
         Route("/_sim/inputs", get_inputs, methods=["GET"]),
         Route("/_sim/faults", set_faults, methods=["POST"]),
@@ -111,6 +113,8 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-length", type=_positive_int, default=DEFAULT_CONTEXT,
                    help="every model's context in tokens (Ollama: until a request asks for another num_ctx)")
     p.add_argument("--record-inputs", action="store_true", help="count embedded texts (GET /_sim/inputs)")
+    p.add_argument("--pull-s", type=float, default=DEFAULT_PULL_S,
+                   help="how long a simulated /api/pull or /api/push takes")
     return p
 
 
@@ -133,6 +137,6 @@ def config_from_args(args: argparse.Namespace) -> SimNodeConfig:
 
 def main(argv: list[str] | None = None) -> None:
     args = arg_parser().parse_args(argv)
-    app = build_sim_app(config_from_args(args))
+    app = build_sim_app(config_from_args(args), max(args.pull_s, 0.0))
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False))
     asyncio.run(server.serve())
