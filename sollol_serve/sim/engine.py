@@ -100,6 +100,7 @@ class Plan:
     limited: bool  # True when the caller capped the output length
     prompt: str = ""
     num_ctx: int | None = None  # Ollama's options.num_ctx: the context to run the model with
+    script: str | None = None  # the answer's text when it is fixed (JSON, tool arguments), else pseudo-words
 
 
 @dataclass
@@ -145,6 +146,11 @@ def requested_context(options: dict | None) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
     return None
+
+
+def script_tokens(text: str) -> list[str]:
+    """A fixed answer cut into the simulator's tokens (`CHARS_PER_TOKEN` characters each)."""
+    return [text[i:i + CHARS_PER_TOKEN] for i in range(0, len(text), CHARS_PER_TOKEN)] or [""]
 
 
 def truncate_to_context(prompt: str, context: int) -> str:
@@ -325,16 +331,21 @@ class SimEngine:
             self.cached_tokens += stats.cache_n
 
     # -- work ---------------------------------------------------------------------------
-    def plan(self, model: str, prompt: str, options: dict | None, max_tokens: int | None = None) -> Plan:
+    def plan(self, model: str, prompt: str, options: dict | None, max_tokens: int | None = None,
+             script: str | None = None) -> Plan:
         options = options or {}
         cap = max_tokens if max_tokens is not None else options.get("num_predict")
         seed = stable_seed(model, prompt, options.get("seed", ""))
-        if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0:
+        capped = isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0
+        if script is not None:  # a fixed answer: as long as it is, cut at the cap like any other
+            needed = len(script_tokens(script))
+            output, limited = (min(cap, needed), cap < needed) if capped else (needed, False)
+        elif capped:
             output, limited = cap, True
         else:
             lo, hi = self.config.default_output_tokens
             output, limited = random.Random(seed).randint(lo, hi), False
-        return Plan(model, count_tokens(prompt), output, seed, limited, prompt, requested_context(options))
+        return Plan(model, count_tokens(prompt), output, seed, limited, prompt, requested_context(options), script)
 
     async def prefill(self, tokens: int) -> int:
         seconds = tokens / self.config.prefill_tps * self._slow()
@@ -353,6 +364,7 @@ class SimEngine:
         start = time.monotonic()
         due = start
         breaker = self.faults.break_after_tokens
+        pieces = script_tokens(plan.script) if plan.script is not None else None
         if not stream:
             await asyncio.sleep(self._token_interval() * plan.output_tokens)
         for i in range(plan.output_tokens):
@@ -363,8 +375,11 @@ class SimEngine:
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            word = rng.choice(_WORDS)
-            token = word + "x" * self.faults.pad_bytes if i == 0 else " " + word
+            if pieces is not None:
+                token = pieces[i]
+            else:
+                word = rng.choice(_WORDS)
+                token = word + "x" * self.faults.pad_bytes if i == 0 else " " + word
             stats.tokens.append(token)
             yield token
         stats.eval_ns = int((time.monotonic() - start) * 1e9)

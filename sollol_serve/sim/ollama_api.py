@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
@@ -25,6 +26,7 @@ from sollol_serve.sim.engine import (
     requested_context,
 )
 from sollol_serve.sim.facade import BadRequest, guarded
+from sollol_serve.sim.scripted import scripted
 
 SIM_VERSION = "0.0.0-sollol-sim"
 
@@ -204,7 +206,8 @@ class OllamaSim:
             seconds = await self.engine.ensure_loaded(m.name, keep_alive, requested_context(options))
             return JSONResponse({**self._final(m, chat, Stats(load_ns=int(seconds * 1e9)), "load", "")})
 
-        plan = self.engine.plan(m.name, prompt, options)
+        script = scripted(body, "ollama")
+        plan = self.engine.plan(m.name, prompt, options, script=script.text if script else None)
         stats = Stats()
         tokens = self.engine.run(plan, keep_alive, stats, stream=body.get("stream", True) is not False)
         first: str | None
@@ -213,6 +216,8 @@ class OllamaSim:
         except StopAsyncIteration:
             first = None
         done_reason = "length" if plan.limited else "stop"
+        if script is not None and script.tool is not None:
+            return await self._tool_call(m, body, script.tool, first, tokens, stats, done_reason)
 
         if body.get("stream", True) is False:
             text = "".join(([first] if first is not None else []) + [t async for t in tokens])
@@ -227,6 +232,24 @@ class OllamaSim:
             yield (json.dumps(final) + "\n").encode()
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def _tool_call(self, m: SimModel, body: dict, tool: str, first: str | None, tokens: AsyncIterator[str],
+                         stats: Stats, done_reason: str) -> Response:
+        """A tool call as Ollama sends it: decoded in full (its tokens take their time), then one
+        message carrying `tool_calls`; streamed, a chunk with the call before the final one."""
+        arguments = "".join(([first] if first is not None else []) + [t async for t in tokens])
+        try:
+            message = {"role": "assistant", "content": "",
+                       "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:8]}",
+                                       "function": {"index": 0, "name": tool, "arguments": json.loads(arguments)}}]}
+        except json.JSONDecodeError:  # cut by num_predict: like a model, it answers what it wrote
+            message = {"role": "assistant", "content": arguments}
+        final = {**self._final(m, True, stats, done_reason, ""), "message": message}
+        if body.get("stream", True) is False:
+            return JSONResponse(final)
+        call = {"model": m.name, "created_at": _now(), "message": message, "done": False}
+        lines = [json.dumps(call), json.dumps({**final, "message": {"role": "assistant", "content": ""}})]
+        return Response("".join(line + "\n" for line in lines), media_type="application/x-ndjson")
 
     def _chunk(self, m: SimModel, chat: bool, token: str) -> bytes:
         payload: dict = {"model": m.name, "created_at": _now()}

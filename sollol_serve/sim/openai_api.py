@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from sollol_serve.sim.engine import SimEngine, SimModel, Stats
 from sollol_serve.sim.facade import BadRequest, guarded
+from sollol_serve.sim.scripted import scripted
 
 _ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "unavailable_error"}
 
@@ -124,7 +125,8 @@ class OpenAISim:
         if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 0):
             raise BadRequest("'max_tokens' must be a non-negative integer")
         options = {"seed": body["seed"]} if "seed" in body else {}
-        plan = self.engine.plan(m.name, prompt, options, max_tokens=max_tokens)
+        script = scripted(body, "openai") if chat else None
+        plan = self.engine.plan(m.name, prompt, options, max_tokens=max_tokens, script=script.text if script else None)
         stats = Stats()
         tokens = self.engine.run(plan, None, stats, stream=bool(body.get("stream", False)))
         try:
@@ -135,11 +137,18 @@ class OpenAISim:
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
+        tool = script.tool if script is not None else None
+        call_id = f"call_{uuid.uuid4().hex[:24]}"
+        if tool is not None and not plan.limited:
+            finish = "tool_calls"
 
         if not body.get("stream", False):
             text = "".join(([first] if first is not None else []) + [t async for t in tokens])
             choice: dict = {"index": 0, "finish_reason": finish, "logprobs": None}
-            if chat:
+            if tool is not None:
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": call_id, "type": "function", "function": {"name": tool, "arguments": text}}]}
+            elif chat:
                 choice["message"] = {"role": "assistant", "content": text}
             else:
                 choice["text"] = text
@@ -157,6 +166,9 @@ class OpenAISim:
             return f"data: {json.dumps(payload)}\n\n".encode()
 
         def piece(token: str, finish_reason: str | None = None) -> dict:
+            if tool is not None and token:
+                return {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": token}}]},
+                        "finish_reason": finish_reason}
             if chat:
                 return {"index": 0, "delta": {"content": token} if token else {}, "finish_reason": finish_reason}
             return {"index": 0, "text": token, "finish_reason": finish_reason}
@@ -164,6 +176,10 @@ class OpenAISim:
         async def events() -> AsyncIterator[bytes]:
             if chat:
                 yield event([{"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}])
+            if tool is not None:  # llama-server: the call's id and name first, then its arguments in pieces
+                yield event([{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "id": call_id, "type": "function", "function": {"name": tool, "arguments": ""}}]},
+                    "finish_reason": None}])
             if first is not None:
                 yield event([piece(first)])
                 async for token in tokens:
