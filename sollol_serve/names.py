@@ -4,6 +4,7 @@ namespace, and finding or creating one by name)."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlparse
 
 from ray.actor import ActorClass, ActorHandle
 
@@ -14,6 +15,13 @@ def normalize_model(name: str) -> str:
     """Ollama's aliasing: `llama3.2` is `llama3.2:latest`."""
     name = name.strip()
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def host_port(url: str) -> str:
+    """`10.0.0.3:11434` of a node's URL: what the seeds' `_sollol_routing.host` shows, and never
+    the credentials a URL may carry."""
+    parsed = urlparse(url)
+    return f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)
 
 
 def named_actor(actor_class: ActorClass, name: str, *args: Any, **options: Any) -> ActorHandle:

@@ -15,7 +15,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator
-from urllib.parse import urlparse
 
 import ray
 from pydantic import ValidationError
@@ -28,7 +27,7 @@ from sollol_serve.cluster.state import NodeView
 from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig
 from sollol_serve.loops import run_every
-from sollol_serve.names import NAMESPACE, normalize_model
+from sollol_serve.names import NAMESPACE, host_port, normalize_model
 from sollol_serve.nodes.discovery import start_discovery
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
 from sollol_serve.protocol import (
@@ -78,13 +77,6 @@ def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) ->
         concurrent=flight.concurrent, embedding=profile.task_type == "embedding", ttfb_s=usage.ttfb_s,
         node_queued_s=usage.queued_s, probe=flight.probe, remeasure=flight.remeasure, at=time.time(),
     )
-
-
-def host_port(url: str) -> str:
-    """`10.0.0.3:11434` of a node's URL: what the seeds' `_sollol_routing.host` shows, and never
-    the credentials a URL may carry."""
-    parsed = urlparse(url)
-    return f"{parsed.hostname}:{parsed.port}" if parsed.port else str(parsed.hostname)
 
 
 def choice_of(profile: RequestProfile, strategy: str, grant: Grant) -> dict:

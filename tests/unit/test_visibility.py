@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from sollol_serve.api.auth import ANONYMOUS, Principal
 from sollol_serve.api.visibility import shown_nodes, shown_routing, shown_shards
 from sollol_serve.config import NodeConfig
-from sollol_serve.routing.router import host_port
+from sollol_serve.names import host_port
 
 READER = Principal("grafana", "reader", frozenset({"stats", "models"}))
 NODES = [{"name": "gpu-1", "url": "http://ops:pw@10.0.0.3:11434", "worker_ip": "10.0.0.3", "worker_node_id": "ab",
