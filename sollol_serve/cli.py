@@ -140,7 +140,7 @@ def batch_embed_command(argv: list[str]) -> None:
 
     def progress(status: dict) -> None:
         print(f"\r{status['id']}: {status['state']} {status['done'] + status['failed']}/{status['total']} "
-              f"({status['progress']:.0%})", end="", file=sys.stderr, flush=True)
+              f"({status['progress']['percent']:.0f}%)", end="", file=sys.stderr, flush=True)
 
     with connect(args.url, args.api_key) as sollol:
         vectors = sollol.batch_embed(args.model, texts, progress=progress)

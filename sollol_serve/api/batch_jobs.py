@@ -13,6 +13,7 @@ from sollol_serve.api.body import PayloadTooLarge, query_int, validated
 from sollol_serve.api.ratelimit import RateLimited
 from sollol_serve.api.schemas import BatchChatRequest, BatchEmbedRequest, chat_items, job_settings
 from sollol_serve.api.services import Services, authorized, services
+from sollol_serve.batch.jobs import RESULTS_PAGE_MAX
 from sollol_serve.protocol import BadRequest, ModelNotFound
 
 router = APIRouter()
@@ -59,8 +60,10 @@ async def batch_chat(request: Request, svc: Services = Depends(services), princi
 
 
 @router.get("/api/batch/jobs")
-async def batch_jobs(svc: Services = Depends(services), principal: Principal = caller) -> Response:
-    return JSONResponse({"jobs": await svc.batch.list_jobs.remote(job_owner(principal))})
+async def batch_jobs(request: Request, svc: Services = Depends(services), principal: Principal = caller) -> Response:
+    """Newest first; `?limit=N` for the latest N."""
+    limit = query_int(request, "limit", 0) or -1  # none (or 0): every job
+    return JSONResponse({"jobs": await svc.batch.list_jobs.remote(job_owner(principal), limit)})
 
 
 @router.get("/api/batch/jobs/{job_id}")
@@ -72,7 +75,7 @@ async def batch_job(job_id: str, svc: Services = Depends(services), principal: P
 async def batch_results(request: Request, job_id: str, svc: Services = Depends(services),
                         principal: Principal = caller) -> Response:
     """Finished items in index order, a page at a time (`offset` = the next index wanted)."""
-    offset, limit = query_int(request, "offset", 0), max(1, query_int(request, "limit", 1000))
+    offset, limit = query_int(request, "offset", 0), max(1, query_int(request, "limit", RESULTS_PAGE_MAX))
     return JSONResponse(await svc.batch.results.remote(job_id, job_owner(principal), offset, limit))
 
 

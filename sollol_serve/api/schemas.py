@@ -19,6 +19,7 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from sollol_serve.config import MAX_BATCH_TTL_S
@@ -115,18 +116,34 @@ class WarmRequest(BaseModel):
 
 
 # -- batch jobs ------------------------------------------------------------------------
+# What a job carries back in its status, untouched: the caller's own labels.
+Metadata = dict[str, Any]
+
+
 class BatchEmbedRequest(BaseModel):
-    """`POST /api/batch/embed`: Ollama's /api/embed body with many inputs, run as a job."""
+    """`POST /api/batch/embed`: Ollama's /api/embed body with many inputs, run as a job.
+    The original SOLLOL's body says `documents` for `input`; either is accepted."""
 
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
     input: list[str] = Field(min_length=1)
+    metadata: Metadata | None = None
     truncate: bool | None = None
     dimensions: int | None = Field(default=None, ge=1, le=65536)
     options: dict | None = None
     keep_alive: str | int | float | None = None
     priority: int | None = Field(default=None, ge=1, le=10)
     ttl_s: float | None = Field(default=None, gt=0, le=MAX_BATCH_TTL_S)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _documents_are_input(cls, body: object) -> object:
+        if isinstance(body, dict) and "documents" in body:
+            if "input" in body:
+                raise ValueError("give the texts as `input` or as `documents`, not both")
+            body = {**body, "input": body["documents"]}
+            del body["documents"]
+        return body
 
 
 class BatchChatRequest(BaseModel):
@@ -135,6 +152,7 @@ class BatchChatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1, max_length=512)
     requests: list[dict] = Field(min_length=1)
+    metadata: Metadata | None = None
     priority: int | None = Field(default=None, ge=1, le=10)
     ttl_s: float | None = Field(default=None, gt=0, le=MAX_BATCH_TTL_S)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from sollol_serve.batch.jobs import job_status
+from sollol_serve.batch.jobs import RESULTS_PAGE_MAX, job_status, results_page
 from sollol_serve.batch.runner import BatchRunner
 from sollol_serve.batch.store import UNFINISHED, JobStore
 from sollol_serve.config import GatewayConfig, data_dir
@@ -26,7 +26,6 @@ from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry
 logger = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 60.0
-RESULTS_PAGE_MAX = 10_000
 
 
 def jobs_file(config: GatewayConfig) -> Path:
@@ -52,6 +51,7 @@ class BatchJobs:
         """One chunk through the router, as the Ollama request a client would have sent."""
         settings = dict(settings)
         priority = settings.pop("priority", None) or self.config.batch.priority
+        settings.pop("metadata", None)  # the caller's labels for the job, not for the node
         if kind == "embed":
             op, body = "embed", {**settings, "model": model, "input": inputs}
         else:
@@ -91,8 +91,9 @@ class BatchJobs:
     async def status(self, job_id: str, owner: str | None) -> dict:
         return await self._status(await self._owned(job_id, owner))
 
-    async def list_jobs(self, owner: str | None) -> list[dict]:
-        return [await self._status(job) for job in await self.store.jobs(owner)]
+    async def list_jobs(self, owner: str | None, limit: int = -1) -> list[dict]:
+        """Newest first; `limit` -1 for all."""
+        return [await self._status(job) for job in await self.store.jobs(owner, limit)]
 
     async def summary(self, recent: int = 10) -> dict:
         """For the dashboard and /metrics: jobs per state, items to do, the latest jobs."""
@@ -103,8 +104,7 @@ class BatchJobs:
         job = await self._owned(job_id, owner)
         rows = await self.store.results(job_id, offset, min(limit, RESULTS_PAGE_MAX))
         more = len(rows) == min(limit, RESULTS_PAGE_MAX)
-        return {"id": job_id, "state": job["state"], "total": job["total"], "results": rows,
-                "next_offset": rows[-1]["index"] + 1 if rows and more else None}
+        return results_page(job, rows, more)
 
     async def cancel(self, job_id: str, owner: str | None) -> dict:
         """Stop an unfinished job (its calls in flight too); a finished job is left as it is."""

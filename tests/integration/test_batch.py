@@ -68,12 +68,13 @@ def test_progress_advances_and_results_match_the_nodes(batch_app):
     texts = [_text("progress", i) for i in range(40)]
     seen = []
     with connect(batch_app.url) as sollol:
-        vectors = sollol.batch_embed(MODEL, texts, progress=lambda s: seen.append(s["progress"]), poll_s=0.2)
+        vectors = sollol.batch_embed(MODEL, texts, progress=lambda s: seen.append(s["progress"]["percent"]),
+                                     poll_s=0.2)
         direct = sollol.embed(MODEL, [texts[0], texts[-1]])
         status = sollol.batch_jobs()[0]
     assert vectors[0] == direct[0] and vectors[-1] == direct[1] and len(vectors) == 40
-    assert seen == sorted(seen) and seen[-1] == 1.0
-    assert len({p for p in seen if 0 < p < 1}) >= 2, seen  # it was seen moving, not just done
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert len({p for p in seen if 0 < p < 100}) >= 2, seen  # it was seen moving, not just done
     assert status["state"] == "completed" and status["done"] == 40 and status["failed"] == 0
     assert set(status["nodes"]) == {"b1", "b2"}, status["nodes"]  # spread over both nodes
     assert status["duration_s"] > 0 and status["expires_at"]
@@ -135,9 +136,10 @@ def test_batch_chat_on_the_shared_gateway(gateway):
     assert response.status_code == 202, response.text
     job = response.json()
     wait_until(lambda: _status(gateway.url, job["id"])["state"] == "completed", 60, "batch chat completes")
-    results = httpx.get(f"{gateway.url}/api/batch/results/{job['id']}").json()["results"]
-    assert [r["index"] for r in results] == list(range(6))
-    assert all(r["result"]["message"]["content"] and r["result"]["eval_count"] == 3 for r in results)
+    page = httpx.get(f"{gateway.url}/api/batch/results/{job['id']}").json()
+    assert [r["index"] for r in page["items"]] == list(range(6))
+    assert page["results"] == [r["result"] for r in page["items"]]  # the answers alone, in order
+    assert all(r["message"]["content"] and r["eval_count"] == 3 for r in page["results"])
     batch = httpx.get(f"{gateway.url}/api/stats", timeout=30).json()["batch"]  # what the dashboard shows
     assert any(j["id"] == job["id"] and j["state"] == "completed" for j in batch["recent"])
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text

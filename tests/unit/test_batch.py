@@ -12,7 +12,7 @@ from sollol_serve.api.schemas import (
     chat_items,
     job_settings,
 )
-from sollol_serve.batch.jobs import job_status
+from sollol_serve.batch.jobs import job_status, results_page
 from sollol_serve.batch.runner import BatchRunner, chunked
 from sollol_serve.batch.store import JobStore, Outcome
 from sollol_serve.config import BatchConfig
@@ -184,8 +184,11 @@ def test_owner_filter_and_status(tmp_path):
         await store.started(mine, now=110.0)
         await store.finish_items(mine, [Outcome(0, result=[0.1])])
         status = job_status(await store.job(mine), await store.counts(mine), {}, now=112.5)
-        assert status["progress"] == 0.5 and status["done"] == 1 and status["pending"] == 1
-        assert status["duration_s"] == 2.5 and status["expires_at"] is None
+        assert status["progress"] == {"percent": 50.0, "done": 1, "total": 2}
+        assert status["done"] == 1 and status["pending"] == 1
+        assert status["duration_s"] == status["duration_seconds"] == 2.5 and status["expires_at"] is None
+        # The original SOLLOL's names beside ours: job_id, status.
+        assert status["job_id"] == status["id"] == mine and status["status"] == status["state"] == "running"
         await store.close()
 
     run(main())
@@ -194,6 +197,13 @@ def test_owner_filter_and_status(tmp_path):
 def test_payloads():
     embed = BatchEmbedRequest.model_validate({"model": "m", "input": ["a"], "priority": 2, "truncate": True})
     assert job_settings(embed) == {"truncate": True, "priority": 2}
+    # The original SOLLOL's body: `documents` for `input`, and metadata kept with the job.
+    legacy = BatchEmbedRequest.model_validate({"model": "m", "documents": ["a", "b"], "metadata": {"source": "kb"}})
+    assert legacy.input == ["a", "b"] and job_settings(legacy) == {"metadata": {"source": "kb"}}
+    with pytest.raises(ValueError, match="not both"):
+        BatchEmbedRequest.model_validate({"model": "m", "documents": ["a"], "input": ["b"]})
+    with pytest.raises(ValueError):
+        BatchEmbedRequest.model_validate({"model": "m", "documents": []})
     with pytest.raises(ValueError):
         BatchEmbedRequest.model_validate({"model": "m", "input": []})
     for unbounded in ({"dimensions": 10**12}, {"model": "m" * 513}):
@@ -221,3 +231,14 @@ def test_a_ttl_past_any_calendar_is_refused_and_a_stored_one_does_not_break_the_
            "created": 100.0, "started": 100.0, "finished": 101.0, "ttl_s": 1e300}
     status = job_status(job, {"done": 1, "failed": 0, "pending": 0}, {"n1": 1}, 200.0)
     assert status["expires_at"] is None and status["finished_at"].startswith("1970-01-01T00:01:41")
+    assert status["metadata"] is None  # a row with no stored settings
+
+
+def test_a_results_page_holds_the_values_in_input_order_and_the_items():
+    job = {"id": "j", "state": "completed", "total": 3}
+    items = [{"index": 0, "node": "a", "result": [0.1]}, {"index": 1, "node": "b", "error": "boom"},
+             {"index": 2, "node": "a", "result": [0.3]}]
+    page = results_page(job, items, more=False)
+    assert page["results"] == [[0.1], None, [0.3]] and page["items"] == items
+    assert page["job_id"] == "j" and page["status"] == "completed" and page["next_offset"] is None
+    assert results_page(job, items[:2], more=True)["next_offset"] == 2

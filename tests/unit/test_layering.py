@@ -9,7 +9,9 @@ import sollol_serve
 
 # Lowest first. A package may import packages of lower layers only (not its peers).
 LAYERS = [
-    {"__init__", "protocol", "names", "loops", "processes"},  # leaves: messages, names, helpers
+    # leaves: messages, names, helpers (the package root re-exports the client's names
+    # lazily, by name, so that importing it loads nothing above)
+    {"__init__", "protocol", "names", "loops", "processes", "priority_helpers"},
     {"config"},  # settings
     {"cluster", "cache", "sim", "observability", "exposure"},  # shared state actors, the node simulator, the audit
     {"analysis", "nodes"},  # request profiles; talking to nodes
@@ -18,6 +20,8 @@ LAYERS = [
     {"batch"},  # jobs through the routing
     {"api"},  # the HTTP surfaces
     {"app", "client"},  # the Serve application; the Python client
+    {"pool"},  # the original SOLLOL's Python API over the client
+    {"sync_wrapper"},  # ... and without async
     {"local"},  # a local Ray running the app
     {"demo", "cli"},  # what users start
 ]
