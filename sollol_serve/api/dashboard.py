@@ -36,6 +36,7 @@ def login_page(root: str, message: str, status: int) -> HTMLResponse:
 
 
 @router.get("/dashboard")
+@router.get("/dashboard.html")  # the original SOLLOL's address of its dashboard
 async def dashboard(request: Request, svc: Services = Depends(services)) -> Response:
     try:
         await admit(svc, request, "admin")

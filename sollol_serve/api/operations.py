@@ -1,5 +1,6 @@
 """The operations surface: health, nodes, queue, stats, routing decisions, cache stats and
-Prometheus metrics (the `stats` permission; /health needs only a valid key)."""
+Prometheus metrics (the `stats` permission; /health and /api/health need only a valid key),
+and the original SOLLOL's /api/health and /api/dashboard."""
 
 import asyncio
 
@@ -7,11 +8,14 @@ from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
+from sollol_serve import __version__
 from sollol_serve.api.body import query_int
 from sollol_serve.api.services import Services, authorized, services
-from sollol_serve.api.visibility import shown_nodes, shown_shards
+from sollol_serve.api.visibility import is_admin, shown_nodes, shown_shards
+from sollol_serve.names import host_port
 from sollol_serve.observability.activity import MAX_DECISIONS
 from sollol_serve.observability.metrics import render
+from sollol_serve.observability.summary import dashboard_summary, health_summary
 
 router = APIRouter(dependencies=[authorized("stats")])
 health_router = APIRouter(dependencies=[authorized(None)])
@@ -23,6 +27,13 @@ async def health(svc: Services = Depends(services)) -> Response:
     healthy = sum(1 for n in nodes if n.healthy)
     return JSONResponse({"status": "ok" if healthy else "no healthy node", "nodes": len(nodes), "healthy": healthy},
                         status_code=200 if healthy else 503)
+
+
+@health_router.get("/api/health")
+async def sollol_health(svc: Services = Depends(services)) -> Response:
+    """The original SOLLOL's health check, which its clients use to detect it (`service`)."""
+    summary = health_summary(await svc.router.nodes.remote(), __version__)
+    return JSONResponse(summary, status_code=503 if summary["status"] == "unhealthy" else 200)
 
 
 @router.get("/api/nodes")
@@ -64,6 +75,15 @@ async def stats(request: Request, svc: Services = Depends(services)) -> Response
     return JSONResponse({"nodes": shown_nodes([n.as_json() for n in nodes], principal), "queue": queue.as_json(),
                          "shards": shown_shards(shards, principal),
                          "latency": latency, "totals": totals, "cache": cache, "batch": batch})
+
+
+@router.get("/api/dashboard")
+async def dashboard_data(request: Request, svc: Services = Depends(services)) -> Response:
+    """The original SOLLOL's dashboard data: hosts with latency, success rate and load."""
+    nodes, book, queue = await asyncio.gather(svc.router.nodes.remote(), svc.metrics_book.snapshot.remote(),
+                                              svc.router.queue_stats.remote())
+    admin = is_admin(request.state.principal)
+    return JSONResponse(dashboard_summary(nodes, book, queue, lambda n: host_port(n.url) if admin else n.name))
 
 
 @router.get("/api/routing/decisions")

@@ -64,11 +64,14 @@ class RequestMetrics:
     hedges: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node hedged to
     cache_hits: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # endpoint, model
     cache_misses: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    node_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # latency summed per node
 
     def record(self, endpoint: str, model: str, node: str, status: int, latency_s: float,
                ttft_s: float | None = None, attempts: Iterable[dict] = ()) -> None:
         self.requests[(endpoint, model, node or "none", str(status))] += 1
         self.latency.setdefault((endpoint, model), Histogram(LATENCY_BUCKETS)).observe(latency_s)
+        if node and node != "none":
+            self.node_seconds[node] += latency_s
         if ttft_s is not None:
             self.ttft.setdefault((endpoint, model), Histogram(TTFT_BUCKETS)).observe(ttft_s)
         for attempt in attempts:
@@ -90,7 +93,8 @@ class RequestMetrics:
                 else:
                     mine[key] = Histogram(hist.buckets, list(hist.counts), hist.total)
         for mine, theirs in ((self.retries, other.retries), (self.hedges, other.hedges),
-                             (self.cache_hits, other.cache_hits), (self.cache_misses, other.cache_misses)):
+                             (self.cache_hits, other.cache_hits), (self.cache_misses, other.cache_misses),
+                             (self.node_seconds, other.node_seconds)):
             for key, n in theirs.items():
                 mine[key] += n
 
