@@ -259,8 +259,10 @@ def error_message(exc: BaseException) -> str:
 
 def is_node_fault(exc: BaseException) -> bool:
     """A failure that counts against the node (unreachable, 5xx, worker crash), not a
-    client error the node rightly refused."""
+    client error the node rightly refused. A node's 4xx (a model it lost since it was listed,
+    an endpoint it lacks, its own rate limit) may send the request elsewhere, but is no fault:
+    else a client repeating a request some node refuses could open that node's breaker."""
     error = unwrap(exc)
     if isinstance(error, NodeError):
-        return error.retryable
+        return error.retryable and not 400 <= error.status < 500
     return not isinstance(error, GatewayError)

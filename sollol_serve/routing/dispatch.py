@@ -90,6 +90,14 @@ class Relay:
         return True if self.usage is not None else False if self.broken else None
 
 
+def refused_everywhere(attempts: "Attempts") -> None:
+    """Every node tried refused the request the same way (a 404 for an endpoint or model none
+    of them serves, a 400): the client gets that answer, not a 503 that reads like an outage."""
+    statuses = {entry["status"] for entry in attempts.log}
+    if len(statuses) == 1 and 400 <= (status := statuses.pop()) < 500 and status not in (408, 429):
+        raise NodeError(attempts.log[-1]["error"], status=status, retryable=False)
+
+
 @dataclass
 class Attempts:
     """One request's way through the cluster: nodes tried, time queued, what happened."""
@@ -199,7 +207,12 @@ class Dispatcher:
     # -- legs --------------------------------------------------------------------------
     async def _ticket(self, profile: RequestProfile, attempts: Attempts, wait: bool = True) -> Ticket | None:
         started = self.clock()
-        ticket = await self.router.decide(profile, frozenset(attempts.tried), attempts.last_error, wait)
+        try:
+            ticket = await self.router.decide(profile, frozenset(attempts.tried), attempts.last_error, wait)
+        except Exception as exc:
+            if isinstance(unwrap(exc), NoNodeAvailable):
+                refused_everywhere(attempts)
+            raise
         if ticket is not None:
             attempts.admitted(ticket, self.clock() - started)
         return ticket
@@ -294,6 +307,7 @@ class Dispatcher:
         if not error.retryable:
             raise error
         if not others_pending and attempts.failures >= self.failover.max_attempts:
+            refused_everywhere(attempts)
             raise NoNodeAvailable(f"{attempts.failures} attempts failed (nodes: {', '.join(sorted(attempts.tried))});"
                                   f" last error: {error.message}")
 

@@ -155,6 +155,31 @@ def test_a_client_error_is_not_retried_and_not_held_against_the_node():
     assert router.outcomes == [("a", None)]
 
 
+def test_a_refusal_from_every_node_reaches_the_client_as_that_refusal():
+    # Both nodes answer 404 (say, an endpoint neither serves): the client gets the 404 and
+    # its text, not a 503 "every node failed", and neither node is held at fault.
+    router = FakeRouter("a", "b")
+    lost = FakeLink(error=NodeError("404 page not found", 404))
+    with pytest.raises(NodeError, match="404 page not found") as info:
+        run(dispatcher(router, FakeWorkers(a=lost, b=lost)).call(PROFILE, REQ))
+    assert info.value.status == 404 and router.outcomes == [("a", None), ("b", None)]
+    assert not is_node_fault(NodeError("model 'm' not found", 404))
+    # The same at max_attempts, before the router runs out of nodes.
+    with pytest.raises(NodeError) as info:
+        run(dispatcher(FakeRouter("a", "b", "c"), FakeWorkers(a=lost, b=lost), max_attempts=2).call(PROFILE, REQ))
+    assert info.value.status == 404
+
+
+def test_a_refusal_beside_an_outage_is_an_outage():
+    router = FakeRouter("a", "b")
+    workers = FakeWorkers(a=FakeLink(error=NodeError("gone", 404)), b=FakeLink(error=NodeError("down", 503)))
+    with pytest.raises(NoNodeAvailable):
+        run(dispatcher(router, workers).call(PROFILE, REQ))
+    busy = FakeLink(error=NodeError("too many requests", 429))  # every node busy: not the client's fault
+    with pytest.raises(NoNodeAvailable):
+        run(dispatcher(FakeRouter("a", "b"), FakeWorkers(a=busy, b=busy)).call(PROFILE, REQ))
+
+
 def test_attempts_stop_at_max_attempts():
     router = FakeRouter("a", "b", "c")
     fail = FakeLink(error=NodeError("down", 503))
