@@ -138,6 +138,20 @@ class NodeHTTP:
             raise NodeError(f"node {self.node} answered with a non-object", status=502)
         return payload
 
+    async def request(self, method: str, url: str, *, json_body: dict | None = None, content: bytes | None = None,
+                      timeouts: TimeoutConfig | None = None) -> tuple[int, str]:
+        """(status, text) of any call whose status the caller interprets (a HEAD's 404 is an
+        answer, not a failure); the text is read up to the size cap."""
+        timeout = _client_timeout(timeouts) if timeouts else None
+        try:
+            async with self.session.request(method, url, json=json_body, data=content, timeout=timeout) as response:
+                raw = await _read_capped(response, self.max_response_bytes)
+        except TooLarge:
+            raise _too_large(self.node, self.max_response_bytes) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _transport_error(exc, self.node, "its answer") from exc
+        return response.status, raw.decode("utf-8", "replace")
+
     async def post_lines(self, url: str, body: dict, timeouts: TimeoutConfig | None = None) -> AsyncIterator[str]:
         """POST and yield non-empty response lines as they arrive. Failures before the first
         line are NodeError (another node may serve it); after it, StreamBroken. A line longer

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from sollol_serve.cluster.state_actor import state_actor
 from sollol_serve.config import GatewayConfig, NodeConfig, timeouts_for
 from sollol_serve.names import NAMESPACE, runtime_worker_name
+from sollol_serve.nodes import model_ops
 from sollol_serve.nodes.backends import (
     BACKENDS,
     NodeBackend,
@@ -172,6 +173,36 @@ class NodeWorker:
             return await self._backend().load(node_model, keep_alive, timeouts)
         finally:
             self._wake.set()
+
+    # -- model management (Ollama nodes): the node's answer once the routers can see it ----
+    def _managed(self) -> None:
+        kind = self._backend().kind
+        if kind != "ollama":
+            raise NodeError(f"node {self.node.name} is a {kind} server: it has no model management", 400,
+                            retryable=False)
+
+    async def manage_stream(self, op: model_ops.Streamed, body: dict) -> AsyncIterator[dict]:
+        """A pull, push or create: the node's progress lines, the last one held until the
+        node's new inventory is reported (a client told `success` can use the model)."""
+        self._managed()
+        held: dict | None = None
+        async for event in model_ops.progress(self.http, self.url, op, body, self.config.timeouts):
+            if held is not None:
+                yield held
+            held = event
+        await self.probe()
+        if held is not None:
+            yield held
+
+    async def manage(self, op: model_ops.Change, body: dict) -> None:
+        """A delete or copy, then the inventory reported."""
+        self._managed()
+        await model_ops.change(self.http, self.url, op, body, self.config.timeouts)
+        await self.probe()
+
+    async def blob(self, digest: str, content: bytes | None) -> int:
+        self._managed()
+        return await model_ops.blob(self.http, self.url, digest, content, self.config.timeouts)
 
     async def ps(self) -> list[dict]:
         inventory = await self._backend().inventory()

@@ -1,6 +1,6 @@
 """How the gateway's processes reach each other: a node's worker through a Serve deployment
 handle (nodes in the config) or a detached actor (nodes added at run time), both giving the
-same three calls; and the Router, as the Ingress's dispatcher asks it for tickets."""
+same calls; and the Router, as the Ingress's dispatcher asks it for tickets."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class WorkerLink(Protocol):
 
     async def ask(self, method: str, *args: object) -> object: ...
 
+    def stream(self, method: str, *args: object) -> ItemStream: ...
+
 
 class ServeLink:
     runtime = False
@@ -59,6 +61,9 @@ class ServeLink:
 
     async def ask(self, method: str, *args: object) -> object:
         return await getattr(self.handle, method).remote(*args)
+
+    def stream(self, method: str, *args: object) -> ItemStream:
+        return getattr(self.handle, method).options(stream=True).remote(*args)
 
 
 class ActorItems:
@@ -89,6 +94,9 @@ class ActorLink:
 
     async def ask(self, method: str, *args: object) -> object:
         return await getattr(self.actor, method).remote(*args)
+
+    def stream(self, method: str, *args: object) -> ItemStream:
+        return ActorItems(getattr(self.actor, method).options(num_returns="streaming").remote(*args))
 
 
 class WorkerRegistry:
