@@ -306,6 +306,12 @@ class Router:
         self.core.snapshot.pop(name, None)  # with its link, so nothing routes to it in between
         self.workers.forget(name)
 
+    async def sync_now(self) -> None:
+        """Adopt the shared state now, not at the next refresh: a model just pulled, copied or
+        deleted (its node's worker has reported it) routes at once. Other router replicas
+        adopt it at their next refresh (`snapshot_interval_s`)."""
+        await self._sync()
+
     # -- cluster views used by the ingress ---------------------------------------------
     async def nodes(self) -> list[NodeStatus]:
         reports = await self.state.reports.remote()
