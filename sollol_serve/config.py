@@ -382,6 +382,9 @@ class GatewayConfig(_Strict):
     # Namespace-unique name of the node state actor, so two gateways on one Ray cluster
     # don't share state by accident.
     state_actor_name: str = "sollol_node_state"
+    # Other names for served models: a request for a key is a request for its value
+    # (`gpt-4o-mini: llama3.2:3b`), in routing, metrics, the dashboard and the cache.
+    aliases: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "GatewayConfig":
@@ -390,6 +393,22 @@ class GatewayConfig(_Strict):
         if dupes:
             raise ValueError(f"duplicate node names: {', '.join(dupes)}")
         return self
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_name_models(cls, aliases: dict[str, str]) -> dict[str, str]:
+        names = {normalize_model(alias) for alias in aliases}
+        for alias, target in aliases.items():
+            if not alias.strip() or not target.strip():
+                raise ValueError("an alias and its model must both be named")
+            if normalize_model(target) in names:  # one lookup, never a chain or a loop
+                raise ValueError(f"alias '{alias}' names another alias ('{target}'): name the model itself")
+        return aliases
+
+    def model_for(self, name: str) -> str:
+        """The model a client's name stands for: its alias's target, else the name itself."""
+        wanted = normalize_model(name)
+        return next((target for alias, target in self.aliases.items() if normalize_model(alias) == wanted), name)
 
 
 def default_node_name(url: str) -> str:

@@ -44,7 +44,7 @@ async def remove_node(name: str, svc: Services = Depends(services)) -> Response:
 @router.post("/api/admin/warm")
 async def warm(request: Request, svc: Services = Depends(services)) -> Response:
     """Load a model on nodes now (before traffic needs it): NDJSON progress, a line per node."""
-    body = validated(await svc.body(request), schemas.WarmRequest)
+    body = validated(await svc.model_body(request), schemas.WarmRequest)
     progress = svc.router.warm.options(stream=True).remote(body.model, body.nodes, body.keep_alive)
     first = await progress.__anext__()  # an unknown model or node is an error status, not a stream
     return StreamingResponse(events(first, progress), media_type="application/x-ndjson")

@@ -27,7 +27,7 @@ def job_owner(principal: Principal) -> str | None:
 
 async def submit(request: Request, svc: Services, principal: Principal, kind: str,
                  schema: type[BaseModel]) -> Response:
-    job = validated(await svc.body(request), schema)
+    job = validated(await svc.model_body(request), schema)
     try:
         inputs = job.input if kind == "embed" else chat_items(job)
     except ValueError as exc:

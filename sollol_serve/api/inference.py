@@ -67,7 +67,7 @@ async def routed(request: Request, svc: Services, principal: Principal, api: Api
 async def answer(request: Request, svc: Services, principal: Principal, api: Api, op: Operation,
                  schema: type[BaseModel], release) -> Response:
     started, endpoint = request.state.started, api_path(request)
-    body = await svc.body(request)
+    body = await svc.model_body(request)
     validated(body, schema)  # forwarded as the client sent it, once the schema accepts it
     request.state.model = str(body.get("model"))
     asked = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
@@ -165,7 +165,7 @@ async def ps(svc: Services = Depends(services)) -> Response:
 
 @router.post("/api/show", dependencies=[authorized("models")])
 async def show(request: Request, svc: Services = Depends(services)) -> Response:
-    body = await svc.body(request)
+    body = await svc.model_body(request)
     validated(body, schemas.OllamaShow)
     model = body.get("model") or body.get("name")
     if not model:

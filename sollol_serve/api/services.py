@@ -44,6 +44,14 @@ class Services:
     async def body(self, request: Request) -> dict:
         return await json_object(request, self.config.max_body_bytes)
 
+    async def model_body(self, request: Request) -> dict:
+        """A request's body with its `model` as the nodes name it (the config's aliases resolved)."""
+        body = await self.body(request)
+        model = body.get("model")
+        if isinstance(model, str) and self.config.aliases and (target := self.config.model_for(model)) != model:
+            return {**body, "model": target}
+        return body
+
     async def lease(self, principal: Principal) -> Callable[[], None]:
         """One of the key's `max_concurrent` requests in flight, and how to give it back."""
         if principal.name not in self.limited:

@@ -230,3 +230,16 @@ def test_unknown_config_key_and_bad_strategy_rejected():
         load_config({"routing": {"strategy": "fastest"}}, environ={})
     with pytest.raises(ValidationError):
         load_config({"max_body_bytes": 10}, environ={})
+
+
+def test_aliases_name_served_models_in_one_step():
+    config = GatewayConfig.model_validate({"aliases": {"gpt-4o-mini": "llama3.2:3b", "embedder": "nomic-embed-text"}})
+    assert config.model_for("gpt-4o-mini") == "llama3.2:3b"
+    assert config.model_for("gpt-4o-mini:latest") == "llama3.2:3b"  # Ollama's tag aliasing holds for aliases too
+    assert config.model_for("llama3.2") == "llama3.2"  # not an alias: the name itself
+    with pytest.raises(ValueError, match="another alias"):
+        GatewayConfig.model_validate({"aliases": {"a": "b", "b": "llama3.2"}})
+    with pytest.raises(ValueError, match="another alias"):
+        GatewayConfig.model_validate({"aliases": {"loop": "loop:latest"}})
+    with pytest.raises(ValueError, match="named"):
+        GatewayConfig.model_validate({"aliases": {"x": " "}})

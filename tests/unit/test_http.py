@@ -64,11 +64,11 @@ class FakeDispatch:
 
 
 def make_services(keys: bool = True, limited: dict | None = None, loopback_bind: bool = False,
-                  **router_answers) -> Services:
+                  aliases: dict | None = None, **router_answers) -> Services:
     security = {"keys": [{"name": "root", "sha256": hash_key(ADMIN), "role": "admin"},
                          {"name": "app", "sha256": hash_key(USER), "role": "user"},
                          {"name": "grafana", "sha256": hash_key(READER), "role": "reader"}]} if keys else {}
-    config = GatewayConfig.model_validate({"security": security, "max_body_bytes": 1024})
+    config = GatewayConfig.model_validate({"security": security, "max_body_bytes": 1024, "aliases": aliases or {}})
     limiter = FakeHandle(admit=lambda name: (limited or {}).get(name), charge=None, acquire="", release=None,
                          admit_batch=None)
     return Services(config=config, router=FakeHandle(**router_answers), batch=FakeHandle(),
@@ -126,6 +126,8 @@ def test_every_surface_is_routed():
         ("GET", "/api/batch/jobs/{job_id}"), ("GET", "/api/batch/results/{job_id}"),
         ("DELETE", "/api/batch/jobs/{job_id}"),
         ("GET", "/dashboard"), ("POST", "/dashboard/login"), ("POST", "/dashboard/logout"),
+        # The original SOLLOL's addresses.
+        ("GET", "/api/health"), ("GET", "/api/dashboard"), ("GET", "/dashboard.html"),
     }
     assert expected <= routes, expected - routes
 
@@ -160,6 +162,20 @@ def test_a_refused_inference_request_is_counted_and_a_served_one_charged(client)
                                                    ("/api/chat", "m:latest", "n1", "200"): 1,
                                                    ("/api/chat", "unknown", "n1", "200"): 2}
     assert ("charge", ("app", 7)) in svc.limiter.calls  # prompt 3 + answer 4 tokens
+
+
+def test_an_alias_is_routed_counted_and_cached_as_its_model(client):
+    svc = make_services(keys=False, aliases={"gpt-4o-mini": "llama3.2:3b"})
+    svc.recorder.known = frozenset({"llama3.2:3b"})  # what the nodes serve
+    http = client(svc)
+    answer = http.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user",
+                                                                                          "content": "hi"}]})
+    assert answer.status_code == 200, answer.text
+    assert [req.model for _, req in svc.dispatch.calls] == ["llama3.2:3b"]
+    assert svc.dispatch.calls[0][1].body["model"] == "llama3.2:3b"  # the node is asked for its own name
+    assert {key[1] for key in svc.recorder.metrics.requests} == {"llama3.2:3b"}  # one name in the metrics
+    http.post("/api/chat", json={"model": "llama3.2", "stream": False, "messages": []})  # not an alias: as sent
+    assert svc.dispatch.calls[-1][1].model == "llama3.2"
 
 
 def test_rate_limited_key_gets_429_with_retry_after(client):
