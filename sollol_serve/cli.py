@@ -1,5 +1,5 @@
 """The `sollol` command: `demo`, `sim-node`, `keys`, `build-llamacpp`, `status`, `nodes`, `warm`,
-`batch-embed`."""
+`batch-embed`, `pull`."""
 
 from __future__ import annotations
 
@@ -124,6 +124,53 @@ def _print_warm(events) -> int:
     return failed
 
 
+class PullProgress:
+    """`sollol pull`'s lines: one each time a node moves on (a new step, or ten more percent
+    of a layer), not one per progress line of Ollama's (hundreds a second on a fast link)."""
+
+    def __init__(self) -> None:
+        self._shown: dict[str, tuple[str, int]] = {}  # node -> (status, tenths of the layer) shown last
+
+    def line(self, event: dict) -> str | None:
+        node, status = event.get("node"), str(event.get("status", ""))
+        if node is None:  # the cluster's summary
+            skipped = f" (skipped: {', '.join(event['skipped'])})" if event.get("skipped") else ""
+            return f"pulled {event.get('model')} on {len(event.get('nodes', []))} node(s): " \
+                   f"{', '.join(event.get('nodes', []))}{skipped}"
+        total, completed = event.get("total"), event.get("completed")
+        tenths = int(completed * 10 // total) if isinstance(total, int) and total > 0 and isinstance(completed, int) else -1
+        if self._shown.get(node) == (status, tenths):
+            return None
+        self._shown[node] = (status, tenths)
+        if tenths < 0:
+            return f"{node}: {status}"
+        return f"{node}: {status} {completed * 100 // total:3d}% of {total / 1e9:.2f} GB"
+
+
+def pull_command(argv: list[str]) -> None:
+    import httpx
+
+    from sollol_serve.client import SollolError, connect
+
+    parser = _gateway_parser("sollol pull", "pull a model onto every Ollama node, with progress (admin permission)")
+    parser.add_argument("model")
+    parser.add_argument("--nodes", default=None, help="comma-separated node names (default: every Ollama node)")
+    args = parser.parse_args(argv)
+    nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
+    progress = PullProgress()
+    try:
+        with connect(args.url, args.api_key) as sollol:
+            for event in sollol.pull(args.model, nodes=nodes):
+                if (line := progress.line(event)) is not None:
+                    print(line, flush=True)
+    except SollolError as exc:
+        print(f"sollol pull: {exc.message} (HTTP {exc.status})", file=sys.stderr)
+        raise SystemExit(1) from None
+    except httpx.HTTPError as exc:
+        print(f"sollol pull: no answer from {args.url}: {type(exc).__name__} {exc}".rstrip(), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def batch_embed_command(argv: list[str]) -> None:
     import json
 
@@ -163,8 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("nodes", help="the gateway's nodes", add_help=False)
     sub.add_parser("warm", help="load a model on nodes now, with progress", add_help=False)
     sub.add_parser("batch-embed", help="embed a file's lines as a batch job, with progress", add_help=False)
+    sub.add_parser("pull", help="pull a model onto every Ollama node, with a progress line per node", add_help=False)
     own = {"keys": keys_command, "build-llamacpp": build_llamacpp_command, "status": status_command,
-           "nodes": nodes_command, "warm": warm_command, "batch-embed": batch_embed_command}
+           "nodes": nodes_command, "warm": warm_command, "batch-embed": batch_embed_command, "pull": pull_command}
     if not argv or argv[0] not in (*DELEGATED, *own):
         parser.parse_args(argv)
         return

@@ -245,6 +245,12 @@ class SollolClient:
                 **({"keep_alive": keep_alive} if keep_alive is not None else {})}
         return self._lines("/api/admin/warm", body, json.loads)
 
+    def pull(self, model: str, *, nodes: list[str] | None = None) -> Iterator[dict]:
+        """Pull a model onto every Ollama node, or `nodes` (admin): Ollama's progress lines,
+        each naming its `node`, then the cluster's summary; SollolError if a node failed."""
+        return self._lines("/api/pull", {"model": model, "stream": True, **({"nodes": nodes} if nodes else {})},
+                           _chunk)
+
     # -- batch jobs ---------------------------------------------------------------------
     def submit_batch_embed(self, model: str, inputs: list[str], *, priority: int = Priority.BATCH,
                            **fields: object) -> dict:
