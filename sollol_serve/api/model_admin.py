@@ -11,16 +11,17 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from sollol_serve.api.body import read_body, validated
+from sollol_serve.api.body import validated
 from sollol_serve.api.model_schemas import CopyRequest, DeleteRequest, OneNodeRequest, PullRequest
 from sollol_serve.api.services import Services, authorized, services
 from sollol_serve.api.streams import dumps
 from sollol_serve.nodes.model_ops import check_digest
 from sollol_serve.protocol import NodeError, error_message
-from sollol_serve.routing.model_fanout import ModelFanout, RouterInventory
+from sollol_serve.routing.model_fanout import ModelFanout, RouterInventory, regrouped
 
 router = APIRouter(dependencies=[authorized("admin")])
 NDJSON = "application/x-ndjson"
+BLOB_PIECE_BYTES = 4 * 2**20  # a blob crosses to the worker in Ray messages of this size
 
 
 def fanout(svc: Services) -> ModelFanout:
@@ -92,17 +93,16 @@ async def push(request: Request, svc: Services = Depends(services)) -> Response:
 async def has_blob(digest: str, request: Request, svc: Services = Depends(services)) -> Response:
     models = fanout(svc)
     node = await models.choose(request.query_params.get("node"))
-    status = await models.blob(node, check_digest(digest), None)
+    status = await models.has_blob(node, check_digest(digest))
     return Response(status_code=status, headers={"X-SOLLOL-Node": node})
 
 
 @router.post("/api/blobs/{digest}")
 async def upload_blob(digest: str, request: Request, svc: Services = Depends(services)) -> Response:
-    """The blob goes to the node that will create the model from it; up to the gateway's body
-    limit (`max_body_bytes`): a larger GGUF goes to its node directly."""
+    """The blob goes to the node that will create the model from it, passed on as it arrives
+    (a GGUF of many GB is never held whole)."""
     check_digest(digest)
     models = fanout(svc)
     node = await models.choose(request.query_params.get("node"))
-    content = await read_body(request, svc.config.max_body_bytes)
-    status = await models.blob(node, digest, content)
+    status = await models.upload_blob(node, digest, regrouped(request.stream(), BLOB_PIECE_BYTES))
     return Response(status_code=status, headers={"X-SOLLOL-Node": node})

@@ -138,10 +138,11 @@ class NodeHTTP:
             raise NodeError(f"node {self.node} answered with a non-object", status=502)
         return payload
 
-    async def request(self, method: str, url: str, *, json_body: dict | None = None, content: bytes | None = None,
+    async def request(self, method: str, url: str, *, json_body: dict | None = None,
+                      content: AsyncIterator[bytes] | None = None,
                       timeouts: TimeoutConfig | None = None) -> tuple[int, str]:
         """(status, text) of any call whose status the caller interprets (a HEAD's 404 is an
-        answer, not a failure); the text is read up to the size cap."""
+        answer, not a failure); `content` is sent as it comes; the text is read up to the size cap."""
         timeout = _client_timeout(timeouts) if timeouts else None
         try:
             async with self.session.request(method, url, json=json_body, data=content, timeout=timeout) as response:

@@ -1,12 +1,14 @@
 """An Ollama node's model management, as its worker speaks it: pull, push and create stream
 Ollama's progress lines; delete and copy answer with a status; blobs are checked (HEAD) or
-uploaded (POST). Failures are `NodeError`s naming the node, never retried on another node:
-a model change is meant for the node it was sent to."""
+uploaded (POST, passed on piece by piece). Failures are `NodeError`s, never retried on another
+node: a model change is meant for the node it was sent to."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -61,11 +63,83 @@ async def change(http: NodeHTTP, url: str, op: Change, body: dict, timeouts: Tim
         raise NodeError(error_message(text, f"HTTP {status}"), status=status, retryable=False)
 
 
-async def blob(http: NodeHTTP, url: str, digest: str, content: bytes | None, timeouts: TimeoutConfig) -> int:
-    """HEAD (content None: 200 has it, 404 lacks it) or POST (201 stored, 200 had it) a blob."""
-    method = "HEAD" if content is None else "POST"
-    status, text = await http.request(method, f"{url}/api/blobs/{check_digest(digest)}", content=content,
-                                      timeouts=management_timeouts(timeouts))
-    if status >= 400 and not (content is None and status == 404):
+async def has_blob(http: NodeHTTP, url: str, digest: str, timeouts: TimeoutConfig) -> int:
+    """Ollama's HEAD /api/blobs/:digest: 200 if the node has the blob, 404 if not."""
+    status, text = await http.request("HEAD", f"{url}/api/blobs/{check_digest(digest)}", timeouts=timeouts)
+    if status >= 400 and status != 404:
         raise NodeError(error_message(text, f"HTTP {status}"), status=status, retryable=False)
     return status
+
+
+class BlobUpload:
+    """A blob on its way to the node in the pieces the gateway receives, never held whole (a
+    GGUF is many GB): the node's POST runs while pieces arrive. A piece not given within
+    SILENT_S (the gateway's side went away) ends the upload."""
+
+    def __init__(self, http: NodeHTTP, url: str, digest: str, timeouts: TimeoutConfig):
+        self._pieces: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)  # a little read-ahead, no more
+        self.answer = asyncio.ensure_future(http.request(
+            "POST", f"{url}/api/blobs/{check_digest(digest)}", content=self._body(), timeouts=management_timeouts(timeouts)))
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        while (piece := await asyncio.wait_for(self._pieces.get(), SILENT_S)) is not None:
+            yield piece
+
+    async def send(self, piece: bytes | None) -> None:
+        """Pass a piece on (None: the end of the body); once the node has answered (it had the
+        blob, or refused it) the rest is dropped and `finish` tells."""
+        put = asyncio.ensure_future(self._pieces.put(piece))
+        await asyncio.wait((put, self.answer), return_when=asyncio.FIRST_COMPLETED)
+        put.cancel()
+
+    async def finish(self) -> int:
+        """201 stored, 200 the node had it already; the node's refusal (a digest mismatch) raises."""
+        await self.send(None)
+        status, text = await self.answer
+        if status >= 400:
+            raise NodeError(error_message(text, f"HTTP {status}"), status=status, retryable=False)
+        return status
+
+    def abort(self) -> None:
+        self.answer.cancel()
+        if self.answer.done() and not self.answer.cancelled():
+            self.answer.exception()  # retrieved: an abandoned upload's failure is no one's news
+
+
+class BlobUploads:
+    """A worker's uploads under way, by id: begun, given piece by piece, ended. The node's
+    answer waits for the end (it may come before the last piece: the node had the blob, or
+    refused it); an upload no one ends is dropped SILENT_S after its answer."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self._open: dict[str, BlobUpload] = {}
+
+    def begin(self, http: NodeHTTP, url: str, digest: str, timeouts: TimeoutConfig) -> str:
+        upload_id = uuid.uuid4().hex
+        upload = self._open[upload_id] = BlobUpload(http, url, digest, timeouts)
+
+        def answered(answer: asyncio.Future) -> None:
+            if not answer.cancelled():
+                answer.exception()  # retrieved here (for no warning), raised again by `end`
+            asyncio.get_running_loop().call_later(SILENT_S, self._open.pop, upload_id, None)
+
+        upload.answer.add_done_callback(answered)
+        return upload_id
+
+    def _get(self, upload_id: str, end: bool = False) -> BlobUpload:
+        upload = self._open.pop(upload_id, None) if end else self._open.get(upload_id)
+        if upload is None:
+            raise NodeError(f"no upload {upload_id} to node {self.node} (it sat idle too long)", 502, retryable=False)
+        return upload
+
+    async def part(self, upload_id: str, piece: bytes) -> None:
+        await self._get(upload_id).send(piece)
+
+    async def end(self, upload_id: str, complete: bool) -> int | None:
+        """The node's answer to the whole blob; None for an upload given up (`complete` False)."""
+        upload = self._get(upload_id, end=True)
+        if not complete:
+            upload.abort()
+            return None
+        return await upload.finish()

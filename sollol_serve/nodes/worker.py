@@ -58,6 +58,7 @@ class NodeWorker:
         self.host: tuple[str | None, str | None] = (None, None)  # this worker's Ray host: ip, node id
         self._prober: asyncio.Task | None = None
         self._wake = asyncio.Event()  # probe now, don't wait out the interval
+        self._uploads = model_ops.BlobUploads(self.node.name)
 
     async def start(self) -> None:
         """Register the node, probe it once and keep probing (needs the running loop)."""
@@ -200,9 +201,20 @@ class NodeWorker:
         await model_ops.change(self.http, self.url, op, body, self.config.timeouts)
         await self.probe()
 
-    async def blob(self, digest: str, content: bytes | None) -> int:
+    async def has_blob(self, digest: str) -> int:
         self._managed()
-        return await model_ops.blob(self.http, self.url, digest, content, self.config.timeouts)
+        return await model_ops.has_blob(self.http, self.url, digest, self.config.timeouts)
+
+    # A blob arrives in pieces, one call each (a GGUF is too big for one Ray message).
+    async def blob_begin(self, digest: str) -> str:
+        self._managed()
+        return self._uploads.begin(self.http, self.url, digest, self.config.timeouts)
+
+    async def blob_part(self, upload_id: str, piece: bytes) -> None:
+        await self._uploads.part(upload_id, piece)
+
+    async def blob_end(self, upload_id: str, complete: bool) -> int | None:
+        return await self._uploads.end(upload_id, complete)
 
     async def ps(self) -> list[dict]:
         inventory = await self._backend().inventory()

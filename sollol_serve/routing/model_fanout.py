@@ -124,5 +124,32 @@ class ModelFanout:
         if not succeeded:
             yield {"error": f"{op} on {node} ended before success", "node": node}
 
-    async def blob(self, node: str, digest: str, content: bytes | None) -> int:
-        return await (await self._link(node)).ask("blob", digest, content)
+    async def has_blob(self, node: str, digest: str) -> int:
+        return await (await self._link(node)).ask("has_blob", digest)
+
+    async def upload_blob(self, node: str, digest: str, pieces: AsyncIterator[bytes]) -> int:
+        """Pass a blob on to the node's worker piece by piece; the node's status (201, or 200
+        if it had it). A failure on the way gives the upload up on the worker too."""
+        link = await self._link(node)
+        upload_id = await link.ask("blob_begin", digest)
+        try:
+            async for piece in pieces:
+                await link.ask("blob_part", upload_id, piece)
+        except BaseException:
+            # not awaited: this task may be being cancelled (the client left)
+            asyncio.ensure_future(link.ask("blob_end", upload_id, False))
+            raise
+        return await link.ask("blob_end", upload_id, True)
+
+
+async def regrouped(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """The request body's chunks (a few KB each, as they arrive) in pieces of `size` bytes, the
+    last one shorter: one Ray call per piece, not per chunk."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
