@@ -137,7 +137,7 @@ class Tally:
 
     def summary(self) -> dict:
         """The last line: success if every node's stream ended in success, else the error."""
-        done = self.succeeded()
+        done = sorted(self.succeeded())  # by name: the nodes' order in the router's view is no promise
         broken = {**self.failed, **{n: "its stream ended before success" for n in self.last
                                     if n not in done and n not in self.failed}}
         if not broken:
