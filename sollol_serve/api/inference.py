@@ -1,12 +1,15 @@
-"""The inference surface: Ollama's /api and OpenAI's /v1, as their clients expect them.
+"""The inference surface: Ollama's /api and OpenAI's /v1, as their clients expect them, and
+the dialects translated at the edge (Anthropic's /v1/messages, OpenAI's /v1/responses).
 
 A routed request: validate, answer from the cache if it may, else profile it here (a pure
 function over output lengths this replica keeps in step) and carry it to a node on the
-Router's ticket; JSON, or a stream written as it arrives.
+Router's ticket; JSON, or a stream written as it arrives. A dialect's request travels as the
+OpenAI chat request it translates to, and its answer is translated back here.
 """
 
 import functools
 import time
+from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
@@ -17,14 +20,16 @@ from sollol_serve.analysis.profile import parse_priority, profile_request
 from sollol_serve.api import schemas
 from sollol_serve.api.auth import Principal
 from sollol_serve.api.body import api_path, validated
+from sollol_serve.api.dialects import ANTHROPIC, RESPONSES, Dialect
 from sollol_serve.api.ratelimit import tokens_used
 from sollol_serve.api.recorder import StreamAccount
 from sollol_serve.api.services import Services, authorized, counted, services
-from sollol_serve.api.streams import ndjson, sse
+from sollol_serve.api.streams import NDJSON, DialectSSE, OpenAISSE, relay
 from sollol_serve.api.visibility import shown_routing
 from sollol_serve.cache.policy import cache_key, cacheable
 from sollol_serve.cache.store import Cached
-from sollol_serve.protocol import Api, BadRequest, NodeRequest, Operation
+from sollol_serve.names import normalize_model
+from sollol_serve.protocol import Api, BadRequest, ModelNotFound, NodeRequest, Operation
 
 router = APIRouter()
 routed_requests = APIRouter(dependencies=[Depends(counted)])
@@ -50,12 +55,12 @@ def clamped(asked: int, priority: int) -> dict[str, str]:
 
 
 async def routed(request: Request, svc: Services, principal: Principal, api: Api, op: Operation,
-                 schema: type[BaseModel]) -> Response:
+                 schema: type[BaseModel], dialect: Dialect | None = None) -> Response:
     """One inference request, holding one of its key's `max_concurrent` leases until its
     answer (or its stream) ends."""
     release = await svc.lease(principal)
     try:
-        response = await answer(request, svc, principal, api, op, schema, release)
+        response = await answer(request, svc, principal, api, op, schema, release, dialect)
     except BaseException:
         release()
         raise
@@ -65,20 +70,22 @@ async def routed(request: Request, svc: Services, principal: Principal, api: Api
 
 
 async def answer(request: Request, svc: Services, principal: Principal, api: Api, op: Operation,
-                 schema: type[BaseModel], release) -> Response:
+                 schema: type[BaseModel], release, dialect: Dialect | None = None) -> Response:
     started, endpoint = request.state.started, api_path(request)
-    body = await svc.model_body(request)
-    validated(body, schema)  # forwarded as the client sent it, once the schema accepts it
-    request.state.model = str(body.get("model"))
-    asked = parse_priority(body.get("priority"), request.headers.get("x-sollol-priority"))
+    sent = await svc.model_body(request)
+    validated(sent, schema)  # forwarded as the client sent it, once the schema accepts it
+    request.state.model = str(sent.get("model"))
+    asked = parse_priority(sent.get("priority"), request.headers.get("x-sollol-priority"))
     priority = min(asked, principal.max_priority)
+    body = dialect.chat_request(sent) if dialect else sent
+    reply = functools.partial(dialect.answer, body=sent) if dialect else _as_sent
     streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
     key = cache_key(api, op, body) if cacheable(api, op, body, streams, svc.config.cache) else None
     if key is not None:
         hit = await svc.cache.get.remote(key)
         svc.recorder.cache_lookup(endpoint, body["model"], hit is not None)
         if hit is not None:
-            return cached(svc, endpoint, body["model"], hit, started)
+            return cached(svc, endpoint, body["model"], hit, started, reply)
     profile = profile_request(api, op, body, priority, svc.lengths.table)
     req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
     charge = svc.charger(principal)
@@ -91,8 +98,8 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
         if key is not None:
             svc.cache.put.remote(key, req.model, routed_answer.body, routed_answer.node)  # not awaited: off the path
             headers["X-SOLLOL-Cache"] = "miss"
-        return JSONResponse({**routed_answer.body, "_sollol_routing": shown_routing(routed_answer.routing, principal)},
-                            headers=headers)
+        return JSONResponse({**reply(routed_answer.body),
+                             "_sollol_routing": shown_routing(routed_answer.routing, principal)}, headers=headers)
     items = svc.dispatch.stream(profile, req)
     start = await items.__anext__()  # errors before the first byte surface here, as a status
     account = StreamAccount(svc.recorder, endpoint, req.model, start.node, started, charge,
@@ -100,23 +107,31 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
     view = functools.partial(shown_routing, principal=principal)
     headers = {"X-SOLLOL-Node": start.node, **clamped(asked, priority)}
     if api == "ollama":
-        return StreamingResponse(ndjson(items, account, view), media_type="application/x-ndjson", headers=headers)
-    return StreamingResponse(sse(items, account, view), media_type="text/event-stream",
+        return StreamingResponse(relay(items, account, NDJSON(), view), media_type="application/x-ndjson",
+                                 headers=headers)
+    encoder = DialectSSE(dialect.events(sent)) if dialect else OpenAISSE()
+    return StreamingResponse(relay(items, account, encoder, view), media_type="text/event-stream",
                              headers={**headers, "Cache-Control": "no-cache"})
 
 
-def cached(svc: Services, endpoint: str, model: str, hit: Cached, started: float) -> Response:
+def _as_sent(body: dict) -> dict:
+    return body
+
+
+def cached(svc: Services, endpoint: str, model: str, hit: Cached, started: float,
+           reply: Callable[[dict], dict] = _as_sent) -> Response:
     """An answer from the cache: no node was called, so no tokens are charged."""
     elapsed = time.perf_counter() - started
     svc.recorder.record(endpoint, model, hit.node, 200, elapsed, None, None)
-    return JSONResponse({**hit.body, "_sollol_routing": cached_routing(hit, elapsed)},
+    return JSONResponse({**reply(hit.body), "_sollol_routing": cached_routing(hit, elapsed)},
                         headers={"X-SOLLOL-Node": hit.node, "X-SOLLOL-Cache": "hit"})
 
 
-def _route(path: str, api: Api, op: Operation, schema: type[BaseModel], permission) -> None:
+def _route(path: str, api: Api, op: Operation, schema: type[BaseModel], permission,
+           dialect: Dialect | None = None) -> None:
     async def endpoint(request: Request, svc: Services = Depends(services),
                        principal: Principal = authorized(permission)) -> Response:
-        return await routed(request, svc, principal, api, op, schema)
+        return await routed(request, svc, principal, api, op, schema, dialect)
 
     endpoint.__name__ = f"{api}_{path.strip('/').replace('/', '_')}"
     routed_requests.add_api_route(path, endpoint, methods=["POST"])
@@ -132,6 +147,8 @@ for _path, _api, _op, _schema, _permission in (
     ("/v1/embeddings", "openai", "embed", schemas.OpenAIEmbeddings, "embed"),
 ):
     _route(_path, _api, _op, _schema, _permission)
+for _path, _dialect in (("/v1/messages", ANTHROPIC), ("/v1/responses", RESPONSES)):
+    _route(_path, "openai", "chat", _dialect.schema, "chat", _dialect)
 
 
 # -- what a client asks before it sends work ------------------------------------------
@@ -173,9 +190,21 @@ async def show(request: Request, svc: Services = Depends(services)) -> Response:
     return JSONResponse(await svc.router.show.remote(body, model))
 
 
+def model_object(name: str, created: int) -> dict:
+    return {"id": name, "object": "model", "created": created, "owned_by": "sollol"}
+
+
 @router.get("/v1/models", dependencies=[authorized("models")])
 async def models(svc: Services = Depends(services)) -> Response:
     created = int(time.time())
-    data = [{"id": m.get("name") or m.get("model"), "object": "model", "created": created, "owned_by": "sollol"}
-            for m in await svc.router.tags.remote()]
+    data = [model_object(m.get("name") or m.get("model"), created) for m in await svc.router.tags.remote()]
     return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/v1/models/{model:path}", dependencies=[authorized("models")])
+async def model(model: str, svc: Services = Depends(services)) -> Response:
+    """One model, under the name asked (`llama3.2` finds `llama3.2:latest`, as Ollama does)."""
+    wanted = normalize_model(model)
+    if any(normalize_model(m.get("name") or m.get("model") or "") == wanted for m in await svc.router.tags.remote()):
+        return JSONResponse(model_object(model, int(time.time())))
+    raise ModelNotFound(f"The model '{model}' does not exist")

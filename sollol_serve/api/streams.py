@@ -1,11 +1,13 @@
-"""Writing streamed answers: Ollama's NDJSON and OpenAI's SSE, a batch of chunks per write,
-with `_sollol_routing` on the last chunk and an error chunk if the stream breaks."""
+"""Writing streamed answers: Ollama's NDJSON, OpenAI's SSE and the translated dialects' named
+events, a batch of chunks per write, with `_sollol_routing` at the end and an error event if
+the stream breaks."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
 
+from sollol_serve.api.dialects import DialectEvents
 from sollol_serve.api.recorder import StreamAccount
 from sollol_serve.protocol import StreamEnd, error_message
 
@@ -18,50 +20,81 @@ def _as_is(routing: dict) -> dict:
     return routing
 
 
-async def ndjson(items: AsyncIterator[object], account: StreamAccount,
-                 view: Callable[[dict], dict] = _as_is) -> AsyncIterator[str]:
-    """Ollama stream: chunks as they come; the final `done` chunk gets `_sollol_routing` (as
-    `view` shows it to this caller)."""
-    final: dict | None = None
-    try:
-        async for item in items:
-            if isinstance(item, StreamEnd):
-                account.end(item)
-                if final is not None:
-                    yield dumps({**final, "_sollol_routing": view(item.routing)}) + "\n"
-                return
-            account.chunk(len(item))
-            if item[-1].get("done"):
-                final = item.pop()  # held only until the StreamEnd that follows at once
-            if item:
-                yield "".join(dumps(chunk) + "\n" for chunk in item)
-    except Exception as exc:
-        account.broken()
-        yield dumps({"error": error_message(exc), "done": True, "done_reason": "error"}) + "\n"
-    finally:
-        account.close()
-        await items.aclose()
+class NDJSON:
+    """Ollama stream: chunks as they come; the final `done` chunk is held for `_sollol_routing`."""
+
+    def __init__(self) -> None:
+        self.final: dict | None = None
+
+    def chunks(self, chunks: list[dict]) -> str:
+        if chunks[-1].get("done"):
+            self.final = chunks.pop()  # held only until the StreamEnd that follows at once
+        return "".join(dumps(chunk) + "\n" for chunk in chunks)
+
+    def end(self, routing: dict) -> str:
+        return "" if self.final is None else dumps({**self.final, "_sollol_routing": routing}) + "\n"
+
+    def error(self, message: str) -> str:
+        return dumps({"error": message, "done": True, "done_reason": "error"}) + "\n"
 
 
-async def sse(items: AsyncIterator[object], account: StreamAccount,
-              view: Callable[[dict], dict] = _as_is) -> AsyncIterator[str]:
+class OpenAISSE:
     """OpenAI stream: `data:` events; a last chunk carries `_sollol_routing`, then [DONE]."""
-    last: dict = {}
+
+    def __init__(self) -> None:
+        self.last: dict = {}
+
+    def chunks(self, chunks: list[dict]) -> str:
+        self.last = chunks[-1]
+        return "".join(f"data: {dumps(chunk)}\n\n" for chunk in chunks)
+
+    def end(self, routing: dict) -> str:
+        tail = {k: self.last[k] for k in ("id", "object", "created", "model") if k in self.last}
+        return f"data: {dumps({**tail, 'choices': [], '_sollol_routing': routing})}\n\ndata: [DONE]\n\n"
+
+    def error(self, message: str) -> str:
+        return f"data: {dumps({'error': {'message': message, 'type': 'server_error', 'code': 'stream_broken'}})}\n\n"
+
+
+class DialectSSE:
+    """A translated dialect's stream (Anthropic, Responses): named events made from the chat chunks."""
+
+    def __init__(self, events: DialectEvents):
+        self.events = events
+
+    def chunks(self, chunks: list[dict]) -> str:
+        return _named([event for chunk in chunks for event in self.events.feed(chunk)])
+
+    def end(self, routing: dict) -> str:
+        return _named(self.events.finish(routing))
+
+    def error(self, message: str) -> str:
+        return _named(self.events.failed(message))
+
+
+def _named(events: list[dict]) -> str:
+    return "".join(f"event: {event['type']}\ndata: {dumps(event)}\n\n" for event in events)
+
+
+async def relay(items: AsyncIterator[object], account: StreamAccount, encoder: NDJSON | OpenAISSE | DialectSSE,
+                view: Callable[[dict], dict] = _as_is) -> AsyncIterator[str]:
+    """A routed stream written as `encoder` writes it, a batch of chunks per write, with
+    `_sollol_routing` (as `view` shows it to this caller) at its end and an error event if it breaks."""
     try:
         async for item in items:
             if isinstance(item, StreamEnd):
                 account.end(item)
-                tail = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
-                yield f"data: {dumps({**tail, 'choices': [], '_sollol_routing': view(item.routing)})}\n\n"
-                yield "data: [DONE]\n\n"
+                text = encoder.end(view(item.routing))
+                if text:
+                    yield text
                 return
             account.chunk(len(item))
-            last = item[-1]
-            yield "".join(f"data: {dumps(chunk)}\n\n" for chunk in item)
+            text = encoder.chunks(item)
+            if text:
+                yield text
     except Exception as exc:
         account.broken()
-        error = {"message": error_message(exc), "type": "server_error", "code": "stream_broken"}
-        yield f"data: {dumps({'error': error})}\n\n"
+        yield encoder.error(error_message(exc))
     finally:
         account.close()
         await items.aclose()
