@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import random
 import signal
 import socket
 import sys
@@ -17,7 +18,41 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+# Ray's workers take ports 10002-19999 by default, and its gRPC servers (and every client
+# socket on the machine) take the kernel's ephemeral range: a port chosen from either can be
+# taken by Ray between choosing it and binding it (seen in CI: HAProxy found its HTTP port in
+# use). Ports handed out are chosen between the two.
+_RESERVED_BELOW = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low(default: int = 32768) -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, outside Ray's worker range and the kernel's ephemeral range, not
+    handed out before by this process."""
+    low, high = _RESERVED_BELOW, _ephemeral_low() - 1
+    rng = random.Random()
+    for _ in range(200 if high > low else 0):
+        port = rng.randint(low, high)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # no room between the ranges: let the kernel choose
         s.bind((host, 0))
         return s.getsockname()[1]

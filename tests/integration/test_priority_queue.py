@@ -57,7 +57,8 @@ def test_urgent_request_overtakes_queued_ones(gateway):
 def test_full_queue_answers_429_with_retry_after(gateway):
     async def scenario():
         async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
-            hold = asyncio.create_task(client.post("/api/generate", json=_body(30, 5)))
+            # ~6 s on the one slot: the whole burst must arrive while it holds, even on a loaded CI machine
+            hold = asyncio.create_task(client.post("/api/generate", json=_body(150, 5)))
             await asyncio.sleep(0.4)
             burst = [asyncio.create_task(client.post("/api/generate", json=_body(1, 3)))
                      for _ in range(QUEUE_MAX + 4)]
