@@ -264,6 +264,7 @@ class SollolClient:
         return self._call("GET", "/api/batch/jobs")["jobs"]
 
     def cancel_batch(self, job_id: str) -> dict:
+        """Cancel a job that runs, delete one that ended (`action` says which)."""
         return self._call("DELETE", f"/api/batch/jobs/{job_id}")
 
     def batch_results(self, job_id: str) -> list[dict]:

@@ -80,5 +80,7 @@ async def batch_results(request: Request, job_id: str, svc: Services = Depends(s
 
 
 @router.delete("/api/batch/jobs/{job_id}")
-async def cancel_batch_job(job_id: str, svc: Services = Depends(services), principal: Principal = caller) -> Response:
-    return JSONResponse(await svc.batch.cancel.remote(job_id, job_owner(principal)))
+async def cancel_or_delete_batch_job(job_id: str, svc: Services = Depends(services),
+                                     principal: Principal = caller) -> Response:
+    """Cancels a job that runs (`"action": "cancelled"`), deletes one that ended (`"deleted"`)."""
+    return JSONResponse(await svc.batch.cancel_or_delete.remote(job_id, job_owner(principal)))

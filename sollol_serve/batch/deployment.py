@@ -106,9 +106,13 @@ class BatchJobs:
         more = len(rows) == min(limit, RESULTS_PAGE_MAX)
         return results_page(job, rows, more)
 
-    async def cancel(self, job_id: str, owner: str | None) -> dict:
-        """Stop an unfinished job (its calls in flight too); a finished job is left as it is."""
+    async def cancel_or_delete(self, job_id: str, owner: str | None) -> dict:
+        """`DELETE` of a job: an unfinished one is cancelled (its calls in flight too) and kept
+        with what it finished; a finished one is deleted with its results. The answer says which."""
         job = await self._owned(job_id, owner)
         if job["state"] in UNFINISHED:
             await self.runner.cancel(job_id)
-        return await self.status(job_id, None)
+            return {**await self.status(job_id, None), "action": "cancelled"}
+        status = await self._status(job)
+        await self.store.delete(job_id)
+        return {**status, "action": "deleted"}

@@ -172,6 +172,12 @@ class JobStore:
                                    UNFINISHED) as cursor:
             return [row[0] for row in await cursor.fetchall()]
 
+    async def delete(self, job_id: str) -> None:
+        """A job and its items, gone."""
+        await self.db.execute("DELETE FROM items WHERE job = ?", (job_id,))
+        await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        await self.db.commit()
+
     async def expire(self, now: float | None = None) -> list[str]:
         """Delete finished jobs older than their TTL (counted from when they finished)."""
         now = now or time.time()
@@ -179,7 +185,5 @@ class JobStore:
                                    (now,)) as cursor:
             gone = [row[0] for row in await cursor.fetchall()]
         for job_id in gone:
-            await self.db.execute("DELETE FROM items WHERE job = ?", (job_id,))
-            await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        await self.db.commit()
+            await self.delete(job_id)
         return gone

@@ -91,6 +91,12 @@ def test_cancel_stops_upstream_calls(batch_app):
     status = _status(batch_app.url, job["id"])
     assert status["state"] == "cancelled" and status["pending"] > 100
     assert status["done"] + status["failed"] + status["pending"] == 200
+    assert response.json()["action"] == "cancelled"
+    # A job that has ended is deleted by the same DELETE, with its results.
+    deleted = httpx.delete(f"{batch_app.url}/api/batch/jobs/{job['id']}", timeout=30)
+    assert deleted.status_code == 200 and deleted.json()["action"] == "deleted", deleted.text
+    assert httpx.get(f"{batch_app.url}/api/batch/jobs/{job['id']}").status_code == 404
+    assert httpx.get(f"{batch_app.url}/api/batch/results/{job['id']}").status_code == 404
 
 
 def test_a_gateway_restart_mid_job_loses_nothing_and_repeats_no_finished_item(batch_app):

@@ -166,6 +166,8 @@ def test_finished_jobs_expire_after_their_ttl(tmp_path):
         assert await store.expire(now=1011.0) == [old]
         assert await store.job(old) is None and await store.job(live) is not None
         assert await store.results(old, 0, 10) == []
+        await store.delete(live)  # the DELETE of an ended job
+        assert await store.job(live) is None and await store.pending(live) == []
         await store.close()
 
     run(main())
