@@ -148,9 +148,7 @@ class PullProgress:
 
 
 def pull_command(argv: list[str]) -> None:
-    import httpx
-
-    from sollol_serve.client import SollolError, connect
+    from sollol_serve.client import connect
 
     parser = _gateway_parser("sollol pull", "pull a model onto every Ollama node, with progress (admin permission)")
     parser.add_argument("model")
@@ -158,17 +156,10 @@ def pull_command(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()] if args.nodes else None
     progress = PullProgress()
-    try:
-        with connect(args.url, args.api_key) as sollol:
-            for event in sollol.pull(args.model, nodes=nodes):
-                if (line := progress.line(event)) is not None:
-                    print(line, flush=True)
-    except SollolError as exc:
-        print(f"sollol pull: {exc.message} (HTTP {exc.status})", file=sys.stderr)
-        raise SystemExit(1) from None
-    except httpx.HTTPError as exc:
-        print(f"sollol pull: no answer from {args.url}: {type(exc).__name__} {exc}".rstrip(), file=sys.stderr)
-        raise SystemExit(1) from None
+    with connect(args.url, args.api_key) as sollol:  # failures: main() prints them as one line
+        for event in sollol.pull(args.model, nodes=nodes):
+            if (line := progress.line(event)) is not None:
+                print(line, flush=True)
 
 
 def batch_embed_command(argv: list[str]) -> None:
@@ -179,11 +170,17 @@ def batch_embed_command(argv: list[str]) -> None:
     parser = _gateway_parser("sollol batch-embed", "embed a file's lines as a batch job, with progress")
     parser.add_argument("model")
     parser.add_argument("file", help="one text per line ('-' for stdin)")
-    parser.add_argument("--out", default="-", help="JSON lines of {index, embedding} ('-' for stdout)")
+    parser.add_argument("--out", default="-",
+                        help="JSON lines of {index, line, embedding}, one per input line ('-' for stdout)")
     args = parser.parse_args(argv)
     source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
     with source:
-        texts = [line.rstrip("\n") for line in source if line.strip()]
+        lines = [line.rstrip("\n") for line in source]
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise ValueError(f"{args.file} has no text to embed (every line is blank)")
+    if len(texts) < len(lines):
+        print(f"{len(lines) - len(texts)} blank line(s) not embedded: their records say so", file=sys.stderr)
 
     def progress(status: dict) -> None:
         print(f"\r{status['id']}: {status['state']} {status['done'] + status['failed']}/{status['total']} "
@@ -194,13 +191,61 @@ def batch_embed_command(argv: list[str]) -> None:
     print(file=sys.stderr)
     out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
     with out:
-        for i, vector in enumerate(vectors):
-            out.write(json.dumps({"index": i, "embedding": vector}) + "\n")
+        for record in line_records(lines, vectors):
+            out.write(json.dumps(record) + "\n")
+
+
+def line_records(lines: list[str], vectors: list[list[float]]) -> list[dict]:
+    """A record per input line, in order, so that record `index` is line `index` of the file
+    (`line` counts from 1): the vectors of the non-blank lines, and a blank line said to be one."""
+    found = iter(vectors)
+    return [{"index": i, "line": i + 1, "embedding": next(found)} if text.strip()
+            else {"index": i, "line": i + 1, "embedding": None, "skipped": "blank line"}
+            for i, text in enumerate(lines)]
+
+
+def error_line(command: str, exc: BaseException) -> str:
+    """An ordinary failure (the gateway refused, is not running, a file is missing) as the one
+    line a user reads; a traceback only with --debug."""
+    import httpx
+
+    from sollol_serve.client import SollolError
+
+    if isinstance(exc, SollolError):
+        why = f"{exc.message} (HTTP {exc.status})"
+    elif isinstance(exc, httpx.TransportError):
+        try:
+            where = f"{exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+        except RuntimeError:  # an error raised before its request was made
+            where = "the gateway"
+        why = f"no answer from {where} ({type(exc).__name__}): is the gateway running? (sollol demo, or " \
+              "serve run serve_config.yaml; --url for another address)"
+    elif isinstance(exc, OSError):
+        why = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    return f"sollol {command}: {' '.join(why.split())}"
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="sollol", description="sollol_serve: one endpoint for a cluster of LLM nodes")
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    command = argv[0] if argv else ""
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as exc:
+        if debug:
+            raise
+        print(error_line(command, exc), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def run(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sollol", description="sollol_serve: one endpoint for a cluster of LLM nodes",
+                                     epilog="Errors are one line on stderr; --debug (anywhere) shows the traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sim-node", help="run a simulated Ollama / llama-server node (no real model)", add_help=False)
     sub.add_parser("demo", help="local Ray + three simulated nodes + the gateway", add_help=False)
