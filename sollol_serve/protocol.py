@@ -83,7 +83,12 @@ class StreamEnd:
     """Last event of a routed stream: how it was routed, and the tokens it used."""
 
     routing: dict
-    tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(slots=True)

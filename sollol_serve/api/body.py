@@ -4,6 +4,7 @@ query parameters, each failing as a `GatewayError` the error handler writes in t
 from __future__ import annotations
 
 import json
+import math
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -72,3 +73,16 @@ def query_int(request: Request, name: str, default: int) -> int:
     if not raw.isdigit() or len(raw) > 9:
         raise BadRequest(f"{name} must be a whole number below 10^9")
     return int(raw)
+
+
+def query_number(request: Request, name: str, default: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise BadRequest(f"{name} must be a finite number, 0 or more")
+    return value

@@ -42,6 +42,7 @@ async def gateway_error(request: Request, exc: Exception) -> Response:
     recorder = getattr(request.state, "recorder", None)
     if recorder is not None:  # an inference request that failed: in the metrics too
         recorder.record(api_path(request), getattr(request.state, "model", "none"), "none", error.status,
-                        time.perf_counter() - request.state.started, None, None)
+                        time.perf_counter() - request.state.started, None, None,
+                        getattr(request.state, "application", None))
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else None
     return error_response(api_path(request), error.status, error.message, error.code, headers)

@@ -21,7 +21,7 @@ from sollol_serve.api import schemas
 from sollol_serve.api.auth import Principal
 from sollol_serve.api.body import api_path, validated
 from sollol_serve.api.dialects import ANTHROPIC, RESPONSES, Dialect
-from sollol_serve.api.ratelimit import tokens_used
+from sollol_serve.api.ratelimit import token_counts
 from sollol_serve.api.recorder import StreamAccount
 from sollol_serve.api.services import Services, authorized, counted, services
 from sollol_serve.api.streams import NDJSON, DialectSSE, OpenAISSE, relay
@@ -85,15 +85,16 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
         hit = await svc.cache.get.remote(key)
         svc.recorder.cache_lookup(endpoint, body["model"], hit is not None)
         if hit is not None:
-            return cached(svc, endpoint, body["model"], hit, started, reply)
+            return cached(svc, endpoint, body["model"], hit, started, reply, request.state.application)
     profile = profile_request(api, op, body, priority, svc.lengths.table)
     req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
     charge = svc.charger(principal)
     if not streams:
         routed_answer = await svc.dispatch.call(profile, req)
-        charge(tokens_used(routed_answer.body))
+        tokens = token_counts(routed_answer.body)
+        charge(sum(tokens))
         svc.recorder.record(endpoint, req.model, routed_answer.node, 200, time.perf_counter() - started, None,
-                            routed_answer.routing)
+                            routed_answer.routing, request.state.application, tokens)
         headers = {"X-SOLLOL-Node": routed_answer.node, **clamped(asked, priority)}
         if key is not None:
             svc.cache.put.remote(key, req.model, routed_answer.body, routed_answer.node)  # not awaited: off the path
@@ -103,7 +104,7 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
     items = svc.dispatch.stream(profile, req)
     start = await items.__anext__()  # errors before the first byte surface here, as a status
     account = StreamAccount(svc.recorder, endpoint, req.model, start.node, started, charge,
-                            prompt_tokens=profile.tokens_in, on_close=release)
+                            prompt_tokens=profile.tokens_in, on_close=release, application=request.state.application)
     view = functools.partial(shown_routing, principal=principal)
     headers = {"X-SOLLOL-Node": start.node, **clamped(asked, priority)}
     if api == "ollama":
@@ -119,10 +120,10 @@ def _as_sent(body: dict) -> dict:
 
 
 def cached(svc: Services, endpoint: str, model: str, hit: Cached, started: float,
-           reply: Callable[[dict], dict] = _as_sent) -> Response:
+           reply: Callable[[dict], dict] = _as_sent, application: tuple[str, str] | None = None) -> Response:
     """An answer from the cache: no node was called, so no tokens are charged."""
     elapsed = time.perf_counter() - started
-    svc.recorder.record(endpoint, model, hit.node, 200, elapsed, None, None)
+    svc.recorder.record(endpoint, model, hit.node, 200, elapsed, None, None, application)
     return JSONResponse({**reply(hit.body), "_sollol_routing": cached_routing(hit, elapsed)},
                         headers={"X-SOLLOL-Node": hit.node, "X-SOLLOL-Cache": "hit"})
 

@@ -1,5 +1,5 @@
-"""The operations surface: health, nodes, queue, stats, routing decisions, cache stats and
-Prometheus metrics (the `stats` permission; /health and /api/health need only a valid key),
+"""The operations surface: health, nodes, queue, stats, routing decisions, applications, the
+last hour's timeline, cache stats and Prometheus metrics (the `stats` permission; /health and /api/health need only a valid key),
 and the original SOLLOL's /api/health and /api/dashboard."""
 
 import asyncio
@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
 from sollol_serve import __version__
-from sollol_serve.api.body import query_int
+from sollol_serve.api.body import query_int, query_number
 from sollol_serve.api.services import Services, authorized, services
 from sollol_serve.api.visibility import is_admin, shown_nodes, shown_shards
 from sollol_serve.names import host_port
@@ -55,26 +55,40 @@ async def cache_stats(svc: Services = Depends(services)) -> Response:
 @router.get("/metrics")
 async def metrics_text(svc: Services = Depends(services)) -> Response:
     """Prometheus text format: the whole app's counts (merged from every replica) and gauges."""
-    book, nodes, queue, shards, cache, batch = await asyncio.gather(
-        svc.metrics_book.snapshot.remote(), svc.router.nodes.remote(), svc.router.queue_stats.remote(),
-        svc.router.shards.remote(), svc.cache.stats.remote(), svc.batch.summary.remote(0))
-    return Response(render(book, nodes, queue, shards, cache, batch), media_type=CONTENT_TYPE_LATEST)
+    book, apps, nodes, queue, shards, cache, batch = await asyncio.gather(
+        svc.metrics_book.snapshot.remote(), svc.metrics_book.application_counters.remote(), svc.router.nodes.remote(),
+        svc.router.queue_stats.remote(), svc.router.shards.remote(), svc.cache.stats.remote(),
+        svc.batch.summary.remote(0))
+    return Response(render(book, nodes, queue, shards, cache, batch, apps), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/stats")
 async def stats(request: Request, svc: Services = Depends(services)) -> Response:
-    """What the dashboard shows, as JSON: nodes, queue, shard groups, latency over time, totals."""
-    nodes, queue, shards, latency, book, cache, batch = await asyncio.gather(
+    """What the dashboard shows now, as JSON: nodes, queue, shard groups, totals, cache, batch."""
+    nodes, queue, shards, book, cache, batch = await asyncio.gather(
         svc.router.nodes.remote(), svc.router.queue_stats.remote(), svc.router.shards.remote(),
-        svc.metrics_book.latency.remote(), svc.metrics_book.snapshot.remote(), svc.cache.stats.remote(),
-        svc.batch.summary.remote())
+        svc.metrics_book.snapshot.remote(), svc.cache.stats.remote(), svc.batch.summary.remote())
     totals = {"requests": sum(book.requests.values()),
               "errors": sum(n for key, n in book.requests.items() if int(key[3]) >= 400),
               "retries": sum(book.retries.values()), "hedges": sum(book.hedges.values())}
     principal = request.state.principal
     return JSONResponse({"nodes": shown_nodes([n.as_json() for n in nodes], principal), "queue": queue.as_json(),
                          "shards": shown_shards(shards, principal),
-                         "latency": latency, "totals": totals, "cache": cache, "batch": batch})
+                         "totals": totals, "cache": cache, "batch": batch})
+
+
+@router.get("/api/timeline")
+async def timeline(request: Request, svc: Services = Depends(services)) -> Response:
+    """The last hour in 10 s intervals (since `?since=<unix s>`): rate, latency percentiles,
+    tokens/s and load per node, queue depth and wait by priority, predicted vs actual seconds."""
+    since = query_number(request, "since", 0.0)
+    return JSONResponse(await svc.metrics_book.timeline_since.remote(since))
+
+
+@router.get("/api/applications")
+async def applications(svc: Services = Depends(services)) -> Response:
+    """Every application that sent requests: totals, and live for the last minute."""
+    return JSONResponse(await svc.metrics_book.applications_json.remote())
 
 
 @router.get("/api/dashboard")

@@ -130,12 +130,19 @@ class RateLimits:
         self.leases.get(key, {}).pop(lease, None)
 
 
-def tokens_used(body: dict) -> int:
-    """Prompt + completion tokens of a response (or final chunk) in either API."""
+def token_counts(body: dict) -> tuple[int, int]:
+    """Prompt and completion tokens of a response (or final chunk) in either API."""
     usage = body.get("usage")
     if isinstance(usage, dict):
-        return int(usage.get("total_tokens") or 0)
-    return int(body.get("prompt_eval_count") or 0) + int(body.get("eval_count") or 0)
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        total = int(usage.get("total_tokens") or 0)
+        return prompt, max(total - prompt, int(usage.get("completion_tokens") or 0))
+    return int(body.get("prompt_eval_count") or 0), int(body.get("eval_count") or 0)
+
+
+def tokens_used(body: dict) -> int:
+    """Prompt + completion tokens of a response (or final chunk) in either API."""
+    return sum(token_counts(body))
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)

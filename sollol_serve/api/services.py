@@ -21,6 +21,7 @@ from sollol_serve.api.origin import check_request_origin
 from sollol_serve.api.ratelimit import RateLimited, TooManyInFlight
 from sollol_serve.api.recorder import RequestRecorder
 from sollol_serve.config import GatewayConfig, Permission
+from sollol_serve.observability.applications import application_of
 from sollol_serve.routing.dispatch import Dispatcher
 
 
@@ -96,6 +97,7 @@ async def admit(svc: Services, request: Request, permission: Permission | None) 
         if wait:
             raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s", retry_after_s=wait)
     request.state.principal = principal
+    request.state.application = application_of(principal.name if svc.auth.enabled else None, request.headers)
     return principal
 
 
@@ -119,3 +121,4 @@ async def counted(request: Request, svc: Services = Depends(services)) -> None:
     metrics too (an auth or rate-limit refusal included)."""
     request.state.started = time.perf_counter()
     request.state.recorder = svc.recorder
+    request.state.application = application_of(None, request.headers)  # until a key says who it is

@@ -20,6 +20,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from sollol_serve.observability.applications import ApplicationCounters
 from sollol_serve.protocol import NodeStatus, QueueStatus
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -127,13 +128,18 @@ BREAKER_STATES = ("closed", "half_open", "open")
 
 
 def families(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict], cache: dict,
-             batch: dict) -> list:
-    """Every metric family: the request book, and gauges from `Router.nodes()`,
-    `Router.queue_stats()`, the shard groups' status, the response cache's size and the
-    batch jobs' totals."""
+             batch: dict, apps: ApplicationCounters | None = None) -> list:
+    """Every metric family: the request book, the applications' counters, and gauges from
+    `Router.nodes()`, `Router.queue_stats()`, the shard groups' status, the response cache's
+    size and the batch jobs' totals."""
+    apps = apps or ApplicationCounters()
     out = [
         _counter("sollol_requests", "Requests answered, by endpoint, model, node and HTTP status",
                  ["endpoint", "model", "node", "status"], book.requests),
+        _counter("sollol_application_requests", "Requests answered, by application, node, model and HTTP status",
+                 ["application", "node", "model", "status"], apps.requests),
+        _counter("sollol_application_tokens", "Tokens of answered requests, by application and direction (in/out)",
+                 ["application", "direction"], apps.tokens),
         _histogram("sollol_request_latency_seconds", "Time to the full answer (non-streamed) or the stream's end",
                    book.latency),
         _histogram("sollol_time_to_first_token_seconds", "Time to the first chunk of a stream", book.ttft),
@@ -187,8 +193,8 @@ class _Families:
 
 
 def render(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict], cache: dict,
-           batch: dict) -> bytes:
+           batch: dict, apps: ApplicationCounters | None = None) -> bytes:
     """The Prometheus text exposition of everything."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families(book, nodes, queue, shards, cache, batch)))
+    registry.register(_Families(families(book, nodes, queue, shards, cache, batch, apps)))
     return generate_latest(registry)

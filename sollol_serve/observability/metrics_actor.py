@@ -1,13 +1,20 @@
-"""The named actor that merges every Ingress replica's request metrics and routing decisions."""
+"""The named actor that merges every Ingress replica's request metrics, routing decisions and
+applications' usage, and keeps the Router's periodic samples of the cluster: one book for the
+whole app, so any replica's `/metrics`, dashboard and API show the same."""
 
 from __future__ import annotations
+
+import time
 
 import ray
 from ray.actor import ActorHandle
 
 from sollol_serve.names import named_actor
 from sollol_serve.observability.activity import Activity
+from sollol_serve.observability.applications import ApplicationCounters, Applications, Use
 from sollol_serve.observability.metrics import RequestMetrics
+from sollol_serve.observability.timeline import Timeline
+from sollol_serve.protocol import NodeStatus, QueueStatus
 
 
 @ray.remote(num_cpus=0, max_restarts=-1)
@@ -15,10 +22,21 @@ class MetricsActor:
     def __init__(self) -> None:
         self.book = RequestMetrics()
         self.activity = Activity()
+        self.applications = Applications()
+        self.timeline = Timeline()
 
-    def add(self, delta: RequestMetrics, decisions: list[dict]) -> None:
+    def add(self, delta: RequestMetrics, decisions: list[dict], uses: list[Use]) -> None:
         self.book.merge(delta)
         self.activity.add(decisions)
+        self.applications.add(uses)
+        for use in uses:
+            self.timeline.add_use(use)
+        for item in decisions:
+            self.timeline.add_decision(item)
+
+    def observe(self, router: str, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict]) -> None:
+        """A Router's periodic sample of the nodes, its queue and the shard groups."""
+        self.timeline.add_sample(time.time(), router, nodes, queue)
 
     def snapshot(self) -> RequestMetrics:
         return self.book
@@ -26,8 +44,14 @@ class MetricsActor:
     def decisions(self, limit: int) -> list[dict]:
         return self.activity.recent(limit)
 
-    def latency(self) -> list[dict]:
-        return self.activity.latency.as_list()
+    def applications_json(self) -> dict:
+        return self.applications.as_json()
+
+    def application_counters(self) -> ApplicationCounters:
+        return self.applications.counters()
+
+    def timeline_since(self, since: float) -> dict:
+        return self.timeline.as_json(since)
 
 
 def metrics_actor(state_actor_name: str) -> ActorHandle:

@@ -199,8 +199,8 @@ class Dispatcher:
             async for batch in leg.relay.chunks(first, leg.items):
                 yield batch
             usage = leg.relay.usage
-            used = usage.prompt_tokens + usage.completion_tokens if usage else 0
-            yield StreamEnd(attempts.routing(leg.ticket), tokens=used)
+            yield StreamEnd(attempts.routing(leg.ticket), prompt_tokens=usage.prompt_tokens if usage else 0,
+                            completion_tokens=usage.completion_tokens if usage else 0)
         finally:
             self._drop(leg)
 

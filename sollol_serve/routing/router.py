@@ -30,6 +30,7 @@ from sollol_serve.loops import run_every
 from sollol_serve.names import NAMESPACE, host_port, normalize_model
 from sollol_serve.nodes.discovery import start_discovery
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
+from sollol_serve.observability.metrics_actor import metrics_actor
 from sollol_serve.protocol import (
     BadRequest,
     Conflict,
@@ -65,6 +66,8 @@ from sollol_serve.shard.coordinator import (
 )
 
 logger = logging.getLogger("ray.serve")
+
+SAMPLE_S = 2.5  # the dashboard charts 10 s intervals: a few samples each
 
 
 def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) -> Observation:
@@ -105,7 +108,7 @@ class Router:
         self.workers = WorkerRegistry(workers, self.config.state_actor_name)
         self._registrations: dict[str, int] = {}  # run-time node -> the registration its link is for
         self.rng = random.Random()
-        self.state = state_actor(self.config.state_actor_name)
+        self.state = state_actor(self.config)
         try:
             self.router_id = serve.get_replica_context().replica_id.unique_id
         except Exception:  # outside Serve (unit use)
@@ -117,11 +120,14 @@ class Router:
         self.shard_coordinator = None  # created on first need
         await self._adopt(*await self.state.sync.remote(self.router_id, {}, [], self.config.routing.snapshot_interval_s))
         self._refresher = run_every(self.config.routing.snapshot_interval_s, self._refresh, "node state sync")
+        self.metrics_book = metrics_actor(self.config.state_actor_name)
+        self._sampler = run_every(SAMPLE_S, self._sample, "cluster sample")
 
     async def __del__(self) -> None:
         """Serve stopping this replica: its slots are no longer anyone's (the state would
         also forget them once this router stops syncing, but a redeploy should not wait)."""
         self._refresher.cancel()
+        self._sampler.cancel()
         try:
             await self.state.forget_router.remote(self.router_id)
         except Exception:  # the state actor is gone too: nothing to forget
@@ -131,6 +137,11 @@ class Router:
         await self._sync()  # on failure the last snapshot stays; the actor restarts on its own
         self.admissions.pump()
         self._remeasure_stale()
+
+    async def _sample(self) -> None:
+        """The nodes, this router's queue and the shard groups, for the charts and alerts."""
+        nodes, queue, shards = await asyncio.gather(self.nodes(), self.queue_stats(), self.shards())
+        await self.metrics_book.observe.remote(self.router_id, nodes, queue, shards)
 
     async def _sync(self) -> None:
         """Send what this router learned and its in-flight counts; adopt the shared state."""

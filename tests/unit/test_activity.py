@@ -1,12 +1,10 @@
-"""The dashboard's data: decision summaries, the bounded decision log, latency per interval."""
+"""The dashboard's data: decision summaries, the bounded decision log, and the tries per node."""
 
 from __future__ import annotations
 
 from sollol_serve.observability.activity import (
-    INTERVAL_S,
     MAX_DECISIONS,
     Activity,
-    LatencySeries,
     decision,
 )
 
@@ -20,6 +18,7 @@ ROUTING = {"node": "gpu-1", "strategy": "intelligent", "priority": 9, "task_type
 def test_decision_summary_keeps_what_the_dashboard_shows():
     d = decision("llama3.2", "/api/chat", 200, 0.4567, ROUTING, at=100.0)
     assert d["node"] == "gpu-1" and d["latency_ms"] == 456.7 and d["attempts"] == 2 and d["priority"] == 9
+    assert d["tries"] == [{"node": "cpu", "ok": False, "hedge": False}, {"node": "gpu-1", "ok": True, "hedge": False}]
     assert d["candidates"] == [{"node": "gpu-1", "predicted_s": 0.4, "in_flight": 1, "slots": 4},
                                {"node": "cpu", "predicted_s": 3.1, "in_flight": 0, "slots": 1}]
 
@@ -34,12 +33,3 @@ def test_decision_log_is_bounded_and_newest_first_across_replicas():
     recent = activity.recent(5)
     assert [d["at"] for d in recent] == [299.0, 297.0, 295.0, 293.0, 291.0]  # b's flush came last
 
-
-def test_latency_series_buckets_by_interval():
-    series = LatencySeries()
-    series.add(0.5, 0.1)
-    series.add(3.0, 0.3)
-    series.add(INTERVAL_S + 1, 1.0)
-    points = series.as_list()
-    assert points == [{"at": 0.0, "requests": 2, "mean_ms": 200.0},
-                      {"at": INTERVAL_S, "requests": 1, "mean_ms": 1000.0}]

@@ -164,6 +164,23 @@ def test_a_refused_inference_request_is_counted_and_a_served_one_charged(client)
     assert ("charge", ("app", 7)) in svc.limiter.calls  # prompt 3 + answer 4 tokens
 
 
+def test_each_request_is_counted_for_its_application(client):
+    keyed = make_services()
+    http = client(keyed)
+    body = {"model": "m", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+    # With keys on the key names the application, whatever the caller's header says.
+    http.post("/api/chat", headers={**bearer(USER), "X-SOLLOL-App": "pretender"}, json=body)
+    http.post("/api/chat", headers=bearer(READER), json=body)  # refused before its key is known
+    assert [(u.application, u.source, u.status, u.tokens_in, u.tokens_out) for u in keyed.recorder.uses] == [
+        ("app", "key", 200, 3, 4), ("other", "user-agent", 403, 0, 0)]  # TestClient's own User-Agent
+    open_svc = make_services(keys=False)
+    http = client(open_svc)
+    http.post("/api/chat", headers={"X-SOLLOL-App": "FlockParser"}, json=body)
+    http.post("/api/chat", headers={"User-Agent": "ollama-python/0.4.7 (x86_64 linux) Python/3.11"}, json=body)
+    assert [(u.application, u.source) for u in open_svc.recorder.uses] == [
+        ("FlockParser", "header"), ("ollama-python", "user-agent")]
+
+
 def test_an_alias_is_routed_counted_and_cached_as_its_model(client):
     svc = make_services(keys=False, aliases={"gpt-4o-mini": "llama3.2:3b"})
     svc.recorder.known = frozenset({"llama3.2:3b"})  # what the nodes serve
@@ -279,6 +296,6 @@ def test_a_stream_is_charged_as_it_flows_and_when_the_client_leaves():
     finished = StreamAccount(RequestRecorder(FakeHandle()), "/api/chat", "m", "n1", 0.0, charged.append,
                              prompt_tokens=10)
     finished.chunk(40)
-    finished.end(StreamEnd({"node": "n1"}, tokens=60))  # the node's own count settles the rest
+    finished.end(StreamEnd({"node": "n1"}, prompt_tokens=20, completion_tokens=40))  # the node's count settles it
     finished.close()
     assert charged == [35, 3, 50, 10]

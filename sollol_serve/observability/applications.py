@@ -1,0 +1,192 @@
+"""Which applications use the cluster: every request is attributed to one, with no code on
+the application's side (the original SOLLOL's "zero-config multi-app tracking").
+
+An application is the API key's name when keys are on (the gateway knows who it is), else
+the `X-SOLLOL-App` header (the Python client's `app_name` sends it), else the family of the
+client's User-Agent (ollama-python, openai-python, langchain, curl...). Only key names are
+trusted labels: header and User-Agent names are the caller's choice, so past
+`MAX_APPLICATIONS` of them the rest count as `other` (every name is a time series in every
+Prometheus scrape, for good).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+APP_HEADER = "x-sollol-app"
+MAX_APPLICATIONS = 32
+OTHER = "other"
+WINDOW_S = 60.0  # "live": the last minute
+MAX_WINDOW_USES = 20_000  # per application: a bound on the live window's memory
+Source = Literal["key", "header", "user-agent"]
+
+# User-Agent families, most specific first: a framework names itself before the SDK it uses.
+_FAMILIES = (
+    ("langchain", re.compile(r"langchain", re.I)),
+    ("llamaindex", re.compile(r"llama[-_ ]?index", re.I)),
+    ("litellm", re.compile(r"litellm", re.I)),
+    ("ollama-python", re.compile(r"ollama-python", re.I)),
+    ("ollama-js", re.compile(r"ollama-js", re.I)),
+    ("openai-python", re.compile(r"OpenAI/Python", re.I)),
+    ("openai-js", re.compile(r"OpenAI/JS", re.I)),
+    ("anthropic-python", re.compile(r"Anthropic/Python", re.I)),
+    ("sollol-client", re.compile(r"sollol", re.I)),
+    ("curl", re.compile(r"^curl/", re.I)),
+    ("wget", re.compile(r"^wget/", re.I)),
+    ("python-httpx", re.compile(r"python-httpx", re.I)),
+    ("python-requests", re.compile(r"python-requests", re.I)),
+    ("aiohttp", re.compile(r"aiohttp", re.I)),
+    ("python-urllib", re.compile(r"Python-urllib", re.I)),
+    ("go-http", re.compile(r"Go-http-client", re.I)),
+    ("node", re.compile(r"node-fetch|undici|axios", re.I)),
+    ("browser", re.compile(r"^Mozilla/", re.I)),
+)
+_NAME = re.compile(r"[^A-Za-z0-9 ._:/@+-]")
+
+
+def user_agent_family(user_agent: str | None) -> str:
+    """The client's family, from its User-Agent: `unknown` without one, `other` if unrecognized."""
+    if not user_agent:
+        return "unknown"
+    return next((family for family, pattern in _FAMILIES if pattern.search(user_agent)), OTHER)
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A header's application name as a label: printable, at most 64 characters, or None."""
+    name = _NAME.sub("", (raw or "").strip())[:64].strip()
+    return name or None
+
+
+def application_of(key_name: str | None, headers: Mapping[str, str]) -> tuple[str, Source]:
+    """Who sent a request: its key's name (None when keys are off), its header, or its client."""
+    if key_name:
+        return key_name, "key"
+    named = clean_name(headers.get(APP_HEADER))
+    if named:
+        return named, "header"
+    return user_agent_family(headers.get("user-agent")), "user-agent"
+
+
+@dataclass(slots=True)
+class Use:
+    """One answered request, as an application's usage."""
+
+    application: str
+    source: Source
+    model: str  # the metrics label (a served model, or `unknown`)
+    node: str
+    status: int
+    latency_s: float
+    tokens_in: int = 0
+    tokens_out: int = 0
+    at: float = field(default_factory=time.time)
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The q-quantile (0..1) by linear interpolation between closest ranks."""
+    if not sorted_values:
+        return None
+    rank = q * (len(sorted_values) - 1)
+    low = int(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+LATENCY_SAMPLE = 4096  # totals' percentiles: over the latest this many requests
+
+
+@dataclass
+class AppStats:
+    source: Source
+    first_seen: float
+    last_seen: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    models: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLE))
+    window: deque = field(default_factory=lambda: deque(maxlen=MAX_WINDOW_USES))  # recent Uses
+
+    def add(self, use: Use) -> None:
+        self.last_seen = max(self.last_seen, use.at)
+        self.requests += 1
+        self.errors += use.status >= 400
+        self.tokens_in += use.tokens_in
+        self.tokens_out += use.tokens_out
+        self.models[use.model] += 1
+        self.latencies.append(use.latency_s)
+        self.window.append(use)
+
+    def live(self, now: float) -> list[Use]:
+        while self.window and self.window[0].at < now - WINDOW_S:
+            self.window.popleft()
+        return list(self.window)
+
+    def as_json(self, name: str, now: float) -> dict:
+        recent = self.live(now)
+        totals = sorted(self.latencies)
+        live = sorted(u.latency_s for u in recent)
+        return {
+            "name": name, "source": self.source, "requests": self.requests, "errors": self.errors,
+            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "models": dict(self.models),
+            "p50_ms": _ms(percentile(totals, 0.5)), "p95_ms": _ms(percentile(totals, 0.95)),
+            "first_seen": self.first_seen, "last_seen": self.last_seen, "active": bool(recent),
+            "last_minute": {"requests": len(recent), "errors": sum(u.status >= 400 for u in recent),
+                            "tokens_in": sum(u.tokens_in for u in recent),
+                            "tokens_out": sum(u.tokens_out for u in recent),
+                            "p50_ms": _ms(percentile(live, 0.5)), "p95_ms": _ms(percentile(live, 0.95))},
+        }
+
+
+@dataclass
+class ApplicationCounters:
+    """What `/metrics` shows of the applications: requests by node, model and status; tokens."""
+
+    requests: dict[tuple[str, str, str, str], int] = field(default_factory=dict)  # app, node, model, status
+    tokens: dict[tuple[str, str], int] = field(default_factory=dict)  # app, "in"/"out"
+
+
+@dataclass
+class Applications:
+    """Every application's usage (the whole app's, merged from every Ingress replica), and its
+    Prometheus counters."""
+
+    apps: dict[str, AppStats] = field(default_factory=dict)
+    requests: dict[tuple[str, str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    tokens: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # app, in/out
+
+    def admit(self, use: Use) -> str:
+        """The name `use` is counted under: its own, or `other` once the caller-chosen names are many."""
+        if use.application in self.apps or use.source == "key":
+            return use.application
+        chosen = sum(1 for stats in self.apps.values() if stats.source != "key")
+        return use.application if chosen < MAX_APPLICATIONS else OTHER
+
+    def add(self, uses: list[Use]) -> None:
+        for use in uses:
+            name = self.admit(use)
+            stats = self.apps.get(name)
+            if stats is None:
+                stats = self.apps[name] = AppStats(use.source if name != OTHER else "header", first_seen=use.at)
+            stats.add(use)
+            self.requests[(name, use.node or "none", use.model, str(use.status))] += 1
+            self.tokens[(name, "in")] += use.tokens_in
+            self.tokens[(name, "out")] += use.tokens_out
+
+    def counters(self) -> ApplicationCounters:
+        return ApplicationCounters(dict(self.requests), dict(self.tokens))
+
+    def as_json(self, now: float | None = None) -> dict:
+        now = time.time() if now is None else now
+        ranked = sorted(self.apps.items(), key=lambda item: -item[1].last_seen)
+        return {"window_s": WINDOW_S, "applications": [stats.as_json(name, now) for name, stats in ranked]}

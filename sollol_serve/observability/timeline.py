@@ -1,0 +1,132 @@
+"""The last hour of the cluster, in 10-second intervals, for the dashboard's charts.
+
+Kept server-side (in the metrics actor) so a page opened now shows the past hour, not only
+its own lifetime. Three feeds fill it: every answered request (`Use`: rate, errors, latency
+percentiles, tokens/s per node), every routing decision (queue wait by priority, and the
+router's accuracy: the seconds it predicted for the node it chose, the seconds it took, and
+what it predicted for the node least-connections would have chosen), and the Router's
+periodic sample of the nodes and its queue (load per node, queue depth).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from sollol_serve.observability.applications import Use, percentile
+from sollol_serve.protocol import NodeStatus, QueueStatus
+
+INTERVAL_S = 10.0
+SPAN_S = 3600.0
+MAX_LATENCIES = 5000  # per interval: a bound on memory at high request rates
+
+
+def least_connections_choice(candidates: list[dict]) -> dict | None:
+    """The candidate nginx `least_conn` would pick: fewest in flight, the first on a tie."""
+    ranked = [c for c in candidates if c.get("in_flight") is not None]
+    return min(ranked, key=lambda c: c["in_flight"]) if ranked else None
+
+
+@dataclass
+class Mean:
+    total: float = 0.0
+    n: int = 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.n += 1
+
+    def value(self, digits: int = 3) -> float | None:
+        return round(self.total / self.n, digits) if self.n else None
+
+
+@dataclass
+class Interval:
+    start: float
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+    tokens_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node -> tokens
+    in_flight: dict[str, Mean] = field(default_factory=lambda: defaultdict(Mean))  # node -> mean of samples
+    slots: dict[str, float] = field(default_factory=dict)  # node -> its capacity at the last sample
+    waiting: dict[str, int] = field(default_factory=dict)  # router -> its queue at its last sample
+    queue_wait: dict[str, Mean] = field(default_factory=lambda: defaultdict(Mean))  # priority -> ms
+    predicted: Mean = field(default_factory=Mean)
+    actual: Mean = field(default_factory=Mean)
+    least_conn: Mean = field(default_factory=Mean)
+
+    def as_json(self) -> dict:
+        latencies = sorted(self.latencies)
+
+        def ms(q: float) -> float | None:
+            value = percentile(latencies, q)
+            return None if value is None else round(value * 1000, 1)
+
+        return {
+            "at": self.start, "requests": self.requests, "errors": self.errors,
+            "p50_ms": ms(0.5), "p95_ms": ms(0.95), "p99_ms": ms(0.99),
+            "tokens_per_s": {node: round(n / INTERVAL_S, 2) for node, n in sorted(self.tokens_out.items())},
+            "load": {node: {"in_flight": mean.value(2), "slots": self.slots.get(node)}
+                     for node, mean in sorted(self.in_flight.items())},
+            "queue_waiting": sum(self.waiting.values()) if self.waiting else None,
+            "queue_wait_ms": {p: mean.value(1) for p, mean in sorted(self.queue_wait.items(), key=lambda i: int(i[0]))},
+            "predicted_s": self.predicted.value(), "actual_s": self.actual.value(),
+            "least_conn_predicted_s": self.least_conn.value(),
+        }
+
+
+@dataclass
+class Timeline:
+    intervals: deque = field(default_factory=lambda: deque(maxlen=int(SPAN_S / INTERVAL_S)))
+
+    def _at(self, at: float) -> Interval | None:
+        """The interval holding time `at` (made if it is the newest), None if older than kept."""
+        start = at - at % INTERVAL_S
+        if self.intervals and self.intervals[-1].start >= start:
+            for interval in reversed(self.intervals):
+                if interval.start == start:
+                    return interval
+                if interval.start < start:
+                    return None  # a gap in the past: nothing was recorded then, leave it so
+            return None
+        self.intervals.append(Interval(start))
+        return self.intervals[-1]
+
+    def add_use(self, use: Use) -> None:
+        interval = self._at(use.at)
+        if interval is None:
+            return
+        interval.requests += 1
+        interval.errors += use.status >= 400
+        if len(interval.latencies) < MAX_LATENCIES:
+            interval.latencies.append(use.latency_s)
+        if use.node and use.node != "none" and use.tokens_out:
+            interval.tokens_out[use.node] += use.tokens_out
+
+    def add_decision(self, decision: dict) -> None:
+        interval = self._at(decision["at"])
+        if interval is None:
+            return
+        if decision.get("queue_wait_ms") is not None and decision.get("priority") is not None:
+            interval.queue_wait[str(decision["priority"])].add(decision["queue_wait_ms"])
+        candidates = decision.get("candidates") or []
+        chosen = next((c for c in candidates if c.get("node") == decision.get("node")), None)
+        if decision.get("status") == 200 and chosen and chosen.get("predicted_s") is not None:
+            interval.predicted.add(chosen["predicted_s"])
+            interval.actual.add(decision["latency_ms"] / 1000)
+            other = least_connections_choice(candidates)
+            if other is not None and other.get("predicted_s") is not None:
+                interval.least_conn.add(other["predicted_s"])
+
+    def add_sample(self, at: float, router: str, nodes: list[NodeStatus], queue: QueueStatus) -> None:
+        interval = self._at(at)
+        if interval is None:
+            return
+        for node in nodes:
+            interval.in_flight[node.name].add(node.in_flight)
+            interval.slots[node.name] = node.slots
+        interval.waiting[router] = queue.waiting
+
+    def as_json(self, since: float = 0.0) -> dict:
+        return {"interval_s": INTERVAL_S, "span_s": SPAN_S,
+                "points": [i.as_json() for i in self.intervals if i.start + INTERVAL_S > since]}
