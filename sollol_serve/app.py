@@ -51,7 +51,7 @@ def build_gateway(config: GatewayConfig) -> Application:
     ).bind(dumped, workers)
     analyzer = Analyzer.options(
         num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests, logging_config=QUIET,
-    ).bind(config.state_actor_name)
+    ).bind(dumped)
     batch = BatchJobs.bind(analyzer, router, workers, dumped)
     return Ingress.options(
         num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests

@@ -11,6 +11,7 @@ from ray import serve
 
 from sollol_serve.analysis.profile import RequestProfile, profile_request
 from sollol_serve.cluster.state_actor import state_actor
+from sollol_serve.config import GatewayConfig
 from sollol_serve.loops import run_every
 from sollol_serve.protocol import Api, Operation
 
@@ -18,8 +19,8 @@ from sollol_serve.protocol import Api, Operation
 class OutputLengths:
     """Learned answer lengths (model, task) -> tokens, kept fresh from the node state actor."""
 
-    def __init__(self, state_actor_name: str, refresh_s: float = 2.0):
-        self.state = state_actor(state_actor_name)
+    def __init__(self, config: GatewayConfig, refresh_s: float = 2.0):
+        self.state = state_actor(config)
         self.table: dict[tuple[str, str], int] = {}
         self._refresher = run_every(refresh_s, self._refresh, "refreshing learned output lengths", first_now=True)
 
@@ -29,8 +30,8 @@ class OutputLengths:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0})
 class Analyzer:
-    async def __init__(self, state_actor_name: str, refresh_s: float = 2.0):
-        self.lengths = OutputLengths(state_actor_name, refresh_s)
+    async def __init__(self, config: dict, refresh_s: float = 2.0):
+        self.lengths = OutputLengths(GatewayConfig.model_validate(config), refresh_s)
 
     async def profile(self, api: Api, op: Operation, body: dict, priority: int) -> RequestProfile:
         return profile_request(api, op, body, priority, self.lengths.table)

@@ -68,7 +68,7 @@ class Ingress:
             config=config, router=router, batch=batch,
             dispatch=Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, config.state_actor_name),
                                 config.failover),
-            lengths=OutputLengths(config.state_actor_name), auth=auth,
+            lengths=OutputLengths(config), auth=auth,
             limiter=limiter, limited=limited, recorder=RequestRecorder(book, router.model_names.remote),
             metrics_book=book, cache=cache,
             sessions=sessions, loopback_bind=is_loopback(bind), machine_names=await asyncio.to_thread(machine_names))

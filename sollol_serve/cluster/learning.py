@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from sollol_serve.cluster.capacity import Capacity, has_queued
 
 DEFAULT_ALPHA = 0.2  # weight of the newest sample: ~5 samples of memory
+OUTPUT_ALPHA = 0.1  # answer lengths vary a lot from one answer to the next: a longer memory
 Z_95 = 1.645  # a normal distribution's 95th percentile, in standard deviations
 # An estimate not sampled for MEMORY_S seconds keeps e^-1 of its weight.
 MEMORY_S = 60.0
@@ -224,7 +225,7 @@ class PerfBook:
         if decode:
             perf.decode_tps.update(decode, o.at)
         if not o.remeasure:
-            self.output_tokens.setdefault((o.model, o.task_type), Ewma(alpha=0.1)).update(o.completion_tokens)
+            self.output_tokens.setdefault((o.model, o.task_type), Ewma(alpha=OUTPUT_ALPHA)).update(o.completion_tokens)
 
     def merge_from(self, observations: list[Observation]) -> None:
         for o in observations:

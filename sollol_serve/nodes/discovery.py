@@ -138,7 +138,7 @@ class NodeDiscovery:
 
     def __init__(self, config: dict):
         self.config = GatewayConfig.model_validate(config)
-        self.state = state_actor(self.config.state_actor_name)
+        self.state = state_actor(self.config)
         self.discovered: dict[str, str | None] = {}
         self.missed: dict[str, int] = {}
         self.rounds = 0

@@ -52,7 +52,7 @@ class NodeWorker:
         self.config = GatewayConfig.model_validate(config)
         self.backend: NodeBackend | None = None
         self.schedule = ProbeSchedule(self.config.health)
-        self.state = state_actor(self.config.state_actor_name)
+        self.state = state_actor(self.config)
         self.http: NodeHTTP | None = None
         self.url = self.node.url  # how this worker reaches the node (loopback on its own host)
         self.host: tuple[str | None, str | None] = (None, None)  # this worker's Ray host: ip, node id

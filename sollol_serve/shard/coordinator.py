@@ -216,7 +216,7 @@ class ShardCoordinator:
     def __init__(self, config: dict):
         self.config = GatewayConfig.model_validate(config)
         self.settings = self.config.shard
-        self.state = state_actor(self.config.state_actor_name)
+        self.state = state_actor(self.config)
         self.groups: dict[str, Group] = {}
         self._stopping: dict[str, asyncio.Future] = {}  # model -> done when its stop is
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
