@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "OllamaPool": "sollol_serve.pool", "HybridRouter": "sollol_serve.pool",
     "connect": "sollol_serve.client", "connect_async": "sollol_serve.client", "SOLLOLConfig": "sollol_serve.client",
-    "SollolError": "sollol_serve.client",
+    "SollolError": "sollol_serve.client", "DashboardClient": "sollol_serve.dashboard_client",
     "Priority": "sollol_serve.priority_helpers", "get_priority_for_role": "sollol_serve.priority_helpers",
 }
 __all__ = ["__version__", *_EXPORTS]

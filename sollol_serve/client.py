@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from sollol_serve import __version__
 from sollol_serve.priority_helpers import Priority, get_priority_for_role
 
 __all__ = ["AsyncSollolClient", "Priority", "SOLLOLConfig", "SollolClient", "SollolError", "connect",
@@ -93,7 +94,8 @@ class SollolError(Exception):
 
 
 def _headers(config: SOLLOLConfig) -> dict[str, str]:
-    return {**({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}),
+    return {"User-Agent": f"sollol-client/{__version__}",
+            **({"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}),
             **({"X-SOLLOL-App": config.app_name} if config.app_name else {})}
 
 

@@ -17,6 +17,8 @@ gateway's, with `_sollol_routing` (`host`, `task_type`, ...) as the original pri
 
 from __future__ import annotations
 
+import socket
+
 from sollol_serve.client import DEFAULT_TIMEOUT_S, AsyncSollolClient, SOLLOLConfig
 from sollol_serve.priority_helpers import Priority
 
@@ -53,7 +55,8 @@ def embed_body(model: str, inputs: str | list[str], priority: int, fields: dict)
 
 
 def pool_config(url: str | None, api_key: str | None, app_name: str | None, timeout: float) -> SOLLOLConfig:
-    return SOLLOLConfig(url, api_key, timeout, app_name=app_name)
+    """A pool names its application as the original's did: `app_name`, else "OllamaPool (host)"."""
+    return SOLLOLConfig(url, api_key, timeout, app_name=app_name or f"OllamaPool ({socket.gethostname()})")
 
 
 class OllamaPool:

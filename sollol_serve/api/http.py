@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from sollol_serve import __version__
-from sollol_serve.api import admin, batch_jobs, dashboard, inference, model_admin, operations
+from sollol_serve.api import admin, app_registry, batch_jobs, dashboard, inference, model_admin, operations
 from sollol_serve.api.body import api_path
 from sollol_serve.api.errors import error_response
 from sollol_serve.api.middleware import PoweredByHeader
@@ -24,7 +24,7 @@ app = FastAPI(title="sollol_serve", version=__version__, docs_url="/docs", redoc
               dependencies=[Depends(same_site)])
 app.add_middleware(PoweredByHeader)
 for surface in (inference.router, inference.routed_requests, operations.router, operations.health_router,
-                admin.router, model_admin.router, batch_jobs.router, dashboard.router):
+                admin.router, model_admin.router, batch_jobs.router, app_registry.router, dashboard.router):
     app.include_router(surface)
 
 

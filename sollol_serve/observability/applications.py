@@ -1,5 +1,6 @@
 """Which applications use the cluster: every request is attributed to one, with no code on
-the application's side (the original SOLLOL's "zero-config multi-app tracking").
+the application's side (the original SOLLOL's "zero-config multi-app tracking"), and the
+applications that also registered themselves (its `DashboardClient`) with their metadata.
 
 An application is the API key's name when keys are on (the gateway knows who it is), else
 the `X-SOLLOL-App` header (the Python client's `app_name` sends it), else the family of the
@@ -23,7 +24,7 @@ MAX_APPLICATIONS = 32
 OTHER = "other"
 WINDOW_S = 60.0  # "live": the last minute
 MAX_WINDOW_USES = 20_000  # per application: a bound on the live window's memory
-Source = Literal["key", "header", "user-agent"]
+Source = Literal["key", "header", "user-agent", "registered"]
 
 # User-Agent families, most specific first: a framework names itself before the SDK it uses.
 _FAMILIES = (
@@ -46,7 +47,7 @@ _FAMILIES = (
     ("node", re.compile(r"node-fetch|undici|axios", re.I)),
     ("browser", re.compile(r"^Mozilla/", re.I)),
 )
-_NAME = re.compile(r"[^A-Za-z0-9 ._:/@+-]")
+_NAME = re.compile(r"[^A-Za-z0-9 ._:/@+()-]")
 
 
 def user_agent_family(user_agent: str | None) -> str:
@@ -148,6 +149,27 @@ class AppStats:
         }
 
 
+MAX_REGISTRATIONS = 64
+STALE_AFTER_S = 30.0  # without a heartbeat (the client sends one every 5 s): shown as stale
+
+
+@dataclass
+class Registration:
+    """An application that said who it is (`POST /api/applications/register`)."""
+
+    name: str
+    router_type: str
+    version: str
+    metadata: dict
+    registered_at: float
+    last_heartbeat: float
+
+    def as_json(self, now: float) -> dict:
+        return {"router_type": self.router_type, "version": self.version, "metadata": self.metadata,
+                "registered_at": self.registered_at, "last_heartbeat": self.last_heartbeat,
+                "status": "active" if now - self.last_heartbeat <= STALE_AFTER_S else "stale"}
+
+
 @dataclass
 class ApplicationCounters:
     """What `/metrics` shows of the applications: requests by node, model and status; tokens."""
@@ -164,6 +186,29 @@ class Applications:
     apps: dict[str, AppStats] = field(default_factory=dict)
     requests: dict[tuple[str, str, str, str], int] = field(default_factory=lambda: defaultdict(int))
     tokens: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # app, in/out
+    registrations: dict[str, Registration] = field(default_factory=dict)  # by app id
+
+    def register(self, app_id: str, registration: Registration) -> bool:
+        """Keep a registration; False when there are too many (the oldest silent one makes room)."""
+        if len(self.registrations) >= MAX_REGISTRATIONS:
+            silent = min(self.registrations.values(), key=lambda r: r.last_heartbeat)
+            if registration.registered_at - silent.last_heartbeat <= STALE_AFTER_S:
+                return False
+            self.registrations = {k: r for k, r in self.registrations.items() if r is not silent}
+        self.registrations[app_id] = registration
+        return True
+
+    def heartbeat(self, app_id: str, now: float, metadata: dict | None = None) -> bool:
+        registration = self.registrations.get(app_id)
+        if registration is None:
+            return False
+        registration.last_heartbeat = now
+        if metadata is not None:
+            registration.metadata = metadata
+        return True
+
+    def deregister(self, app_id: str) -> bool:
+        return self.registrations.pop(app_id, None) is not None
 
     def admit(self, use: Use) -> str:
         """The name `use` is counted under: its own, or `other` once the caller-chosen names are many."""
@@ -188,5 +233,17 @@ class Applications:
 
     def as_json(self, now: float | None = None) -> dict:
         now = time.time() if now is None else now
-        ranked = sorted(self.apps.items(), key=lambda item: -item[1].last_seen)
-        return {"window_s": WINDOW_S, "applications": [stats.as_json(name, now) for name, stats in ranked]}
+        shown = {name: stats.as_json(name, now) for name, stats in self.apps.items()}
+        for registration in sorted(self.registrations.values(), key=lambda r: r.last_heartbeat):
+            entry = shown.get(registration.name) or {
+                **AppStats("registered", first_seen=registration.registered_at).as_json(registration.name, now),
+                "last_seen": None}
+            entry["registered"] = registration.as_json(now)
+            entry["active"] = entry["active"] or entry["registered"]["status"] == "active"
+            shown[registration.name] = entry
+        return {"window_s": WINDOW_S, "applications": sorted(shown.values(), key=_recency, reverse=True)}
+
+
+def _recency(entry: dict) -> float:
+    """When an application was last heard of: its last request or heartbeat."""
+    return max(entry["last_seen"] or 0.0, (entry.get("registered") or {}).get("last_heartbeat", 0.0))

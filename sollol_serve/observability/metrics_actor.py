@@ -11,7 +11,7 @@ from ray.actor import ActorHandle
 
 from sollol_serve.names import named_actor
 from sollol_serve.observability.activity import Activity
-from sollol_serve.observability.applications import ApplicationCounters, Applications, Use
+from sollol_serve.observability.applications import ApplicationCounters, Applications, Registration, Use
 from sollol_serve.observability.metrics import RequestMetrics
 from sollol_serve.observability.timeline import Timeline
 from sollol_serve.protocol import NodeStatus, QueueStatus
@@ -49,6 +49,15 @@ class MetricsActor:
 
     def application_counters(self) -> ApplicationCounters:
         return self.applications.counters()
+
+    def register(self, app_id: str, registration: Registration) -> bool:
+        return self.applications.register(app_id, registration)
+
+    def heartbeat(self, app_id: str, metadata: dict | None) -> bool:
+        return self.applications.heartbeat(app_id, time.time(), metadata)
+
+    def deregister(self, app_id: str) -> bool:
+        return self.applications.deregister(app_id)
 
     def timeline_since(self, since: float) -> dict:
         return self.timeline.as_json(since)

@@ -219,3 +219,70 @@ def test_connect_chat_embed_and_batch_embed_without_a_model(sollol_env):
     research, analysis = asyncio.run(agent_workflow())
     assert research["message"]["content"] and analysis["_sollol_routing"]["priority"] == 8
     sollol.close()
+
+
+def _applications(url: str) -> dict[str, dict]:
+    return {a["name"]: a for a in requests.get(f"{url}/api/applications", timeout=10).json()["applications"]}
+
+
+def test_pools_register_by_name_and_dashboard_clients_by_hand(sollol_env):
+    """"Custom Application Names", "Manual/Programmatic Registration" and "Advanced: Custom
+    Heartbeat Logic": applications appear in the dashboard under their names, with metadata."""
+    import socket
+
+    from sollol_serve.dashboard_client import DashboardClient
+    from sollol_serve.sync_wrapper import OllamaPool as SyncPool
+
+    url = sollol_env
+    SyncPool.auto_configure(app_name="FlockParser").chat(model="llama3.2", messages=[
+        {"role": "user", "content": "flock"}])
+    SyncPool.auto_configure().chat(model="llama3.2", messages=[{"role": "user", "content": "unnamed"}])
+    wait_until(lambda: {"FlockParser", f"OllamaPool ({socket.gethostname()})"} <= set(_applications(url)), 10,
+               "pools listed by name")
+
+    dashboard_client = DashboardClient(
+        app_name="CustomApplication",
+        router_type="CustomRouter",  # Or "OllamaPool", "HybridRouter", etc.
+        version="1.0.0",
+        dashboard_url=url,
+        metadata={
+            # Custom metadata shown in dashboard
+            "nodes": 5,
+            "distributed": True,
+            "custom_field": "value"
+        },
+        auto_register=True  # Registers immediately
+    )
+    shown = _applications(url)["CustomApplication"]
+    assert shown["registered"]["router_type"] == "CustomRouter" and shown["registered"]["status"] == "active"
+    assert shown["registered"]["metadata"] == {"nodes": 5, "distributed": True, "custom_field": "value"}
+    dashboard_client.close()  # Stops heartbeat thread
+    assert "registered" not in _applications(url).get("CustomApplication", {})
+
+    dashboard_client = DashboardClient(
+        app_name="BackgroundWorker",
+        router_type="WorkerPool",
+        version="2.0.0",
+        dashboard_url=url,
+        metadata={"worker_count": 10},
+        auto_register=False  # Don't register yet
+    )
+    assert "BackgroundWorker" not in _applications(url)
+    assert dashboard_client.register()
+    dashboard_client.update_metadata({"worker_count": 15, "status": "processing"})
+    assert dashboard_client.heartbeat()
+    assert _applications(url)["BackgroundWorker"]["registered"]["metadata"] == {"worker_count": 15,
+                                                                               "status": "processing"}
+    assert dashboard_client.deregister()
+    dashboard_client.close()
+    assert "BackgroundWorker" not in _applications(url)
+
+
+def test_a_dashboard_client_never_breaks_its_application():
+    """No gateway listening: every call answers False (a warning logged), none raises."""
+    from sollol_serve.dashboard_client import DashboardClient
+    from sollol_serve.processes import free_port
+
+    client = DashboardClient(app_name="Offline", dashboard_url=f"http://127.0.0.1:{free_port()}")
+    assert client.app_id is None and not client.heartbeat() and not client.update_metadata({"x": 1})
+    client.close()

@@ -77,3 +77,38 @@ def test_caller_chosen_names_are_bounded_key_names_are_not():
     assert len(names) == MAX_APPLICATIONS + 2  # 32 header names, `other`, and the key
     assert names["other"]["requests"] == 5 and names["team-key"]["source"] == "key"
     assert names["app-0"]["requests"] == 2  # a name already known keeps counting under its own name
+
+
+def test_a_registered_application_shows_before_its_traffic_and_goes_stale():
+    from sollol_serve.observability.applications import STALE_AFTER_S, Registration
+
+    apps = Applications()
+    assert apps.register("id-1", Registration("SynapticLlamas", "IntelligentRouter", "1.0", {"agents": 3}, 10.0, 10.0))
+    [entry] = apps.as_json(now=12.0)["applications"]
+    assert entry["name"] == "SynapticLlamas" and entry["requests"] == 0 and entry["last_seen"] is None
+    assert entry["registered"]["status"] == "active" and entry["active"] is True
+    assert entry["registered"]["metadata"] == {"agents": 3}
+    # Its traffic (by X-SOLLOL-App) and its registration are one entry.
+    apps.add([Use("SynapticLlamas", "header", "m", "n", 200, 0.2, at=13.0)])
+    assert apps.heartbeat("id-1", 14.0, {"agents": 5}) and not apps.heartbeat("nope", 14.0)
+    [entry] = apps.as_json(now=14.0)["applications"]
+    assert entry["requests"] == 1 and entry["registered"]["metadata"] == {"agents": 5}
+    later = 14.0 + STALE_AFTER_S + 61  # no heartbeat, no request in the last minute
+    [entry] = apps.as_json(now=later)["applications"]
+    assert entry["registered"]["status"] == "stale" and entry["active"] is False
+    assert apps.deregister("id-1") and not apps.deregister("id-1")
+    assert [a["name"] for a in apps.as_json(now=later)["applications"]] == ["SynapticLlamas"]  # its usage stays
+
+
+def test_registrations_are_bounded_and_a_silent_one_makes_room():
+    from sollol_serve.observability.applications import MAX_REGISTRATIONS, STALE_AFTER_S, Registration
+
+    apps = Applications()
+    for i in range(MAX_REGISTRATIONS):
+        assert apps.register(f"id-{i}", Registration(f"app-{i}", "r", "1", {}, float(i), float(i)))
+    for i in range(MAX_REGISTRATIONS):
+        apps.heartbeat(f"id-{i}", 20.0 + i)
+    assert not apps.register("late", Registration("late", "r", "1", {}, 40.0, 40.0))  # all heard from lately
+    far = 20.0 + STALE_AFTER_S + 0.5  # app-0's last heartbeat (20.0) is now stale, app-1's (21.0) not
+    assert apps.register("late", Registration("late", "r", "1", {}, far, far))
+    assert "id-0" not in apps.registrations and len(apps.registrations) == MAX_REGISTRATIONS

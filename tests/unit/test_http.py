@@ -300,3 +300,31 @@ def test_a_stream_is_charged_as_it_flows_and_when_the_client_leaves():
     finished.end(StreamEnd({"node": "n1"}, prompt_tokens=20, completion_tokens=40))  # the node's count settles it
     finished.close()
     assert charged == [35, 3, 50, 10]
+
+
+def test_application_registration_routes(client):
+    registered: dict = {}
+    svc = make_services()
+    svc.metrics_book = FakeHandle(register=lambda app_id, reg: registered.setdefault(app_id, reg) is reg,
+                                  heartbeat=lambda app_id, metadata: app_id in registered,
+                                  deregister=lambda app_id: registered.pop(app_id, None) is not None)
+    http = client(svc)
+    made = http.post("/api/applications/register", headers=bearer(USER),
+                     json={"app_name": "Synaptic Llamas", "router_type": "IntelligentRouter", "metadata": {"a": 1}})
+    assert made.status_code == 201 and made.json()["name"] == "Synaptic Llamas"
+    app_id = made.json()["app_id"]
+    assert registered[app_id].router_type == "IntelligentRouter" and registered[app_id].metadata == {"a": 1}
+    assert http.post(f"/api/applications/{app_id}/heartbeat", headers=bearer(USER)).status_code == 200
+    beat = http.post(f"/api/applications/{app_id}/heartbeat", headers=bearer(USER), json={"metadata": {"a": 2}})
+    assert beat.status_code == 200
+    assert http.post("/api/applications/nope/heartbeat", headers=bearer(USER)).status_code == 404
+    assert http.delete(f"/api/applications/{app_id}", headers=bearer(USER)).json()["deregistered"] is True
+    assert http.delete(f"/api/applications/{app_id}", headers=bearer(USER)).status_code == 404
+    # Bad input: a clear 400; a read-only key has no application to register.
+    assert http.post("/api/applications/register", headers=bearer(USER), json={}).status_code == 400
+    assert http.post("/api/applications/register", headers=bearer(USER), json={"app_name": "<>"}).status_code == 400
+    assert http.post("/api/applications/register", headers=bearer(USER),
+                     json={"app_name": "a", "metadata": {"x": "y" * 1100}}).status_code == 413  # body limit 1024
+    listed = http.post("/api/applications/register", headers=bearer(USER), json={"app_name": "a", "metadata": [1]})
+    assert listed.status_code == 400 and "metadata" in listed.json()["error"]
+    assert http.post("/api/applications/register", headers=bearer(READER), json={"app_name": "a"}).status_code == 403

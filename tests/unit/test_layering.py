@@ -20,7 +20,7 @@ LAYERS = [
     {"batch"},  # jobs through the routing
     {"api"},  # the HTTP surfaces
     {"app", "client"},  # the Serve application; the Python client
-    {"pool"},  # the original SOLLOL's Python API over the client
+    {"pool", "dashboard_client"},  # the original SOLLOL's Python API over the client
     {"sync_wrapper"},  # ... and without async
     {"local"},  # a local Ray running the app
     {"demo", "cli"},  # what users start
