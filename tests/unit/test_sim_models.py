@@ -89,7 +89,7 @@ def test_the_pull_takes_about_pull_s():
         return loop.time() - started
 
     took = run(go, pull_s=0.3)
-    assert took >= 0.3 - 0.01  # the simulated download waits; no upper bound: these machines are noisy
+    assert took >= 0.25  # it waits between its progress lines; no upper bound: these machines are noisy
 
 
 def test_copy_then_delete():
