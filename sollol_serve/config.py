@@ -305,6 +305,29 @@ class BatchConfig(_Strict):
     retry_max_s: float = Field(default=30.0, gt=0)
 
 
+class AlertsConfig(_Strict):
+    """When the gateway raises an alert (GET /api/alerts, the dashboard, `sollol_alerts_active`).
+    Rates and latencies are judged over the last `window_s`, and only on enough requests that
+    one slow or failed request is not an alarm. An alert ends once its condition has been
+    clear for `clear_after_s`, and a measured one only when the measure is `hysteresis` (a
+    fraction) back inside its threshold, so a value hovering at the threshold does not flap."""
+
+    window_s: float = Field(default=60.0, gt=0, le=3600)
+    # A node answers fewer than this share of its tries (with at least `min_requests` tries).
+    success_rate_below: float = Field(default=0.9, gt=0, le=1)
+    min_requests: int = Field(default=10, ge=1)
+    # A node's answers take this many times what the router predicted for them, and at least
+    # `min_latency_excess_s` more per answer (a 20 ms answer predicted at 5 ms is no alarm).
+    latency_ratio_above: float = Field(default=3.0, gt=1)
+    min_latency_samples: int = Field(default=5, ge=1)
+    min_latency_excess_s: float = Field(default=1.0, ge=0)
+    # Requests of one priority waited this long in the router's queue, on average.
+    queue_wait_above_s: float = Field(default=10.0, gt=0)
+    hysteresis: float = Field(default=0.2, ge=0, lt=1)
+    clear_after_s: float = Field(default=30.0, ge=0)
+    recent: int = Field(default=50, ge=0, le=1000)  # ended alerts kept for GET /api/alerts
+
+
 class CacheConfig(_Strict):
     """Responses answered again from memory: embeddings always (when on); completions only if
     `deterministic_completions` and the request pins temperature 0 and a seed."""
@@ -375,6 +398,7 @@ class GatewayConfig(_Strict):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     # Largest accepted request body; larger ones get 413.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     # Largest answer read from a node (and longest line of a stream); larger ones are a 502.
