@@ -18,7 +18,7 @@ from sollol_serve.protocol import NodeStatus, QueueStatus
 
 INTERVAL_S = 10.0
 SPAN_S = 3600.0
-MAX_LATENCIES = 5000  # per interval: a bound on memory at high request rates
+MAX_LATENCIES = 5000  # in the open interval: a bound on memory at high request rates
 
 
 def least_connections_choice(candidates: list[dict]) -> dict | None:
@@ -45,7 +45,8 @@ class Interval:
     start: float
     requests: int = 0
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # until sealed: then only its percentiles
+    percentiles: dict[str, float | None] | None = None
     tokens_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node -> tokens
     in_flight: dict[str, Mean] = field(default_factory=lambda: defaultdict(Mean))  # node -> mean of samples
     slots: dict[str, float] = field(default_factory=dict)  # node -> its capacity at the last sample
@@ -55,16 +56,22 @@ class Interval:
     actual: Mean = field(default_factory=Mean)
     least_conn: Mean = field(default_factory=Mean)
 
+    def latency_ms(self) -> dict[str, float | None]:
+        if self.percentiles is not None:
+            return self.percentiles
+        ordered = sorted(self.latencies)
+        values = {name: percentile(ordered, q) for name, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99))}
+        return {name: None if v is None else round(v * 1000, 1) for name, v in values.items()}
+
+    def seal(self) -> None:
+        """A newer interval began: keep the percentiles, free the samples (an hour of them at
+        a high rate would be millions). A late request still counts, not in the percentiles."""
+        self.percentiles = self.latency_ms()
+        self.latencies = []
+
     def as_json(self) -> dict:
-        latencies = sorted(self.latencies)
-
-        def ms(q: float) -> float | None:
-            value = percentile(latencies, q)
-            return None if value is None else round(value * 1000, 1)
-
         return {
-            "at": self.start, "requests": self.requests, "errors": self.errors,
-            "p50_ms": ms(0.5), "p95_ms": ms(0.95), "p99_ms": ms(0.99),
+            "at": self.start, "requests": self.requests, "errors": self.errors, **self.latency_ms(),
             "tokens_per_s": {node: round(n / INTERVAL_S, 2) for node, n in sorted(self.tokens_out.items())},
             "load": {node: {"in_flight": mean.value(2), "slots": self.slots.get(node)}
                      for node, mean in sorted(self.in_flight.items())},
@@ -89,6 +96,8 @@ class Timeline:
                 if interval.start < start:
                     return None  # a gap in the past: nothing was recorded then, leave it so
             return None
+        if self.intervals:
+            self.intervals[-1].seal()
         self.intervals.append(Interval(start))
         return self.intervals[-1]
 
@@ -98,7 +107,7 @@ class Timeline:
             return
         interval.requests += 1
         interval.errors += use.status >= 400
-        if len(interval.latencies) < MAX_LATENCIES:
+        if interval.percentiles is None and len(interval.latencies) < MAX_LATENCIES:
             interval.latencies.append(use.latency_s)
         if use.node and use.node != "none" and use.tokens_out:
             interval.tokens_out[use.node] += use.tokens_out

@@ -53,7 +53,9 @@ def test_an_hour_of_intervals_late_arrivals_and_since():
         t.add_use(Use("a", "header", "m", "n", 200, 0.1, at=i * INTERVAL_S))
     points = t.as_json()["points"]
     assert len(points) == SPAN_S / INTERVAL_S and points[0]["at"] == 10 * INTERVAL_S  # the oldest fell off
-    t.add_use(Use("a", "header", "m", "n", 200, 0.1, at=points[-2]["at"] + 1))  # a replica's late flush
-    assert t.as_json()["points"][-2]["requests"] == 2
+    t.add_use(Use("a", "header", "m", "n", 200, 5.0, at=points[-2]["at"] + 1))  # a replica's late flush
+    late = t.as_json()["points"][-2]
+    assert late["requests"] == 2 and late["p99_ms"] == 100.0  # counted; its sealed percentiles stay
+    assert all(not i.latencies for i in list(t.intervals)[:-1])  # only the open interval keeps samples
     t.add_use(Use("a", "header", "m", "n", 200, 0.1, at=0.0))  # older than kept: dropped
     assert t.as_json(since=points[-1]["at"])["points"] == [t.as_json()["points"][-1]]
