@@ -131,7 +131,10 @@ def test_learned_speeds_and_slots_survive_a_redeploy_and_a_ray_restart(tmp_path)
     config = GatewayConfig.model_validate({
         "nodes": [{"name": s.name, "url": s.url} for s in sims.values()],  # no slots: learned
         "state_actor_name": STATE, "batch": {"data_dir": str(tmp_path / "data")},
-        "routing": {"snapshot_interval_s": 0.2}, "health": FAST_HEALTH, "discovery": {"ray_nodes": False},
+        # No re-measurement of stale estimates: its probes would change what was learned after
+        # it settled (within a minute of the burst), and this test is about keeping it.
+        "routing": {"snapshot_interval_s": 0.2, "stale_after_s": 3600},
+        "health": FAST_HEALTH, "discovery": {"ray_nodes": False},
     })
     port, log = free_port(), tmp_path / "gateway.log"
     url = f"http://127.0.0.1:{port}"

@@ -89,7 +89,9 @@ def test_the_pull_takes_about_pull_s():
         return loop.time() - started
 
     took = run(go, pull_s=0.3)
-    assert took >= 0.25  # it waits between its progress lines; no upper bound: these machines are noisy
+    # It waits between its progress lines (without them it answers in milliseconds); asyncio may
+    # wake a timer a clock tick early, so half of pull_s, and no upper bound: these machines are noisy.
+    assert took >= 0.15
 
 
 def test_copy_then_delete():
