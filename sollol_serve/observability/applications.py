@@ -23,7 +23,7 @@ APP_HEADER = "x-sollol-app"
 MAX_APPLICATIONS = 32
 OTHER = "other"
 WINDOW_S = 60.0  # "live": the last minute
-MAX_WINDOW_USES = 20_000  # per application: a bound on the live window's memory
+SECOND_LATENCIES = 200  # latencies kept per application per second of the live window
 Source = Literal["key", "header", "user-agent", "registered"]
 
 # User-Agent families, most specific first: a framework names itself before the SDK it uses.
@@ -106,6 +106,26 @@ LATENCY_SAMPLE = 4096  # totals' percentiles: over the latest this many requests
 
 
 @dataclass
+class Second:
+    """One second of an application's live window."""
+
+    at: int
+    requests: int = 0
+    errors: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latencies: list[float] = field(default_factory=list)  # at most SECOND_LATENCIES
+
+    def add(self, use: Use) -> None:
+        self.requests += 1
+        self.errors += use.status >= 400
+        self.tokens_in += use.tokens_in
+        self.tokens_out += use.tokens_out
+        if len(self.latencies) < SECOND_LATENCIES:
+            self.latencies.append(use.latency_s)
+
+
+@dataclass
 class AppStats:
     source: Source
     first_seen: float
@@ -116,7 +136,7 @@ class AppStats:
     tokens_out: int = 0
     models: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLE))
-    window: deque = field(default_factory=lambda: deque(maxlen=MAX_WINDOW_USES))  # recent Uses
+    window: deque = field(default_factory=deque)  # Seconds of the last minute, oldest first
 
     def add(self, use: Use) -> None:
         self.last_seen = max(self.last_seen, use.at)
@@ -126,9 +146,16 @@ class AppStats:
         self.tokens_out += use.tokens_out
         self.models[use.model] += 1
         self.latencies.append(use.latency_s)
-        self.window.append(use)
+        second = int(use.at)
+        bucket = next((b for b in reversed(self.window) if b.at == second), None)
+        if bucket is None:  # replicas flush a second apart: a late one lands in its own second
+            bucket = Second(second)
+            self.window.append(bucket)
+            if len(self.window) > 1 and self.window[-2].at > second:
+                self.window = deque(sorted(self.window, key=lambda b: b.at))
+        bucket.add(use)
 
-    def live(self, now: float) -> list[Use]:
+    def live(self, now: float) -> list[Second]:
         while self.window and self.window[0].at < now - WINDOW_S:
             self.window.popleft()
         return list(self.window)
@@ -136,15 +163,15 @@ class AppStats:
     def as_json(self, name: str, now: float) -> dict:
         recent = self.live(now)
         totals = sorted(self.latencies)
-        live = sorted(u.latency_s for u in recent)
+        live = sorted(latency for b in recent for latency in b.latencies)
         return {
             "name": name, "source": self.source, "requests": self.requests, "errors": self.errors,
             "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "models": dict(self.models),
             "p50_ms": _ms(percentile(totals, 0.5)), "p95_ms": _ms(percentile(totals, 0.95)),
             "first_seen": self.first_seen, "last_seen": self.last_seen, "active": bool(recent),
-            "last_minute": {"requests": len(recent), "errors": sum(u.status >= 400 for u in recent),
-                            "tokens_in": sum(u.tokens_in for u in recent),
-                            "tokens_out": sum(u.tokens_out for u in recent),
+            "last_minute": {"requests": sum(b.requests for b in recent), "errors": sum(b.errors for b in recent),
+                            "tokens_in": sum(b.tokens_in for b in recent),
+                            "tokens_out": sum(b.tokens_out for b in recent),
                             "p50_ms": _ms(percentile(live, 0.5)), "p95_ms": _ms(percentile(live, 0.95))},
         }
 
