@@ -1,7 +1,9 @@
 """The dashboard and its browser session: the page (admin permission, by key or session
-cookie), a login form that turns a key into an HttpOnly SameSite=Strict cookie, and logout."""
+cookie), its static files (the charting library, the page's script and style), a login form
+that turns a key into an HttpOnly SameSite=Strict cookie, and logout."""
 
 import functools
+import hashlib
 import html
 import string
 import urllib.parse
@@ -13,9 +15,22 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from sollol_serve.api.auth import SESSION_COOKIE, SESSION_TTL_S
 from sollol_serve.api.body import read_body
 from sollol_serve.api.services import Services, admit, services
-from sollol_serve.protocol import GatewayError
+from sollol_serve.protocol import GatewayError, NotFound
 
 router = APIRouter()
+
+# The only files /dashboard/static/ serves (sollol_serve/observability/static/), and their
+# types. uPlot 1.6.32 (MIT, its LICENSE beside it) is vendored: the machines have no internet.
+STATIC_TYPES = {
+    "uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "uPlot.min.css": "text/css; charset=utf-8",
+    "uPlot.LICENSE": "text/plain; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+# The page links every static file with ?v=<its digest>, so a file's address changes with its
+# content and browsers may keep it for a year without asking again.
+STATIC_CACHE = "public, max-age=31536000, immutable"
 
 
 @functools.cache
@@ -23,9 +38,22 @@ def _page(name: str) -> str:
     return resources.files("sollol_serve.observability").joinpath(name).read_text()
 
 
-def dashboard_page() -> str:
-    """The live dashboard: one static page that polls /api/stats and /api/routing/decisions."""
-    return _page("dashboard.html")
+@functools.cache
+def _static(name: str) -> tuple[bytes, str]:
+    """A static file's bytes and a digest of them (its version and ETag)."""
+    data = resources.files("sollol_serve.observability").joinpath("static", name).read_bytes()
+    return data, hashlib.sha256(data).hexdigest()[:16]
+
+
+def dashboard_page(root: str = "", auth: bool = False) -> str:
+    """The live dashboard: a static page whose script polls /api/stats, /api/routing/decisions,
+    /api/timeline, /api/applications and /api/alerts.
+    `root` is the app's route prefix; `auth` says whether keys are on (a "Log out" button only then)."""
+    logout = (f'<form id="logout" method="post" action="{html.escape(root)}/dashboard/logout">'
+              '<button type="submit">Log out</button></form>') if auth else ""
+    versions = {name.replace(".", "_"): _static(name)[1] for name in STATIC_TYPES}
+    return string.Template(_page("dashboard.html")).substitute(
+        root=html.escape(root), auth="true" if auth else "false", logout=logout, **versions)
 
 
 def login_page(root: str, message: str, status: int) -> HTMLResponse:
@@ -46,7 +74,21 @@ async def dashboard(request: Request, svc: Services = Depends(services)) -> Resp
                        else "log in with an API key that has the admin permission")
             return login_page(request.scope.get("root_path", ""), message, exc.status)
         raise
-    return HTMLResponse(dashboard_page())
+    return HTMLResponse(dashboard_page(request.scope.get("root_path", ""), svc.auth.enabled),
+                        headers={"Cache-Control": "no-store"})
+
+
+@router.get("/dashboard/static/{name}")
+async def dashboard_static(name: str, request: Request) -> Response:
+    """The page's script and style and the charting library: public files (no key needed, like
+    the login page; nothing in them is the cluster's), from a fixed list of names."""
+    if name not in STATIC_TYPES:
+        raise NotFound(f"no static file '{name}'")
+    data, digest = _static(name)
+    headers = {"Cache-Control": STATIC_CACHE, "ETag": f'"{digest}"', "X-Content-Type-Options": "nosniff"}
+    if request.headers.get("if-none-match") == f'"{digest}"':
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=STATIC_TYPES[name], headers=headers)
 
 
 @router.post("/dashboard/login")

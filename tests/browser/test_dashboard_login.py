@@ -46,6 +46,8 @@ def test_login_then_the_live_dashboard_on_a_session_cookie(secure):
             denied = page.request.post(secure + "/api/admin/warm", data={"model": "llama3.2"})
             assert denied.status == 401  # a session never authorizes a write
 
+            assert page.get_attribute("body", "data-auth") == "true"
+            assert page.locator("#logout button").is_visible()  # keys on: a session to end
             page.click("#logout button")
             page.wait_for_selector("form#login")
             assert page.request.get(secure + "/api/stats").status == 401
