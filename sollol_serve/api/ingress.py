@@ -62,6 +62,7 @@ class Ingress:
         cache = cache_actor(config.state_actor_name, config.cache)
         await cache.configure.remote(config.cache.model_dump())
         book = metrics_actor(config.state_actor_name)
+        await book.configure.remote(config.alerts.model_dump())
         sessions = session_actor(config.state_actor_name)
         auth = Authenticator(config.security, await sessions.secret.remote())
         self.services = Services(

@@ -1,5 +1,5 @@
-"""The operations surface: health, nodes, queue, stats, routing decisions, applications, the
-last hour's timeline, cache stats and Prometheus metrics (the `stats` permission; /health and /api/health need only a valid key),
+"""The operations surface: health, nodes, queue, stats, routing decisions, applications, alerts,
+the last hour's timeline, cache stats and Prometheus metrics (the `stats` permission; /health and /api/health need only a valid key),
 and the original SOLLOL's /api/health and /api/dashboard."""
 
 import asyncio
@@ -55,11 +55,11 @@ async def cache_stats(svc: Services = Depends(services)) -> Response:
 @router.get("/metrics")
 async def metrics_text(svc: Services = Depends(services)) -> Response:
     """Prometheus text format: the whole app's counts (merged from every replica) and gauges."""
-    book, apps, nodes, queue, shards, cache, batch = await asyncio.gather(
-        svc.metrics_book.snapshot.remote(), svc.metrics_book.application_counters.remote(), svc.router.nodes.remote(),
-        svc.router.queue_stats.remote(), svc.router.shards.remote(), svc.cache.stats.remote(),
-        svc.batch.summary.remote(0))
-    return Response(render(book, nodes, queue, shards, cache, batch, apps), media_type=CONTENT_TYPE_LATEST)
+    book, apps, alerts, nodes, queue, shards, cache, batch = await asyncio.gather(
+        svc.metrics_book.snapshot.remote(), svc.metrics_book.application_counters.remote(),
+        svc.metrics_book.alert_gauges.remote(), svc.router.nodes.remote(), svc.router.queue_stats.remote(),
+        svc.router.shards.remote(), svc.cache.stats.remote(), svc.batch.summary.remote(0))
+    return Response(render(book, nodes, queue, shards, cache, batch, apps, alerts), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/stats")
@@ -89,6 +89,13 @@ async def timeline(request: Request, svc: Services = Depends(services)) -> Respo
 async def applications(svc: Services = Depends(services)) -> Response:
     """Every application that sent requests: totals, and live for the last minute."""
     return JSONResponse(await svc.metrics_book.applications_json.remote())
+
+
+@router.get("/api/alerts")
+async def alerts(svc: Services = Depends(services)) -> Response:
+    """Active alerts (critical first) and the recently ended ones, judged from every request's
+    tries and the Routers' samples of the nodes, queues and shard groups (config `alerts:`)."""
+    return JSONResponse(await svc.metrics_book.alerts_json.remote())
 
 
 @router.get("/api/dashboard")

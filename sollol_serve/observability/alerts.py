@@ -134,7 +134,9 @@ class AlertTracker:
             yield Reading("node_down", node.name, firing=not node.healthy, clear=node.healthy,
                           message=f"Node {node.name} does not answer its health check"
                                   + (f": {node.error}" if node.error else ""))
-            yield Reading("breaker_open", node.name, firing=node.breaker == "open", clear=node.breaker == "closed",
+            # Half-open opens it too: a breaker is open for seconds, and a sample may come only
+            # once it waits for its trial request, still failed until that succeeds.
+            yield Reading("breaker_open", node.name, firing=node.breaker != "closed", clear=node.breaker == "closed",
                           message=f"Node {node.name}'s circuit breaker is {node.breaker.replace('_', '-')}: it failed "
                                   "several requests in a row and gets no traffic until a trial request succeeds")
             tries = self.outcomes.get(node.name, ())

@@ -18,6 +18,7 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    SummaryMetricFamily,
 )
 
 from sollol_serve.observability.applications import ApplicationCounters
@@ -127,11 +128,26 @@ def _gauge(name: str, doc: str, labels: list[str], values: Iterable[tuple[list[s
 BREAKER_STATES = ("closed", "half_open", "open")
 
 
+SHARD_STATES = ("starting", "running", "restarting", "failed", "stopped")
+
+
+def _queue_waits(queue: QueueStatus) -> SummaryMetricFamily:
+    """Served requests' waits in the queue per priority, as a summary (count and sum, no
+    quantiles), so that PromQL can take a rate of them: `rate(_sum) / rate(_count)`."""
+    family = SummaryMetricFamily("sollol_queue_wait_seconds", "Wait in the queue of served requests, per priority",
+                                 labels=["priority"])
+    for priority, waited in sorted(queue.waited_by_priority.items(), key=lambda item: int(item[0])):
+        count = int(waited.get("count", 0))
+        family.add_metric([priority], count, count * float(waited.get("mean_ms", 0.0)) / 1000)
+    return family
+
+
 def families(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict], cache: dict,
-             batch: dict, apps: ApplicationCounters | None = None) -> list:
+             batch: dict, apps: ApplicationCounters | None = None,
+             alerts: Iterable[tuple[str, str, str, float]] = ()) -> list:
     """Every metric family: the request book, the applications' counters, and gauges from
     `Router.nodes()`, `Router.queue_stats()`, the shard groups' status, the response cache's
-    size and the batch jobs' totals."""
+    size, the batch jobs' totals and the gateway's alerts (`AlertTracker.gauges()`)."""
     apps = apps or ApplicationCounters()
     out = [
         _counter("sollol_requests", "Requests answered, by endpoint, model, node and HTTP status",
@@ -177,9 +193,14 @@ def families(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, 
         _gauge("sollol_queue_wait_seconds_max", "Longest wait in the queue of a served request, per priority",
                ["priority"], ([[p], float(w.get("max_ms", 0.0)) / 1000]
                               for p, w in sorted(queue.waited_by_priority.items()))),
+        _queue_waits(queue),
         _gauge("sollol_shard_group_state", "Shard group state (1 for the current one)", ["model", "state"],
-               ([[g["model"], s], float(g["state"] == s)] for g in shards
-                for s in ("starting", "running", "restarting", "failed", "stopped"))),
+               ([[g["model"], s], float(g["state"] == s)] for g in shards for s in SHARD_STATES)),
+        _gauge("sollol_shard_groups", "Shard groups in each state (0 too, so an alert rule always has a series)",
+               ["state"], ([[s], float(sum(g["state"] == s for g in shards))] for s in SHARD_STATES)),
+        _gauge("sollol_alerts_active", "1 while the gateway's alert of that kind on that subject is active "
+               "(GET /api/alerts has its message)", ["kind", "subject", "severity"],
+               ([[kind, subject, severity], value] for kind, subject, severity, value in alerts)),
     ]
     return out
 
@@ -193,8 +214,9 @@ class _Families:
 
 
 def render(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict], cache: dict,
-           batch: dict, apps: ApplicationCounters | None = None) -> bytes:
+           batch: dict, apps: ApplicationCounters | None = None,
+           alerts: Iterable[tuple[str, str, str, float]] = ()) -> bytes:
     """The Prometheus text exposition of everything."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families(book, nodes, queue, shards, cache, batch, apps)))
+    registry.register(_Families(families(book, nodes, queue, shards, cache, batch, apps, alerts)))
     return generate_latest(registry)

@@ -1,6 +1,7 @@
 """The named actor that merges every Ingress replica's request metrics, routing decisions and
-applications' usage, and keeps the Router's periodic samples of the cluster: one book for the
-whole app, so any replica's `/metrics`, dashboard and API show the same."""
+applications' usage, and keeps the Router's periodic samples of the cluster and the alerts
+judged from both: one book for the whole app, so any replica's `/metrics`, dashboard and API
+show the same."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import time
 import ray
 from ray.actor import ActorHandle
 
+from sollol_serve.config import AlertsConfig
 from sollol_serve.names import named_actor
 from sollol_serve.observability.activity import Activity
+from sollol_serve.observability.alerts import AlertTracker, outcomes_of
 from sollol_serve.observability.applications import ApplicationCounters, Applications, Registration, Use
 from sollol_serve.observability.metrics import RequestMetrics
 from sollol_serve.observability.timeline import Timeline
@@ -24,6 +27,12 @@ class MetricsActor:
         self.activity = Activity()
         self.applications = Applications()
         self.timeline = Timeline()
+        self.alerts = AlertTracker()
+
+    def configure(self, alerts: dict) -> None:
+        """The gateway's alert thresholds (again, on a redeploy: the actor outlives it); alerts
+        open now and what was recorded stay."""
+        self.alerts.config = AlertsConfig.model_validate(alerts)
 
     def add(self, delta: RequestMetrics, decisions: list[dict], uses: list[Use]) -> None:
         self.book.merge(delta)
@@ -33,10 +42,13 @@ class MetricsActor:
             self.timeline.add_use(use)
         for item in decisions:
             self.timeline.add_decision(item)
+            self.alerts.record(outcomes_of(item))
 
     def observe(self, router: str, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict]) -> None:
         """A Router's periodic sample of the nodes, its queue and the shard groups."""
-        self.timeline.add_sample(time.time(), router, nodes, queue)
+        now = time.time()
+        self.timeline.add_sample(now, router, nodes, queue)
+        self.alerts.observe(now, nodes, queue, shards)
 
     def snapshot(self) -> RequestMetrics:
         return self.book
@@ -58,6 +70,12 @@ class MetricsActor:
 
     def deregister(self, app_id: str) -> bool:
         return self.applications.deregister(app_id)
+
+    def alerts_json(self) -> dict:
+        return self.alerts.as_json()
+
+    def alert_gauges(self) -> list[tuple[str, str, str, float]]:
+        return self.alerts.gauges()
 
     def timeline_since(self, since: float) -> dict:
         return self.timeline.as_json(since)

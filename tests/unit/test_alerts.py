@@ -54,6 +54,13 @@ def test_a_breaker_alert_stays_through_half_open_and_ends_30_s_after_it_closes()
     assert "breaker is open" in ended["message"]  # the words of the problem, not of the recovery
 
 
+def test_a_breaker_first_seen_half_open_raises_the_alert_too():
+    t = AlertTracker(CONFIG)
+    t.observe(0, [_node("a", breaker="half_open")], QUIET, [])  # open for less than a sample's interval
+    [alert] = t.as_json()["active"]
+    assert (alert["kind"], alert["subject"]) == ("breaker_open", "a") and "half-open" in alert["message"]
+
+
 def test_low_success_rate_needs_min_requests_in_the_window_and_clears_only_past_the_margin():
     t = AlertTracker(CONFIG)
     t.record(NodeOutcome(100 + i, "a", ok=False) for i in range(9))

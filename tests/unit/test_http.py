@@ -118,7 +118,7 @@ def test_every_surface_is_routed():
         ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
         ("GET", "/health"), ("GET", "/api/nodes"), ("GET", "/api/queue"), ("GET", "/api/stats"), ("GET", "/metrics"),
         ("GET", "/api/routing/decisions"), ("GET", "/api/cache"), ("GET", "/api/applications"),
-        ("GET", "/api/timeline"),
+        ("GET", "/api/timeline"), ("GET", "/api/alerts"), ("GET", "/dashboard/static/{name}"),
         ("GET", "/api/admin/nodes"), ("POST", "/api/admin/nodes"), ("POST", "/api/admin/nodes/{name}/drain"),
         ("POST", "/api/admin/nodes/{name}/undrain"), ("DELETE", "/api/admin/nodes/{name}"),
         ("POST", "/api/admin/warm"), ("GET", "/api/shards"), ("POST", "/api/shards/{model:path}/start"),
@@ -328,3 +328,12 @@ def test_application_registration_routes(client):
     listed = http.post("/api/applications/register", headers=bearer(USER), json={"app_name": "a", "metadata": [1]})
     assert listed.status_code == 400 and "metadata" in listed.json()["error"]
     assert http.post("/api/applications/register", headers=bearer(READER), json={"app_name": "a"}).status_code == 403
+
+
+def test_alerts_need_the_stats_permission_and_come_from_the_metrics_book(client):
+    svc = make_services()
+    answer = {"active": [{"kind": "breaker_open", "subject": "n1"}], "recent": []}
+    svc.metrics_book = FakeHandle(alerts_json=answer)
+    http = client(svc)
+    assert http.get("/api/alerts", headers=bearer(READER)).json() == answer
+    assert http.get("/api/alerts").status_code == 401

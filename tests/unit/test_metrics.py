@@ -69,3 +69,28 @@ def test_gauges_from_nodes_queue_and_shards():
     assert samples[("sollol_cache_entries", ())] == 7 and samples[("sollol_cache_bytes", ())] == 4096
     assert samples[("sollol_batch_jobs", (("state", "completed"),))] == 3
     assert samples[("sollol_batch_items_pending", ())] == 40
+
+
+def test_queue_waits_as_a_summary_shard_group_counts_and_alert_gauges():
+    queue = QueueStatus(router="r1", waiting=0, max=1000, aging_s=30.0,
+                        waited_by_priority={"10": {"count": 2, "mean_ms": 50.0, "max_ms": 60.0},
+                                            "5": {"count": 4, "mean_ms": 250.0, "max_ms": 900.0}})
+    shards = [{"model": "a", "state": "failed"}, {"model": "b", "state": "failed"}, {"model": "c", "state": "running"}]
+    alerts = [("breaker_open", "cpu", "warning", 1.0), ("node_down", "gpu-1", "critical", 0.0)]
+    samples = _samples(render(RequestMetrics(), NODES, queue, shards, {}, {}, alerts=alerts))
+    # count and sum (4 x 0.25 s), so PromQL can take rate(_sum) / rate(_count)
+    assert samples[("sollol_queue_wait_seconds_count", (("priority", "5"),))] == 4
+    assert samples[("sollol_queue_wait_seconds_sum", (("priority", "5"),))] == 1.0
+    assert samples[("sollol_queue_wait_seconds_sum", (("priority", "10"),))] == 0.1
+    assert samples[("sollol_shard_groups", (("state", "failed"),))] == 2
+    assert samples[("sollol_shard_groups", (("state", "running"),))] == 1
+    assert samples[("sollol_shard_groups", (("state", "starting"),))] == 0  # every state, so a rule has a series
+    assert samples[("sollol_alerts_active", (("kind", "breaker_open"), ("severity", "warning"), ("subject", "cpu")))] == 1
+    assert samples[("sollol_alerts_active", (("kind", "node_down"), ("severity", "critical"), ("subject", "gpu-1")))] == 0
+
+
+def test_no_shard_group_still_gives_every_state_a_zero():
+    samples = _samples(render(RequestMetrics(), NODES, QUEUE, [], {}, {}))
+    assert {k[1] for k in samples if k[0] == "sollol_shard_groups"} == {
+        (("state", s),) for s in ("starting", "running", "restarting", "failed", "stopped")}
+    assert not [k for k in samples if k[0] == "sollol_alerts_active"]
