@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -31,16 +32,41 @@ FAST_SERVE_ENV = {
 }
 
 
+# Ray puts each socket at <folder>/<node id: 56 characters>/<name>, and HAProxy refuses a
+# stats socket path longer than 97 characters: short names (admin socket, metrics socket).
+HAPROXY_SOCKETS = ("s", "m")
+HAPROXY_SOCKET_PATH_MAX = 97
+# Where HAProxy's files go, each a name in our folder ("": the folder itself).
+HAPROXY_PATHS = {
+    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": "haproxy.cfg",
+    "RAY_SERVE_HAPROXY_SOCKET_PATH": HAPROXY_SOCKETS[0],
+    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": HAPROXY_SOCKETS[1],
+    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": "",
+    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
+}
+
+
+def haproxy_state_dir() -> str:
+    """A new `sollol-haproxy-*` folder in the temp directory, or in /tmp when TMPDIR is too
+    long a path for HAProxy's sockets under it (the gateway would not start)."""
+    state = tempfile.mkdtemp(prefix="sollol-haproxy-")
+    room = len("/") + 56 + len("/") + max(len(name) for name in HAPROXY_SOCKETS)
+    if len(state) + room > HAPROXY_SOCKET_PATH_MAX and os.path.isdir("/tmp"):
+        os.rmdir(state)
+        state = tempfile.mkdtemp(prefix="sollol-haproxy-", dir="/tmp")
+    return state
+
+
 def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
     for key, value in FAST_SERVE_ENV.items():
         environ.setdefault(key, value)
-    # HAProxy's files default to fixed paths under /tmp; give each local gateway its own so
-    # that two of them (a demo and a test run) never share a config, socket or port.
-    state = tempfile.mkdtemp(prefix="sollol-haproxy-")
-    environ.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", f"{state}/haproxy.cfg")
-    environ.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", f"{state}/admin.sock")
-    environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", state)
-    environ.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", f"{state}/server-state")
+    # HAProxy's files default to fixed paths under /tmp/haproxy-serve (left behind, one folder
+    # per Ray node id); give each local gateway its own folder, removed by stop_local_gateway,
+    # so that two of them (a demo and a test run) never share a config, socket or port.
+    if any(key not in environ for key in HAPROXY_PATHS):
+        state = haproxy_state_dir()
+        for key, name in HAPROXY_PATHS.items():
+            environ.setdefault(key, os.path.join(state, name) if name else state)
     # A replica being stopped stays reachable 30 s so that load balancers can deregister it;
     # a local gateway stops as a whole, with no balancer in front: 30 s of waiting per stop.
     environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
@@ -51,12 +77,19 @@ def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
 
 
 def start_local_serve(port: int, num_cpus: int = 2, include_dashboard: bool = False,
-                      host: str = "127.0.0.1") -> str:
-    """Start a Ray instance owned by this process and Serve's HTTP ingress; return the URL."""
+                      host: str = "127.0.0.1", logging_level: int | None = None) -> str:
+    """Start a Ray instance owned by this process and Serve's HTTP ingress; return the URL.
+    `logging_level`: of Ray's and Serve's loggers in this process (WARNING: no INFO lines;
+    default: Ray's, INFO)."""
     apply_fast_serve_env()
+    level = {}
+    if logging_level is not None:
+        level = {"logging_level": logging_level}
+        # Serve's logger here has a handler of its own at INFO, set when ray.serve is imported.
+        logging.getLogger("ray.serve").setLevel(logging_level)
     # address="local": always a Ray of our own, never one a `ray start` left on the machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_host="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}}, **level)
     serve.start(http_options={"host": host, "port": port})
     return f"http://{host}:{port}"
 
@@ -67,9 +100,9 @@ def deploy_gateway(config: GatewayConfig) -> None:
 
 
 def start_local_gateway(config: GatewayConfig, port: int, num_cpus: int = 2, include_dashboard: bool = False,
-                        host: str = "127.0.0.1") -> str:
+                        host: str = "127.0.0.1", logging_level: int | None = None) -> str:
     """Start a Ray instance owned by this process, deploy the app, return its URL."""
-    url = start_local_serve(port, num_cpus, include_dashboard, host)
+    url = start_local_serve(port, num_cpus, include_dashboard, host, logging_level)
     deploy_gateway(config)
     return url
 
@@ -97,8 +130,14 @@ def stop_local_gateway() -> None:
             serve.shutdown()
     finally:
         ray.shutdown()
-        state = os.environ.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", "")
+        remove_haproxy_state()
+
+
+def remove_haproxy_state(environ: dict[str, str] = os.environ) -> None:
+    """Remove the `sollol-haproxy-*` folder apply_fast_serve_env made (not paths the user set)."""
+    for key, name in HAPROXY_PATHS.items():
+        path = environ.get(key, "")
+        state = os.path.dirname(path) if name else path
         if os.path.basename(state).startswith("sollol-haproxy-"):
             shutil.rmtree(state, ignore_errors=True)
-            for key in [k for k, v in os.environ.items() if v.startswith(state)]:
-                del os.environ[key]  # the next local gateway of this process makes its own
+            del environ[key]  # the next local gateway of this process makes its own
