@@ -34,7 +34,13 @@ def deploy_app(root_url: str, name: str, config) -> str:
 
     serve.run(build_gateway(config), name=name, route_prefix=f"/{name}")
     url = f"{root_url}/{name}"
-    wait_until(lambda: all(n["healthy"] for n in nodes_of(url).values()), 30, f"{name} app's nodes healthy")
+    names = {n.name for n in config.nodes}
+
+    def healthy() -> bool:  # every configured node listed (a router's first view may be empty) and healthy
+        nodes = nodes_of(url)
+        return names <= nodes.keys() and all(n["healthy"] for n in nodes.values())
+
+    wait_until(healthy, 30, f"{name} app's nodes healthy")
     return url
 
 
