@@ -350,6 +350,10 @@ class RoutingCore:
             node, profile.model, now, now + predicted, self.busy(choice.node) + 1, probe=grant.probe,
             remeasure=remeasure, siblings=frozenset(own), alone=choice.node.in_flight_elsewhere == 0,
             profile=profile)
+        if profile.conversation:
+            # Now, not when the outcome comes back: a client asks its next turn the moment this
+            # one's stream ends, before the batched outcome reaches this router.
+            self.remember_turn(profile.conversation, node, now)
         return grant
 
     def began(self, flight_id: int, node: str) -> None:
@@ -371,6 +375,12 @@ class RoutingCore:
         if flight is not None:  # the model stays loaded for its keep-alive from now on
             self.last_used[(node, normalize_model(flight.model))] = now
         return flight
+
+    def forget_turn(self, conversation: str, node: str) -> None:
+        """The turn failed there: the node holds no prefix of it (unless a later turn moved it)."""
+        turn = self.turns.get(conversation)
+        if turn is not None and turn.node == node:
+            del self.turns[conversation]
 
     def remember_turn(self, conversation: str, node: str, now: float) -> None:
         self.turns.pop(conversation, None)

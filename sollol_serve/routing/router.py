@@ -171,8 +171,8 @@ class Router:
         now = time.monotonic()
         flight = self.core.finish(flight_id, node, now)
         if flight is not None:
-            if ok and flight.profile.conversation:
-                self.core.remember_turn(flight.profile.conversation, node, now)
+            if ok is False and flight.profile.conversation:
+                self.core.forget_turn(flight.profile.conversation, node)
             if ok is not None:
                 self.core.learn(observation(flight, ok, usage, now - flight.started))
         self.admissions.pump()

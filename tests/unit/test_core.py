@@ -612,6 +612,22 @@ def test_follow_up_turn_goes_where_its_prefix_is_cached():
     assert core.rank(chat_prof(3000, 2900), set(), now=11.0)[0].score == pytest.approx(3.5)
 
 
+def test_a_follow_up_asked_before_the_turns_outcome_is_back_finds_its_node():
+    """The router learns where a turn runs when it grants the slot: the client asks its next
+    turn as soon as the stream ends, before the batched outcome comes back."""
+    book = book_of(speed("a", 1000, 100), speed("b", 1000, 100))
+    core = core_with("intelligent", nv("a", slots=2), nv("b", slots=2), book=book)
+    first = core.admit_now(chat_prof(1000, 0), {"a"}, 5, now=10.0)  # turn 1 on b, still in flight
+    assert first.choice.node.name == "b"
+    ranked = core.rank(chat_prof(3000, 2900), set(), now=11.0)
+    assert names(ranked) == ["b", "a"] and ranked[0].prediction.factors["cached_tokens"] == 2900
+    # A turn that failed there leaves no prefix to follow.
+    core.forget_turn("c1", "a")  # not where it ran: nothing changes
+    assert core.cached_tokens(core.snapshot["b"], chat_prof(3000, 2900), now=11.0) == 2900
+    core.forget_turn("c1", "b")
+    assert core.cached_tokens(core.snapshot["b"], chat_prof(3000, 2900), now=11.0) == 0
+
+
 def test_affinity_never_overloads_its_node():
     book = book_of(speed("a", 1000, 100), speed("b", 1000, 100))
     core = core_with("intelligent", nv("a", slots=2), nv("b", slots=2), book=book)
