@@ -64,11 +64,17 @@ class Usage:
     queued_s: float | None = None
     # Prompt tokens the node evaluated (the rest came from its prefix cache); None: all.
     prefill_tokens: int | None = None
+    # Requests the node was running at once when this one's first byte came, by its worker's
+    # count (see nodes.inflight); None: no first byte, or not counted.
+    running: int | None = None
 
 
 @dataclass(slots=True)
 class FirstByte:
-    """A worker's signal, in a watched non-streamed call, that the node has begun to answer."""
+    """A worker's signal that the node has begun to answer: an item of its own in a watched
+    non-streamed call, the head of the first batch in a stream."""
+
+    running: int = 1  # requests the node was running at once then (see nodes.inflight)
 
 
 @dataclass(slots=True)

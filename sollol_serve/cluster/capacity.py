@@ -7,7 +7,9 @@ that doesn't tell, two facts are kept:
   A request proves its concurrency when the node's own timings show no queue time (total
   minus load, prompt-eval and eval durations), or, earlier, when its first byte arrives while
   every other request sent there before it is still running (a FIFO node starts a queued
-  request only when one of those finishes).
+  request only when one of those finishes). Either proves no more than the node's worker
+  counted running at once (`nodes.inflight`): the router hears of a request's end later,
+  batched, and would otherwise credit the node with a slot a request had just freed.
 - `ceiling`: the fewest concurrent requests at which the node was seen to queue: it has fewer
   slots than that. Forgotten after `CEILING_TTL_S`, so a node that was reconfigured, or that
   was busy with other clients, is explored again.

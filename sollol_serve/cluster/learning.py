@@ -106,11 +106,18 @@ class Observation:
     ttfb_s: float | None = None
     # Waited inside the node by its own clock (total - load - prompt-eval - eval), if it says.
     node_queued_s: float | None = None
+    # Requests the node ran at once at this one's first byte, by its worker's count (None: unknown).
+    running: int | None = None
     probe: bool = False  # sent above the node's proven capacity, to explore it
     remeasure: bool = False  # the router's own short request: its length says nothing of answers
     # "first_byte": only that the request began while `concurrent` ran at once (capacity).
     phase: str = "done"
     at: float = 0.0  # wall-clock time it finished (0: untimed, its estimates never age)
+
+    def ran_at_once(self) -> int:
+        """The concurrency this request proves if it did not queue: what the router had in
+        flight when it sent it, unless the worker saw fewer running (one ended in between)."""
+        return self.concurrent if self.running is None else min(self.concurrent, self.running)
 
     def queued_s(self) -> float | None:
         """Time the request spent waiting inside the node: by the node's own clock when it
@@ -179,7 +186,7 @@ class PerfBook:
     def _learn_capacity(self, o: Observation) -> None:
         capacity = self.capacity_of(o.node)
         if o.phase == "first_byte":
-            if capacity.ran(o.concurrent) and o.probe:
+            if capacity.ran(o.ran_at_once()) and o.probe:
                 capacity.probes_proved += 1
             return
         if o.probe:
@@ -188,7 +195,7 @@ class PerfBook:
         if queued is None:
             return
         if not has_queued(queued, o.wall_s - queued, node_clock=o.node_queued_s is not None):
-            if capacity.ran(o.concurrent) and o.probe:
+            if capacity.ran(o.ran_at_once()) and o.probe:
                 capacity.probes_proved += 1
             return
         if o.probe:

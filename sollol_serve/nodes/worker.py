@@ -30,6 +30,7 @@ from sollol_serve.nodes.backends import (
 from sollol_serve.nodes.coalesce import coalesced
 from sollol_serve.nodes.health import ProbeSchedule
 from sollol_serve.nodes.http import NodeHTTP
+from sollol_serve.nodes.inflight import InFlight
 from sollol_serve.nodes.placement import local_url, worker_resources
 from sollol_serve.nodes.telemetry import sample_host
 from sollol_serve.protocol import FirstByte, NodeError, NodeReport, NodeRequest, Usage
@@ -59,6 +60,7 @@ class NodeWorker:
         self._prober: asyncio.Task | None = None
         self._wake = asyncio.Event()  # probe now, don't wait out the interval
         self._uploads = model_ops.BlobUploads(self.node.name)
+        self.in_flight = InFlight()  # the node's requests, for the slots their first bytes prove
 
     async def start(self) -> None:
         """Register the node, probe it once and keep probing (needs the running loop)."""
@@ -128,38 +130,61 @@ class NodeWorker:
         return await self._call(req, node_model)
 
     async def _call(self, req: NodeRequest, node_model: str,
-                    on_first: Callable[[], None] | None = None) -> tuple[dict, Usage]:
+                    on_first: Callable[[int], None] | None = None) -> tuple[dict, Usage]:
+        """The node's whole answer; `on_first(running)` at its first byte."""
         timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
+        serial = self.in_flight.begin()
+        running: int | None = None
+
+        def first_byte() -> None:
+            nonlocal running
+            running = self.in_flight.running_with(serial)
+            if on_first is not None:
+                on_first(running)
         try:
-            return await self._backend().call(req, node_model, timeouts, on_first)
+            body, usage = await self._backend().call(req, node_model, timeouts, first_byte)
+            # No first byte (an embedding): the requests still running as it ends ran beside it.
+            usage.running = running if running is not None else self.in_flight.running_with(serial)
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
             raise
+        finally:
+            self.in_flight.end(serial)
+        return body, usage
 
     async def call_watched(self, req: NodeRequest, node_model: str) -> AsyncIterator[object]:
         """`call` as a stream of two items, `FirstByte` when the node begins to answer, then
         the answer: what a router needs to hedge a non-streamed request on time to first byte."""
-        began = asyncio.Event()
-        answer = asyncio.ensure_future(self._call(req, node_model, began.set))
+        began: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        answer = asyncio.ensure_future(self._call(req, node_model, began.set_result))
         try:
-            waiting = asyncio.ensure_future(began.wait())
-            await asyncio.wait((answer, waiting), return_when=asyncio.FIRST_COMPLETED)
-            waiting.cancel()
-            if began.is_set():
-                yield FirstByte()
+            await asyncio.wait((answer, began), return_when=asyncio.FIRST_COMPLETED)
+            if began.done():
+                yield FirstByte(running=began.result())
             yield await answer
         finally:
             answer.cancel()  # the router took another node's answer: stop this one
 
-    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[list[dict | Usage]]:
-        """The node's chunks in batches (one Ray message each), the closing Usage last."""
+    async def stream(self, req: NodeRequest, node_model: str) -> AsyncIterator[list[object]]:
+        """The node's chunks in batches (one Ray message each): the first led by a FirstByte,
+        the closing Usage last."""
         timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
+        serial = self.in_flight.begin()
+        running: int | None = None
         try:
             async for batch in coalesced(self._backend().stream(req, node_model, timeouts), _closes_stream):
+                if running is None:
+                    running = self.in_flight.running_with(serial)
+                    batch.insert(0, FirstByte(running=running))
+                if isinstance(batch[-1], Usage):
+                    self.in_flight.end(serial)  # the node is done with it, whenever the client reads it
+                    batch[-1].running = running
                 yield batch
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
             raise
+        finally:
+            self.in_flight.end(serial)
 
     def _reprobe_if_unreachable(self, exc: NodeError) -> None:
         # Tell the routers now rather than at the next scheduled probe.

@@ -356,18 +356,21 @@ class RoutingCore:
             self.remember_turn(profile.conversation, node, now)
         return grant
 
-    def began(self, flight_id: int, node: str) -> None:
-        """The node's first byte for a flight. If every request sent there before it is still
-        running, the node runs them all at once: that many slots are proven, now rather than
-        when the request ends (so a burst to a wide node is not held back one by one)."""
+    def began(self, flight_id: int, node: str, running: int) -> None:
+        """The node's first byte for a flight, while its worker counted `running` requests
+        running there at once (this one included). If every request sent there before it is
+        still running, that many slots are proven, now rather than when the request ends (so
+        a burst to a wide node is not held back one by one). The worker's count is the
+        check that holds: a sibling's end reaches this router later, batched."""
         flight = self.flights.get(node, {}).get(flight_id)
         if flight is None or flight.began:
             return
         flight.began = True
-        if flight.alone and flight.concurrent > 1 and flight.siblings <= self.flights[node].keys():
+        concurrent = min(flight.concurrent, running)
+        if flight.alone and concurrent > 1 and flight.siblings <= self.flights[node].keys():
             flight.proved = True
             self.learn(Observation(node=node, model=normalize_model(flight.model), task_type="", ok=True,
-                                   concurrent=flight.concurrent, probe=flight.probe, phase="first_byte",
+                                   concurrent=concurrent, probe=flight.probe, phase="first_byte",
                                    at=self.wall()))
 
     def finish(self, flight_id: int, node: str, now: float) -> Flight | None:

@@ -49,8 +49,9 @@ class RouterLink(Protocol):
     def report(self, outcome: Outcome) -> None:
         """Free the ticket's slot and learn from it (off the path)."""
 
-    def began(self, ticket: Ticket) -> None:
-        """The node's first byte for a ticket that asked for it."""
+    def began(self, ticket: Ticket, running: int) -> None:
+        """The node's first byte for a ticket that asked for it, with the requests its worker
+        counted running there at once."""
 
 
 class WorkerLinks(Protocol):
@@ -70,6 +71,8 @@ class Relay:
     def _chunks_of(self, item: object) -> list[dict]:
         """The client's chunks in one item from the worker (a batch, or a lone Usage)."""
         batch = item if isinstance(item, list) else [item]
+        if batch and isinstance(batch[0], FirstByte):  # for the router, not the client
+            batch = batch[1:]
         if batch and isinstance(batch[-1], Usage):
             self.usage = batch.pop()
         return batch
@@ -88,6 +91,14 @@ class Relay:
     def outcome(self) -> bool | None:
         """True: the node delivered; False: it failed; None: the client left (learn nothing)."""
         return True if self.usage is not None else False if self.broken else None
+
+
+def first_byte_of(item: object) -> FirstByte | None:
+    """The worker's FirstByte in its first item: the item itself (a watched call) or the head
+    of the first batch (a stream)."""
+    if isinstance(item, list):
+        item = item[0] if item else None
+    return item if isinstance(item, FirstByte) else None
 
 
 def refused_everywhere(attempts: "Attempts") -> None:
@@ -269,8 +280,9 @@ class Dispatcher:
                 legs.remove(leg)
                 error = future.exception()
                 if error is None or isinstance(error, StopAsyncIteration):
-                    if leg.ticket.wants_first_byte:
-                        self.router.began(leg.ticket)
+                    first_byte = None if error else first_byte_of(future.result())
+                    if leg.ticket.wants_first_byte and first_byte is not None:
+                        self.router.began(leg.ticket, first_byte.running)
                     for loser in pending.values():
                         legs.remove(loser)
                         self._drop(loser)

@@ -168,8 +168,9 @@ class ServeRouterLink:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(REPORT_EVERY_S, self._flush)
 
-    def began(self, ticket: Ticket) -> None:
-        self._send(self.handle.began.remote(owner=ticket.router_id, flight_id=ticket.flight_id, node=ticket.node))
+    def began(self, ticket: Ticket, running: int) -> None:
+        self._send(self.handle.began.remote(owner=ticket.router_id, flight_id=ticket.flight_id, node=ticket.node,
+                                            running=running))
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -78,7 +78,8 @@ def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) ->
         prompt_tokens=evaluated, completion_tokens=usage.completion_tokens,
         prefill_s=usage.prefill_s, decode_s=usage.decode_s, load_s=usage.load_s, wall_s=wall_s,
         concurrent=flight.concurrent, embedding=profile.task_type == "embedding", ttfb_s=usage.ttfb_s,
-        node_queued_s=usage.queued_s, probe=flight.probe, remeasure=flight.remeasure, at=time.time(),
+        node_queued_s=usage.queued_s, running=usage.running, probe=flight.probe, remeasure=flight.remeasure,
+        at=time.time(),
     )
 
 
@@ -239,9 +240,9 @@ class Router:
         for outcome in outcomes:
             self._release(outcome.flight_id, outcome.node, outcome.ok, outcome.usage)
 
-    async def began(self, owner: str, flight_id: int, node: str) -> None:
+    async def began(self, owner: str, flight_id: int, node: str, running: int) -> None:
         if owner == self.router_id:
-            self.core.began(flight_id, node)
+            self.core.began(flight_id, node, running)
             self.admissions.pump()  # a slot it proved may take a waiter now, not at the next refresh
 
     # -- shard groups: models no single node can hold ----------------------------------

@@ -10,13 +10,13 @@ wanting to go, lets the RoutingCore decide every send, and records what it did.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from sollol_serve.analysis.profile import RequestProfile
 from sollol_serve.cluster.capacity import CEILING_TTL_S, Capacity, has_queued
-from sollol_serve.cluster.learning import Observation
+from sollol_serve.cluster.learning import Observation, PerfBook
 from sollol_serve.cluster.state import NodeView
 from sollol_serve.config import RoutingConfig
 from sollol_serve.routing.core import Flight, RoutingCore
@@ -32,9 +32,11 @@ class FifoNode:
     service_s: float = 4.0
     running: int = 0
     queue: list[tuple[int, float]] = field(default_factory=list)  # (flight id, arrival)
+    sent: list[int] = field(default_factory=list)  # unfinished flights in the order sent (the worker's count)
     most_queued: int = 0
 
     def arrive(self, fid: int, now: float, events: list) -> None:
+        self.sent.append(fid)
         self.queue.append((fid, now))
         self.most_queued = max(self.most_queued, len(self.queue) - (self.slots - self.running))
         self.start(now, events)
@@ -45,6 +47,14 @@ class FifoNode:
             self.running += 1
             heapq.heappush(events, (now + self.prefill_s, 0, fid, "first", now - arrived))
             heapq.heappush(events, (now + self.service_s, 1, fid, "end", now - arrived))
+
+    def running_with(self, fid: int) -> int:
+        """What the worker tells at `fid`'s first byte: unfinished requests sent up to it."""
+        return self.sent.index(fid) + 1
+
+    def end(self, fid: int) -> None:
+        self.running -= 1
+        self.sent.remove(fid)
 
 
 @dataclass
@@ -93,16 +103,17 @@ def drive(node: FifoNode, requests: int, demand: int, core: RoutingCore | None =
         when, _, fid, kind, queued = heapq.heappop(events)
         clock[0] = when
         if kind == "first":
-            core.began(fid, "a")
+            core.began(fid, "a", node.running_with(fid))
         else:
-            node.running -= 1
+            running = node.running_with(fid)
+            node.end(fid)
             flight = core.finish(fid, "a", when)
             history.queued_inside += queued > 0
             core.learn(Observation(node="a", model=M, task_type="generation", ok=True, prompt_tokens=10,
                                    completion_tokens=100, prefill_s=node.prefill_s,
                                    decode_s=node.service_s - node.prefill_s, wall_s=node.service_s + queued,
-                                   concurrent=flight.concurrent, node_queued_s=queued, probe=flight.probe,
-                                   at=when))
+                                   concurrent=flight.concurrent, node_queued_s=queued, running=running,
+                                   probe=flight.probe, at=when))
             done += 1
             node.start(when, events)
         capacity = core.book.capacity_of("a")
@@ -166,7 +177,7 @@ def test_wide_node_gets_a_burst_without_waiting_for_completions():
         when, _, fid, kind, _ = heapq.heappop(events)
         assert kind == "first"  # nothing ended before all 32 were sent
         clock[0] = when
-        core.began(fid, "a")
+        core.began(fid, "a", node.running_with(fid))
     assert sent_at[-1] == pytest.approx(30 * 0.05)
     assert core.book.learned_slots("a") == 31  # the 32nd is the open probe
 
@@ -219,9 +230,37 @@ def test_first_byte_after_a_sibling_finished_proves_nothing():
     probe = core.admit_now(profile(), set(), 5, 0.0)
     assert probe.probe and core.admit_now(profile(), set(), 5, 0.0) is None  # one probe at a time
     core.finish(first.flight_id, "a", 1.0)  # the first ended before the probe's first byte
-    core.began(probe.flight_id, "a")
+    core.began(probe.flight_id, "a", 1)
     assert core.book.learned_slots("a") == 1
     assert core.pending == []
+
+
+def test_first_byte_the_worker_saw_alone_proves_nothing_though_the_router_has_not_heard_the_end():
+    # The first ended on the node, and the probe started there after it; the first's outcome
+    # is still on its way (batched) when the probe's first byte arrives. The router's own
+    # flights say two ran at once; the worker counted one.
+    core = RoutingCore(RoutingConfig(strategy="intelligent"))
+    core.snapshot = {"a": view()}
+    core.wall = lambda: 0.0
+    core.admit_now(profile(), set(), 5, 0.0)
+    probe = core.admit_now(profile(), set(), 5, 0.0)
+    core.began(probe.flight_id, "a", 1)
+    assert core.book.learned_slots("a") == 1
+    core.began(probe.flight_id, "a", 2)  # a first byte counts once
+    assert core.book.learned_slots("a") == 1
+
+
+def test_a_request_that_did_not_queue_proves_only_what_its_worker_saw_running():
+    # Sent as a probe with two in flight by the router's count, it found the node free (the
+    # other had just ended): no queue time, and yet no second slot.
+    book = PerfBook()
+    done = Observation(node="a", model=M, task_type="generation", ok=True, prompt_tokens=10, completion_tokens=10,
+                       prefill_s=0.1, decode_s=1.0, wall_s=1.1, concurrent=2, node_queued_s=0.0, probe=True)
+    book.observe(replace(done, running=1))
+    assert book.learned_slots("a") == 1
+    book.observe(replace(done, running=2))
+    assert book.learned_slots("a") == 2
+    assert book.capacity_of("a").probes_proved == 1
 
 
 def test_probe_on_a_fast_node_beats_a_free_slow_one_but_not_a_free_fast_one():

@@ -52,8 +52,8 @@ class FakeRouter:
     def report(self, outcome):
         self.outcomes.append((outcome.node, outcome.ok))
 
-    def began(self, ticket):
-        self.first_bytes.append(ticket.node)
+    def began(self, ticket, running):
+        self.first_bytes.append((ticket.node, running))
 
 
 class FakeItems:
@@ -93,7 +93,7 @@ class FakeLink:
 
     def open(self, method, req, node_model):
         self.calls.append(node_model)
-        stream = FakeItems(self.items if self.items is not None else [FirstByte(), (self.answer, USAGE)],
+        stream = FakeItems(self.items if self.items is not None else [FirstByte(running=2), (self.answer, USAGE)],
                            self.delay_s)
         self.opened.append(stream)
         return stream
@@ -192,7 +192,7 @@ def test_a_probe_ticket_reports_the_first_byte():
     router = FakeRouter("a", probe=True, wants_first_byte=True)
     a = FakeLink(answer={"ok": 1})
     routed = run(dispatcher(router, FakeWorkers(a=a)).call(PROFILE, REQ))
-    assert routed.node == "a" and router.first_bytes == ["a"]
+    assert routed.node == "a" and router.first_bytes == [("a", 2)]  # with the worker's count
     assert router.outcomes == [("a", True)]
 
 
@@ -220,6 +220,18 @@ def test_a_stream_passes_batches_through_and_ends_with_the_routing():
     assert out[1:3] == [[{"n": 1}], [{"n": 2}, {"n": 3, "done": True}]]  # the Usage is kept back
     assert isinstance(out[3], StreamEnd) and out[3].tokens == 7 and out[3].routing["node"] == "a"
     assert router.outcomes == [("a", True)]
+
+
+def test_a_probe_stream_reports_its_first_byte_and_the_client_never_sees_it():
+    items = [[FirstByte(running=3), {"n": 1}], [{"n": 2, "done": True}, USAGE]]
+    router = FakeRouter("a", probe=True, wants_first_byte=True)
+
+    async def collect():
+        return [item async for item in dispatcher(router, FakeWorkers(a=FakeLink(items=items))).stream(PROFILE, REQ)]
+
+    out = run(collect())
+    assert out[1:3] == [[{"n": 1}], [{"n": 2, "done": True}]]
+    assert router.first_bytes == [("a", 3)]
 
 
 def test_a_stream_that_breaks_after_its_first_chunk_is_not_retried():
