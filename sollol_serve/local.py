@@ -70,6 +70,10 @@ def apply_fast_serve_env(environ: dict[str, str] = os.environ) -> None:
     # A replica being stopped stays reachable 30 s so that load balancers can deregister it;
     # a local gateway stops as a whole, with no balancer in front: 30 s of waiting per stop.
     environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
+    # Serve kills a proxy that is not ready within 5 s of its start and starts another; on a
+    # busy 2-core machine HAProxy's start can take longer, and the first one's death fails
+    # serve.start ("HAProxyManager ... killed by ray.kill", seen starting the demo beside a busy test run).
+    environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     # Its metrics and stats listeners have fixed default ports (9101, 8404): a second
     # gateway on the machine would fail to start.
     environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))

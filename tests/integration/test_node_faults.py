@@ -115,16 +115,18 @@ def test_urgent_request_is_hedged_when_its_node_is_late(healed):
     # Measure both nodes' time to first byte, so the hedge delay is learned, not the default.
     asyncio.run(_burst(healed.url, [_chat(300 + i) for i in range(8)]))
     healed.nodes["f1"].faults(mode="hang")
-    for i in range(4):  # round robin: the first or second request starts on the hung node
+    # Round robin: every other request starts on the hung node. (On a busy machine f2 can be
+    # late too and be hedged onto f1; that hedge is not the one this test is after.)
+    for i in range(6):
         started = time.monotonic()
         r = httpx.post(healed.url + "/api/chat", json=_chat(400 + i, priority=10), timeout=30)
         elapsed = time.monotonic() - started
         assert r.status_code == 200, r.text
         attempts = r.json()["_sollol_routing"]["attempts"]
-        hedges = [a for a in attempts if a.get("hedge")]
+        hedges = [a for a in attempts if a.get("hedge") and a["slow_node"] == "f1"]
         if hedges:
             break
-    assert hedges and hedges[0]["node"] == "f2" and hedges[0]["slow_node"] == "f1", attempts
+    assert hedges and hedges[0]["node"] == "f2", attempts
     assert r.headers["x-sollol-node"] == "f2"
     assert not any(a.get("ok") is False for a in attempts)  # the slow leg was cancelled, not failed over
     assert elapsed < HUNG_LIMIT_S, "the hedge answered before the hung node's time-out would have"
