@@ -247,7 +247,7 @@ class ShardCoordinator:
             raise NoNodeAvailable(
                 f"shard group for '{model}' not ready within {self.settings.start_timeout_s:g} s") from None
         if group.state != "running":
-            raise NoNodeAvailable(f"shard group for '{model}' could not start: {group.reason or 'unknown error'}; "
+            raise NoNodeAvailable(f"shard group for '{model}' could not start: {group.reason or f'it is {group.state}'}; "
                                   "see the shard group's log (admins: /api/shards)")
         return group.as_dict()
 
@@ -275,8 +275,14 @@ class ShardCoordinator:
     async def _start(self, group: Group) -> None:
         try:
             await self._launch(group)
+            if self._abandoned(group):  # stopped while it started: what it started goes too
+                await self._teardown(group, unregister=True)
+                return
             group.state, group.error, group.reason, group.log_tail = "running", None, None, None
         except START_ERRORS as exc:
+            if self._abandoned(group):
+                await self._teardown(group, unregister=False)
+                return
             group.reason, group.error = _failure(exc)
             group.state = "failed"
             logger.warning("shard group %s failed to start: %s", group.model, group.error)
@@ -393,8 +399,15 @@ class ShardCoordinator:
                 return f"rpc-server {backend.address} lost (its actor or host died)"
         return None
 
+    def _abandoned(self, group: Group) -> bool:
+        """Stopped (or being stopped), or replaced by a new start, while supervision awaited:
+        a stop's teardown looks like a crash, and must not be restarted as one."""
+        return group.model in self._stopping or group.state == "stopped" or self.groups.get(group.model) is not group
+
     async def _check(self, group: Group) -> None:
         broken = await self._broken(group)
+        if self._abandoned(group):
+            return
         if broken:
             await self._restart(group, broken)
             return
@@ -422,13 +435,20 @@ class ShardCoordinator:
         group.state = "restarting"
         group.restarts += 1
         await asyncio.sleep(self.settings.restart_backoff_s * 2 ** (group.restarts - 1))
+        if self._abandoned(group):
+            return
         try:
             await self._launch(group)
+            if self._abandoned(group):  # stopped while it started: what it started goes too
+                await self._teardown(group, unregister=True)
+                return
             group.state, group.reason, group.log_tail = "running", None, None
         except START_ERRORS as exc:
             group.reason, detail = _failure(exc)
             group.error = f"{why}; restart failed: {detail}"
             await self._teardown(group, unregister=False)
+            if self._abandoned(group):
+                return
             group.state = "restarting"  # the next supervision round will not see it running
             asyncio.get_running_loop().create_task(self._restart(group, group.error))
 

@@ -132,7 +132,8 @@ def test_log_file_is_private_and_rotated(tmp_path):
 
 
 # --- the coordinator, without Ray --------------------------------------------------------------
-def _coordinator(tmp_path: Path, **shard):
+def bare_coordinator(tmp_path: Path, **shard):
+    """The coordinator's own class, made without Ray (no state actor, no supervision loop)."""
     cls = coord_mod.ShardCoordinator.__ray_metadata__.modified_class
     coordinator = cls.__new__(cls)
     coordinator.config = GatewayConfig.model_validate({"batch": {"data_dir": str(tmp_path)},
@@ -144,7 +145,7 @@ def _coordinator(tmp_path: Path, **shard):
 
 
 def test_a_failed_start_gives_the_client_a_short_reason_and_admins_the_log(tmp_path):
-    coordinator = _coordinator(tmp_path)
+    coordinator = bare_coordinator(tmp_path)
     log = tmp_path / "llama.log"
     secret = "SECRET-PATH /home/someone/.ollama " * 100
 
@@ -179,7 +180,7 @@ def test_a_failed_start_gives_the_client_a_short_reason_and_admins_the_log(tmp_p
 
 
 def test_a_public_bind_fails_the_group_with_a_clear_reason(tmp_path, monkeypatch):
-    coordinator = _coordinator(tmp_path, bind="node")
+    coordinator = bare_coordinator(tmp_path, bind="node")
 
     async def launch(group):  # what _launch checks before it starts an rpc-server
         for h in [Host("a", "10.0.0.1", 10), Host("b", "8.8.8.8", 10)]:
@@ -206,14 +207,14 @@ def test_failure_reasons_do_not_carry_paths():
 
 
 def test_an_invalid_model_name_is_a_bad_request(tmp_path):
-    coordinator = _coordinator(tmp_path)
+    coordinator = bare_coordinator(tmp_path)
     with pytest.raises(BadRequest) as e:
         asyncio.run(coordinator.ensure("../../..:.bash_history"))
     assert e.value.status == 400 and not coordinator.groups
 
 
 def test_the_registered_node_carries_the_groups_key_and_runs_on_this_host(tmp_path, monkeypatch):
-    coordinator = _coordinator(tmp_path)
+    coordinator = bare_coordinator(tmp_path)
     added = []
 
     class State:
