@@ -47,6 +47,16 @@ PROBE_ODDS = 0.5
 REMEASURE_TOKENS = 16
 
 
+def answered(flight: Flight, profile: RequestProfile | None) -> bool:
+    """An earlier turn of the request's own conversation: the client holds its answer (it is
+    asking the next turn, which carries it), though its outcome, batched off the path, may not
+    have reached this router yet. It holds no slot any more. (Earlier: fewer tokens before its
+    last message; two identical requests are not each other's earlier turn.)"""
+    earlier = flight.profile
+    return (profile is not None and profile.conversation is not None and earlier is not None
+            and earlier.conversation == profile.conversation and earlier.prefix_tokens < profile.prefix_tokens)
+
+
 def unavailable_reason(view: NodeView, exclude: set[str]) -> str:
     if view.name in exclude:
         return "already failed this request"
@@ -123,8 +133,11 @@ class RoutingCore:
     def in_flight_counts(self) -> dict[str, int]:
         return {node: len(f) for node, f in self.flights.items() if f}
 
-    def busy(self, view: NodeView) -> int:
-        return len(self.flights.get(view.name, ())) + view.in_flight_elsewhere
+    def busy(self, view: NodeView, profile: RequestProfile | None = None) -> int:
+        """Requests in flight on the node (as `profile` sees it: not its conversation's turn
+        that has ended)."""
+        own = sum(1 for f in self.flights.get(view.name, {}).values() if not answered(f, profile))
+        return own + view.in_flight_elsewhere
 
     def slots(self, view: NodeView) -> int:
         """The slots the predictor believes in: configured, reported, or proven."""
@@ -144,14 +157,15 @@ class RoutingCore:
         return (not view.slots_known and view.breaker == "closed" and s.busy == s.slots
                 and not self.probing(view.name) and self.book.capacity_of(view.name).may_probe(now_wall))
 
-    def running(self, view: NodeView, now: float) -> list[float]:
+    def running(self, view: NodeView, now: float, profile: RequestProfile | None = None) -> list[float]:
         """Predicted seconds left of each request at the node now (ours and other routers')."""
-        own = [max(f.predicted_end - now, MIN_REMAINING_S) for f in self.flights.get(view.name, {}).values()]
+        own = [max(f.predicted_end - now, MIN_REMAINING_S) for f in self.flights.get(view.name, {}).values()
+               if not answered(f, profile)]
         return own + [ELSEWHERE_REMAINING_S] * view.in_flight_elsewhere
 
-    def remaining(self, view: NodeView, now: float) -> list[float]:
+    def remaining(self, view: NodeView, now: float, profile: RequestProfile | None = None) -> list[float]:
         """The running requests, and the work queued requests plan to put there."""
-        return self.running(view, now) + self._planned.get(view.name, [])
+        return self.running(view, now, profile) + self._planned.get(view.name, [])
 
     def resident(self, view: NodeView, model: str, now: float, num_ctx: int | None = None) -> bool:
         """Loaded on the node, in use there by one of our requests, or used there recently;
@@ -202,7 +216,7 @@ class RoutingCore:
                 slots: int | None = None) -> Prediction:
         perf = self.book.perf(view.name, normalize_model(profile.model))
         slots = self.slots(view) if slots is None else slots
-        remaining = self.remaining(view, now)
+        remaining = self.remaining(view, now, profile)
         # A cached prefix only counts where a slot is free: affinity never queues a request.
         cached = self.cached_tokens(view, profile, now) if len(remaining) < slots else 0
         return predict(view.name, slots, profile, perf, priors, remaining,
@@ -226,9 +240,9 @@ class RoutingCore:
         for view in nodes:
             prediction = self.predict(view, profile, priors, now)
             if self.strategy == "intelligent":
-                scored.append(score_predicted(view, self.busy(view), self.slots(view), prediction))
+                scored.append(score_predicted(view, self.busy(view, profile), self.slots(view), prediction))
             else:
-                item = score_least_busy(view, self.busy(view), self.slots(view),
+                item = score_least_busy(view, self.busy(view, profile), self.slots(view),
                                         self.resident(view, model, now, profile.num_ctx))
                 item.prediction = prediction
                 scored.append(item)
@@ -283,7 +297,7 @@ class RoutingCore:
         (behind those, not behind the gateway's own queue): a probe on a node busy with long
         answers must be worth its miss."""
         hit = self.predict(s.node, profile, priors, now, slots=s.slots + 1)
-        miss_wait = min(self.running(s.node, now), default=0.0)
+        miss_wait = min(self.running(s.node, now, profile), default=0.0)
         hit.total_s = hit.total_s + (1 - PROBE_ODDS) * miss_wait
         hit.factors["probe_odds"] = PROBE_ODDS
         return hit
@@ -347,7 +361,7 @@ class RoutingCore:
         predicted = choice.prediction.total_s if choice.prediction else 0.0
         own = self.flights[node]
         self.flights[node][flight_id] = Flight(
-            node, profile.model, now, now + predicted, self.busy(choice.node) + 1, probe=grant.probe,
+            node, profile.model, now, now + predicted, self.busy(choice.node, profile) + 1, probe=grant.probe,
             remeasure=remeasure, siblings=frozenset(own), alone=choice.node.in_flight_elsewhere == 0,
             profile=profile)
         if profile.conversation:

@@ -628,6 +628,24 @@ def test_a_follow_up_asked_before_the_turns_outcome_is_back_finds_its_node():
     assert core.cached_tokens(core.snapshot["b"], chat_prof(3000, 2900), now=11.0) == 0
 
 
+def test_a_follow_up_does_not_count_its_own_ended_turn_as_load():
+    """Turn 1's outcome is not back yet, and b also runs another conversation: by the
+    router's flights b is full. But the client asking turn 2 has turn 1's answer: that slot
+    is free, and the follow-up goes to its cache."""
+    book = book_of(speed("a", 1000, 100), speed("b", 1000, 100))
+    core = core_with("intelligent", nv("a", slots=2), nv("b", slots=2), book=book)
+    first = core.admit_now(chat_prof(1000, 0), {"a"}, 5, now=10.0)
+    other = core.admit_now(chat_prof(500, 0, conversation="c2"), {"a"}, 5, now=10.0)
+    assert first.choice.node.name == other.choice.node.name == "b"
+    ranked = core.rank(chat_prof(3000, 2900), set(), now=11.0)
+    b = next(s for s in ranked if s.node.name == "b")
+    assert b.busy == 1 and b.prediction.factors["cached_tokens"] == 2900 and names(ranked)[0] == "b"
+    # The same request again (not a later turn: as many tokens before its last message) and
+    # other conversations see b as full.
+    assert next(s for s in core.rank(chat_prof(1000, 0), set(), now=11.0) if s.node.name == "b").busy == 2
+    assert next(s for s in core.rank(chat_prof(900, 0, "c3"), set(), now=11.0) if s.node.name == "b").busy == 2
+
+
 def test_affinity_never_overloads_its_node():
     book = book_of(speed("a", 1000, 100), speed("b", 1000, 100))
     core = core_with("intelligent", nv("a", slots=2), nv("b", slots=2), book=book)
