@@ -41,7 +41,7 @@ from sollol_serve.sim.process import SimProcess
 
 MODELS = ("llama3.2", "nomic-embed-text")  # what workload.NodeSpec.sim_args serves
 SERVE_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.yaml"
-SLOT_FIELDS = ("slots", "slots_learned", "slots_configured", "slots_source")
+SLOT_FIELDS = ("slots", "slots_learned", "slots_configured", "slots_source", "capacity")
 _runs = itertools.count(1)
 
 

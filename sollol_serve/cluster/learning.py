@@ -108,6 +108,8 @@ class Observation:
     node_queued_s: float | None = None
     # Requests the node ran at once at this one's first byte, by its worker's count (None: unknown).
     running: int | None = None
+    # ... and the unfinished ones sent there up to it as it was sent (ran beside it if it did not queue).
+    running_at_send: int | None = None
     probe: bool = False  # sent above the node's proven capacity, to explore it
     remeasure: bool = False  # the router's own short request: its length says nothing of answers
     # "first_byte": only that the request began while `concurrent` ran at once (capacity).
@@ -116,8 +118,11 @@ class Observation:
 
     def ran_at_once(self) -> int:
         """The concurrency this request proves if it did not queue: what the router had in
-        flight when it sent it, unless the worker saw fewer running (one ended in between)."""
-        return self.concurrent if self.running is None else min(self.concurrent, self.running)
+        flight when it sent it, unless its worker saw fewer running beside it, at its first
+        byte or (since it started as it arrived) as it was sent. The router hears of ends
+        late; a long prefill can outlast the answer it ran beside."""
+        seen = [n for n in (self.running, self.running_at_send) if n is not None]
+        return min(self.concurrent, max(seen)) if seen else self.concurrent
 
     def queued_s(self) -> float | None:
         """Time the request spent waiting inside the node: by the node's own clock when it

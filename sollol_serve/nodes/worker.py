@@ -134,6 +134,7 @@ class NodeWorker:
         """The node's whole answer; `on_first(running)` at its first byte."""
         timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
         serial = self.in_flight.begin()
+        at_send = self.in_flight.running_with(serial)
         running: int | None = None
 
         def first_byte() -> None:
@@ -145,6 +146,7 @@ class NodeWorker:
             body, usage = await self._backend().call(req, node_model, timeouts, first_byte)
             # No first byte (an embedding): the requests still running as it ends ran beside it.
             usage.running = running if running is not None else self.in_flight.running_with(serial)
+            usage.running_at_send = at_send
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
             raise
@@ -170,6 +172,7 @@ class NodeWorker:
         the closing Usage last."""
         timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
         serial = self.in_flight.begin()
+        at_send = self.in_flight.running_with(serial)
         running: int | None = None
         try:
             async for batch in coalesced(self._backend().stream(req, node_model, timeouts), _closes_stream):
@@ -178,7 +181,7 @@ class NodeWorker:
                     batch.insert(0, FirstByte(running=running))
                 if isinstance(batch[-1], Usage):
                     self.in_flight.end(serial)  # the node is done with it, whenever the client reads it
-                    batch[-1].running = running
+                    batch[-1].running, batch[-1].running_at_send = running, at_send
                 yield batch
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)

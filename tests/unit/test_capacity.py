@@ -306,3 +306,18 @@ def test_no_probe_where_a_miss_would_wait_long():
     expected = core.probe_prediction(ranked[1], profile(), Priors.from_book(core.book, M), now=0.0)
     assert expected.total_s == pytest.approx(0.5 * 1.0 + 0.5 * 21.0, abs=0.01)
     assert core.pick(ranked, profile(), 5, 0.0) is None  # it waits for known
+
+
+def test_a_request_that_did_not_queue_proves_what_ran_beside_it_as_it_was_sent():
+    # A long prefill: the answer it was sent beside ended before its first byte (one running
+    # then), but it did not queue, so it started beside that answer: two at once.
+    book = PerfBook()
+    done = Observation(node="a", model=M, task_type="generation", ok=True, prompt_tokens=600, completion_tokens=10,
+                       prefill_s=3.0, decode_s=0.5, wall_s=3.5, concurrent=2, node_queued_s=0.0, probe=True,
+                       running=1, running_at_send=2)
+    book.observe(done)
+    assert book.learned_slots("a") == 2 and book.capacity_of("a").probes_proved == 1
+    # Had it waited inside the node, what ran as it was sent proves nothing: it queued behind it.
+    book = PerfBook()
+    book.observe(replace(done, node_queued_s=2.0, wall_s=5.5))
+    assert book.learned_slots("a") == 1 and book.capacity_of("a").ceiling == 2
