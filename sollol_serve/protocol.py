@@ -67,9 +67,9 @@ class Usage:
     # Requests the node was running at once when this one's first byte came, by its worker's
     # count (see nodes.inflight); None: no first byte, or not counted.
     running: int | None = None
-    # Unfinished requests sent there up to this one as it was sent: all ran beside it if it
-    # did not queue (None: not counted).
-    running_at_send: int | None = None
+    # For each request unfinished there when this one was sent: seconds after the send its
+    # worker saw it end (None: still running at this one's end). See nodes.inflight.
+    ends_after_send: tuple[float | None, ...] | None = None
 
 
 @dataclass(slots=True)

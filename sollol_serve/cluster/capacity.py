@@ -35,10 +35,28 @@ CEILING_TTL_S = 300.0
 MAX_SLOTS = 1024
 
 
-def has_queued(queued_s: float, work_s: float, node_clock: bool = True) -> bool:
+# A request that ended this long after another's send, plus what that one may have waited
+# unseen (`queue_tolerance_s`), was still running when the other started: the worker sees an
+# end a little after the node (its loop, the hop), and a send reaches the node a little later.
+BESIDE_SLACK_S = 0.1
+
+
+def queue_tolerance_s(work_s: float, node_clock: bool = True) -> float:
+    """The longest wait inside the node that does not count as having queued."""
     if node_clock:
-        return queued_s > max(QUEUED_SHARE * work_s, QUEUED_MIN_S)
-    return queued_s > max(WALL_QUEUED_SHARE * work_s, WALL_QUEUED_MIN_S)
+        return max(QUEUED_SHARE * work_s, QUEUED_MIN_S)
+    return max(WALL_QUEUED_SHARE * work_s, WALL_QUEUED_MIN_S)
+
+
+def has_queued(queued_s: float, work_s: float, node_clock: bool = True) -> bool:
+    return queued_s > queue_tolerance_s(work_s, node_clock)
+
+
+def ran_beside(ends_after_send: tuple[float | None, ...], work_s: float, node_clock: bool = True) -> int:
+    """Requests a request that did not queue ran beside (itself included): those unfinished
+    as it was sent that ended after it had surely started (None: still running at its end)."""
+    started_by = queue_tolerance_s(work_s, node_clock) + BESIDE_SLACK_S
+    return 1 + sum(1 for end in ends_after_send if end is None or end > started_by)
 
 
 @dataclass(slots=True)

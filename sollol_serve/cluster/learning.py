@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from sollol_serve.cluster.capacity import Capacity, has_queued
+from sollol_serve.cluster.capacity import Capacity, has_queued, ran_beside
 
 DEFAULT_ALPHA = 0.2  # weight of the newest sample: ~5 samples of memory
 OUTPUT_ALPHA = 0.1  # answer lengths vary a lot from one answer to the next: a longer memory
@@ -108,8 +108,8 @@ class Observation:
     node_queued_s: float | None = None
     # Requests the node ran at once at this one's first byte, by its worker's count (None: unknown).
     running: int | None = None
-    # ... and the unfinished ones sent there up to it as it was sent (ran beside it if it did not queue).
-    running_at_send: int | None = None
+    # For each request unfinished there as it was sent: seconds after the send it ended (None: later).
+    ends_after_send: tuple[float | None, ...] | None = None
     probe: bool = False  # sent above the node's proven capacity, to explore it
     remeasure: bool = False  # the router's own short request: its length says nothing of answers
     # "first_byte": only that the request began while `concurrent` ran at once (capacity).
@@ -119,9 +119,12 @@ class Observation:
     def ran_at_once(self) -> int:
         """The concurrency this request proves if it did not queue: what the router had in
         flight when it sent it, unless its worker saw fewer running beside it, at its first
-        byte or (since it started as it arrived) as it was sent. The router hears of ends
+        byte or (since it started as it arrived) after it was sent. The router hears of ends
         late; a long prefill can outlast the answer it ran beside."""
-        seen = [n for n in (self.running, self.running_at_send) if n is not None]
+        seen = [] if self.running is None else [self.running]
+        if self.ends_after_send is not None:
+            queued = self.queued_s() or 0.0
+            seen.append(ran_beside(self.ends_after_send, self.wall_s - queued, self.node_queued_s is not None))
         return min(self.concurrent, max(seen)) if seen else self.concurrent
 
     def queued_s(self) -> float | None:

@@ -134,7 +134,6 @@ class NodeWorker:
         """The node's whole answer; `on_first(running)` at its first byte."""
         timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
         serial = self.in_flight.begin()
-        at_send = self.in_flight.running_with(serial)
         running: int | None = None
 
         def first_byte() -> None:
@@ -146,7 +145,7 @@ class NodeWorker:
             body, usage = await self._backend().call(req, node_model, timeouts, first_byte)
             # No first byte (an embedding): the requests still running as it ends ran beside it.
             usage.running = running if running is not None else self.in_flight.running_with(serial)
-            usage.running_at_send = at_send
+            usage.ends_after_send = self.in_flight.ends_after_send(serial)
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
             raise
@@ -172,7 +171,6 @@ class NodeWorker:
         the closing Usage last."""
         timeouts = timeouts_for(self.config.timeouts, self.config.model_timeouts, req.model)
         serial = self.in_flight.begin()
-        at_send = self.in_flight.running_with(serial)
         running: int | None = None
         try:
             async for batch in coalesced(self._backend().stream(req, node_model, timeouts), _closes_stream):
@@ -180,8 +178,8 @@ class NodeWorker:
                     running = self.in_flight.running_with(serial)
                     batch.insert(0, FirstByte(running=running))
                 if isinstance(batch[-1], Usage):
+                    batch[-1].running, batch[-1].ends_after_send = running, self.in_flight.ends_after_send(serial)
                     self.in_flight.end(serial)  # the node is done with it, whenever the client reads it
-                    batch[-1].running, batch[-1].running_at_send = running, at_send
                 yield batch
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)

@@ -78,7 +78,7 @@ def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) ->
         prompt_tokens=evaluated, completion_tokens=usage.completion_tokens,
         prefill_s=usage.prefill_s, decode_s=usage.decode_s, load_s=usage.load_s, wall_s=wall_s,
         concurrent=flight.concurrent, embedding=profile.task_type == "embedding", ttfb_s=usage.ttfb_s,
-        node_queued_s=usage.queued_s, running=usage.running, running_at_send=usage.running_at_send,
+        node_queued_s=usage.queued_s, running=usage.running, ends_after_send=usage.ends_after_send,
         probe=flight.probe, remeasure=flight.remeasure, at=time.time(),
     )
 

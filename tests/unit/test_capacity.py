@@ -308,16 +308,23 @@ def test_no_probe_where_a_miss_would_wait_long():
     assert core.pick(ranked, profile(), 5, 0.0) is None  # it waits for known
 
 
-def test_a_request_that_did_not_queue_proves_what_ran_beside_it_as_it_was_sent():
-    # A long prefill: the answer it was sent beside ended before its first byte (one running
-    # then), but it did not queue, so it started beside that answer: two at once.
+def test_a_request_that_did_not_queue_proves_what_ran_beside_it_after_it_was_sent():
+    # A long prefill: the answer it was sent beside ended 2 s after the send, before its first
+    # byte (one running then), but it did not queue, so it started beside that answer.
     book = PerfBook()
     done = Observation(node="a", model=M, task_type="generation", ok=True, prompt_tokens=600, completion_tokens=10,
                        prefill_s=3.0, decode_s=0.5, wall_s=3.5, concurrent=2, node_queued_s=0.0, probe=True,
-                       running=1, running_at_send=2)
+                       running=1, ends_after_send=(2.0,))
     book.observe(done)
     assert book.learned_slots("a") == 2 and book.capacity_of("a").probes_proved == 1
-    # Had it waited inside the node, what ran as it was sent proves nothing: it queued behind it.
+    # Ended 0.2 s after the send: within what it may have waited unseen (0.175 s = 5% of its
+    # 3.5 s of work) plus 0.1 s of slack, so maybe not beside it: no proof.
+    book = PerfBook()
+    book.observe(replace(done, ends_after_send=(0.2,)))
+    assert book.learned_slots("a") == 1
+    book.observe(replace(done, ends_after_send=(0.3, None)))  # one just past that, one still running
+    assert book.learned_slots("a") == 2  # min with the router's count of 2
+    # Had it waited inside the node, nothing it was sent beside proves anything.
     book = PerfBook()
     book.observe(replace(done, node_queued_s=2.0, wall_s=5.5))
     assert book.learned_slots("a") == 1 and book.capacity_of("a").ceiling == 2
