@@ -14,6 +14,7 @@ from ray import serve
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
+from sollol_serve.names import NAMESPACE
 from sollol_serve.processes import free_port
 
 APP_NAME = "sollol"
@@ -145,3 +146,27 @@ def remove_haproxy_state(environ: dict[str, str] = os.environ) -> None:
         if os.path.basename(state).startswith("sollol-haproxy-"):
             shutil.rmtree(state, ignore_errors=True)
             del environ[key]  # the next local gateway of this process makes its own
+
+
+def gateway_actor_name(role: str, app: str = APP_NAME, state_actor_name: str = "sollol_node_state") -> tuple[str, str]:
+    """(Ray actor name, namespace) of one of a gateway's processes, by role: `router`,
+    `ingress`, `worker:<node>` (a Serve replica: the first one listed), or a shared actor:
+    `state`, `metrics`, `cache`, `ratelimits`, `sessions`."""
+    shared = {"state": "", "metrics": "_metrics", "cache": "_cache", "ratelimits": "_ratelimits",
+              "sessions": "_sessions"}
+    if role in shared:
+        return state_actor_name + shared[role], NAMESPACE
+    deployment = {"router": "Router", "ingress": "Ingress"}.get(role) or "OllamaWorker-" + role.removeprefix("worker:")
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
+    if not names:
+        raise LookupError(f"no live replica of {deployment} in app {app}")
+    return names[0], "serve"
+
+
+def gateway_pid(role: str, app: str = APP_NAME, state_actor_name: str = "sollol_node_state") -> int:
+    """The PID of one of a gateway's processes (see `gateway_actor_name`): what an operator
+    would see killed by the OOM killer, and what the fault tests and the soak kill."""
+    name, namespace = gateway_actor_name(role, app, state_actor_name)
+    actor = ray.get_actor(name, namespace=namespace)
+    return ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from ray.exceptions import ActorDiedError, RayActorError
+
 Api = Literal["ollama", "openai"]
 # chat: /api/chat, /v1/chat/completions; generate: /api/generate, /v1/completions;
 # embed: /api/embed, /v1/embeddings; embeddings: legacy /api/embeddings.
@@ -37,6 +39,7 @@ class NodeReport:
     telemetry: dict | None = None  # HostTelemetry.as_dict() of the worker's host
     worker_ip: str | None = None  # the Ray host the node's worker runs on
     worker_node_id: str | None = None
+    worker_started_at: float | None = None  # when the reporting worker process started
     at: float = field(default_factory=time.time)
 
 
@@ -129,6 +132,7 @@ class Outcome:
     node: str
     ok: bool | None  # None: the client went away, nothing to learn
     usage: Usage | None = None
+    worker_died: bool = False  # the node's worker process died under it (no fault of the node's)
 
 
 @dataclass(slots=True)
@@ -155,6 +159,7 @@ class NodeStatus:
     worker_node_id: str | None = None
     telemetry: dict | None = None
     decode_tps: dict[str, float] = field(default_factory=dict)  # model -> learned tokens/s
+    worker_down: bool = False  # its worker process died and Serve is starting another
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -271,6 +276,13 @@ def error_message(exc: BaseException) -> str:
     return error.message if isinstance(error, GatewayError) else f"{type(error).__name__}: {error}"
 
 
+def is_process_death(exc: BaseException, certain: bool = False) -> bool:
+    """The Ray process that was to answer died (or, unless `certain`, is unreachable for now):
+    the call may succeed on a live or restarted one, and says nothing about a node. Only a
+    certain death means the call's work died with it (an unreachable process may have done it)."""
+    return isinstance(unwrap(exc), ActorDiedError if certain else RayActorError)
+
+
 def is_node_fault(exc: BaseException) -> bool:
     """A failure that counts against the node (unreachable, 5xx, worker crash), not a
     client error the node rightly refused. A node's 4xx (a model it lost since it was listed,
@@ -279,4 +291,4 @@ def is_node_fault(exc: BaseException) -> bool:
     error = unwrap(exc)
     if isinstance(error, NodeError):
         return error.retryable and not 400 <= error.status < 500
-    return not isinstance(error, GatewayError)
+    return not isinstance(error, GatewayError) and not is_process_death(error)

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from sollol_serve import __version__
 from sollol_serve.analysis.profile import parse_priority, profile_request
 from sollol_serve.api import schemas
+from sollol_serve.api.actor_calls import optional
 from sollol_serve.api.auth import Principal
 from sollol_serve.api.body import api_path, validated
 from sollol_serve.api.dialects import ANTHROPIC, RESPONSES, Dialect
@@ -82,7 +83,7 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
     streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
     key = cache_key(api, op, body) if cacheable(api, op, body, streams, svc.config.cache) else None
     if key is not None:
-        hit = await svc.cache.get.remote(key)
+        hit = await optional(lambda: svc.cache.get.remote(key), "response cache", None)
         svc.recorder.cache_lookup(endpoint, body["model"], hit is not None)
         if hit is not None:
             return cached(svc, endpoint, body["model"], hit, started, reply, request.state.application)

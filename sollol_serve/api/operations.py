@@ -23,9 +23,13 @@ health_router = APIRouter(dependencies=[authorized(None)])
 
 @health_router.get("/health")
 async def health(svc: Services = Depends(services)) -> Response:
-    nodes = await svc.router.nodes.remote()
+    """ok, degraded (a gateway process is being restarted: which, under `gateway`), or 503
+    with no healthy node."""
+    nodes, gateway = await asyncio.gather(svc.router.nodes.remote(), svc.router.recovery.remote())
     healthy = sum(1 for n in nodes if n.healthy)
-    return JSONResponse({"status": "ok" if healthy else "no healthy node", "nodes": len(nodes), "healthy": healthy},
+    recovering = gateway["state_actor"] != "ok" or bool(gateway["workers_restarting"])
+    status = "no healthy node" if not healthy else "degraded" if recovering else "ok"
+    return JSONResponse({"status": status, "nodes": len(nodes), "healthy": healthy, "gateway": gateway},
                         status_code=200 if healthy else 503)
 
 

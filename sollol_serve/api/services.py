@@ -15,6 +15,7 @@ from ray.actor import ActorHandle
 from ray.serve.handle import DeploymentHandle
 
 from sollol_serve.analysis.deployment import OutputLengths
+from sollol_serve.api.actor_calls import survive
 from sollol_serve.api.auth import SESSION_COOKIE, Authenticator, Principal, Unauthorized
 from sollol_serve.api.body import json_object
 from sollol_serve.api.origin import check_request_origin
@@ -57,7 +58,8 @@ class Services:
         """One of the key's `max_concurrent` requests in flight, and how to give it back."""
         if principal.name not in self.limited:
             return _nothing
-        lease = await self.limiter.acquire.remote(principal.name, self.config.timeouts.total_s + 60)
+        lease = await survive(lambda: self.limiter.acquire.remote(principal.name, self.config.timeouts.total_s + 60),
+                              "rate limiter")
         if lease is None:
             raise TooManyInFlight(f"key '{principal.name}' has its most requests in flight; retry when one ends",
                                   retry_after_s=1)
@@ -90,10 +92,10 @@ def session_of(request: Request) -> str | None:
 async def admit(svc: Services, request: Request, permission: Permission | None) -> Principal:
     """The caller, if its key (or session) has `permission` and its rate limit lets it in."""
     principal = svc.auth.authorize(request.headers, permission, session_of(request))
-    if principal.session and await svc.sessions.revoked.remote(principal.session):
+    if principal.session and await survive(lambda: svc.sessions.revoked.remote(principal.session), "session store"):
         raise Unauthorized("session ended: log in again")
     if principal.name in svc.limited:
-        wait = await svc.limiter.admit.remote(principal.name)
+        wait = await survive(lambda: svc.limiter.admit.remote(principal.name), "rate limiter")
         if wait:
             raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s", retry_after_s=wait)
     request.state.principal = principal

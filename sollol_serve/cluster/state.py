@@ -65,11 +65,13 @@ class NodeView:
     # normalized name -> the context (tokens) the model is loaded with now
     contexts: dict[str, int] = field(default_factory=dict)
     registration: int = 0  # which registration of this name (a removed node's successor has a new one)
+    worker_started_at: float | None = None  # when the worker that last reported started
+    worker_down: bool = False  # this router saw its worker process die, and no newer one has reported
 
     @property
     def routable(self) -> bool:
         """May get new work (a half-open node gets a trial request)."""
-        return self.healthy and not self.draining and self.breaker != "open"
+        return self.healthy and not self.draining and self.breaker != "open" and not self.worker_down
 
     def has_model(self, model: str) -> bool:
         return normalize_model(model) in self.models
@@ -168,6 +170,7 @@ class ClusterState:
                 model_sizes={normalize_model(_entry_name(m)): int(m.get("size") or 0) for m in r.models},
                 contexts=_contexts(r.loaded),
                 registration=self.registrations.get(name, 0),
+                worker_started_at=r.worker_started_at,
             )
         return views
 

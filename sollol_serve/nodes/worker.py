@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import ray
@@ -61,6 +62,9 @@ class NodeWorker:
         self._wake = asyncio.Event()  # probe now, don't wait out the interval
         self._uploads = model_ops.BlobUploads(self.node.name)
         self.in_flight = InFlight()  # the node's requests, for the slots their first bytes prove
+        self.joined: str | None = None  # the state actor's incarnation this node is registered with
+        # This worker's own start: a router that saw the worker before it die waits for a newer one.
+        self.started_at = time.time()
 
     async def start(self) -> None:
         """Register the node, probe it once and keep probing (needs the running loop)."""
@@ -69,9 +73,20 @@ class NodeWorker:
         if ray.is_initialized():
             self.host = (ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
             self.url = await self._reachable_url()
-        await self.state.register.remote(self.node.name, self.node.url, self.node.slots, self.config.health)
+        await self._register()
         await self.probe()
         self._prober = asyncio.create_task(self._probe_loop())
+
+    async def _register(self) -> None:
+        self.joined = await self.state.register.remote(self.node.name, self.node.url, self.node.slots,
+                                                       self.config.health)
+
+    async def rejoin(self, incarnation: str) -> None:
+        """The state actor restarted (a router saw `incarnation`, or this worker's own report
+        did): register the node with it again and report what the node has now."""
+        if self.joined != incarnation:
+            await self._register()
+            await self.probe()
 
     async def stop(self) -> None:
         if self._prober is not None:
@@ -117,8 +132,12 @@ class NodeWorker:
         telemetry = await asyncio.to_thread(sample_host, self.node.name, self.config.telemetry.readings_file)
         report.telemetry = telemetry.as_dict()
         report.worker_ip, report.worker_node_id = self.host
+        report.worker_started_at = self.started_at
         self.schedule.observe(report.healthy, (report.healthy, sorted(m.get("name", "") for m in report.models)))
-        await self.state.report.remote(report)
+        incarnation = await self.state.report.remote(report)
+        if self.joined is not None and incarnation != self.joined:  # it restarted and forgot the node
+            await self._register()
+            await self.state.report.remote(report)
         return report
 
     def _backend(self) -> NodeBackend:

@@ -32,10 +32,17 @@ from sollol_serve.protocol import (
     Usage,
     error_message,
     is_node_fault,
+    is_process_death,
     unwrap,
 )
 from sollol_serve.routing.failover import backoff_s
 from sollol_serve.routing.links import ItemStream, WorkerLink
+
+
+# A request whose Router replica died is asked again this many times (Serve restarts a dead
+# replica in seconds; with two replicas the other answers at once).
+ROUTER_DEATH_RETRIES = 4
+ROUTER_DEATH_BACKOFF_S = 0.25
 
 
 class RouterLink(Protocol):
@@ -67,6 +74,11 @@ class Relay:
         self.node = node
         self.usage: Usage | None = None
         self.broken = False  # the node failed mid-stream (not the client going away)
+        self.worker_died = False  # the node's worker process died: no fault of the node's
+
+    def failed(self, exc: BaseException) -> None:
+        self.worker_died = is_process_death(exc)
+        self.broken = is_node_fault(exc)
 
     def _chunks_of(self, item: object) -> list[dict]:
         """The client's chunks in one item from the worker (a batch, or a lone Usage)."""
@@ -85,7 +97,8 @@ class Relay:
                 if batch := self._chunks_of(item):
                     yield batch
         except Exception as exc:
-            self.broken = True
+            self.failed(exc)
+            self.broken = self.broken or not self.worker_died
             raise StreamBroken(f"stream from {self.node} broke: {error_message(exc)}") from None
 
     def outcome(self) -> bool | None:
@@ -163,15 +176,15 @@ class Dispatcher:
                 if routed is not None:
                     return routed
                 continue
-            usage, ok = None, None  # stays None if the caller goes away (cancellation)
+            usage, ok, died = None, None, False  # ok stays None if the caller goes away (cancellation)
             try:
                 body, usage = await self.workers.for_ticket(ticket).call(req, ticket.node_model)
                 ok = True
             except Exception as exc:
-                ok = False if is_node_fault(exc) else None
+                ok, died = False if is_node_fault(exc) else None, is_process_death(exc)
                 self._failed(exc, ticket.node, attempts)
             finally:
-                self._report(ticket, ok, usage)
+                self._report(ticket, ok, usage, died)
             if ok:
                 attempts.log.append({"node": ticket.node, "ok": True})
                 return Routed(body=body, node=ticket.node, routing=attempts.routing(ticket))
@@ -187,7 +200,7 @@ class Dispatcher:
                 item = await leg.items.__anext__()
             body, leg.relay.usage = item
         except Exception as exc:  # failed after its first byte: the client has nothing yet
-            leg.relay.broken = is_node_fault(exc)
+            leg.relay.failed(exc)
             self._drop(leg)
             self._failed(exc, leg.node, attempts)
             await self._backoff(attempts)
@@ -218,12 +231,18 @@ class Dispatcher:
     # -- legs --------------------------------------------------------------------------
     async def _ticket(self, profile: RequestProfile, attempts: Attempts, wait: bool = True) -> Ticket | None:
         started = self.clock()
-        try:
-            ticket = await self.router.decide(profile, frozenset(attempts.tried), attempts.last_error, wait)
-        except Exception as exc:
-            if isinstance(unwrap(exc), NoNodeAvailable):
-                refused_everywhere(attempts)
-            raise
+        for retry in range(ROUTER_DEATH_RETRIES + 1):
+            try:
+                ticket = await self.router.decide(profile, frozenset(attempts.tried), attempts.last_error, wait)
+                break
+            except Exception as exc:
+                if isinstance(unwrap(exc), NoNodeAvailable):
+                    refused_everywhere(attempts)
+                # The Router replica died with the request in its queue: ask again. Serve has
+                # struck the dead replica off, so this goes to a live (or restarted) one.
+                if not is_process_death(exc, certain=True) or retry == ROUTER_DEATH_RETRIES:
+                    raise
+                await asyncio.sleep(ROUTER_DEATH_BACKOFF_S * (retry + 1))
         if ticket is not None:
             attempts.admitted(ticket, self.clock() - started)
         return ticket
@@ -287,7 +306,7 @@ class Dispatcher:
                         legs.remove(loser)
                         self._drop(loser)
                     return leg, Usage() if error else future.result()
-                leg.relay.broken = is_node_fault(error)
+                leg.relay.failed(error)
                 self._drop(leg)
                 self._failed(error, leg.node, attempts, others_pending=bool(pending))
         return None
@@ -297,13 +316,13 @@ class Dispatcher:
         if leg.dropped:
             return
         leg.dropped = True
-        self._report(leg.ticket, leg.relay.outcome(), leg.relay.usage)
+        self._report(leg.ticket, leg.relay.outcome(), leg.relay.usage, leg.relay.worker_died)
         if leg.relay.usage is None:
             leg.first.cancel()
             leg.items.cancel()
 
-    def _report(self, ticket: Ticket, ok: bool | None, usage: Usage | None) -> None:
-        self.router.report(Outcome(ticket.router_id, ticket.flight_id, ticket.node, ok, usage))
+    def _report(self, ticket: Ticket, ok: bool | None, usage: Usage | None, worker_died: bool = False) -> None:
+        self.router.report(Outcome(ticket.router_id, ticket.flight_id, ticket.node, ok, usage, worker_died))
 
     def _failed(self, exc: BaseException, node: str, attempts: Attempts, others_pending: bool = False) -> None:
         """Record a failed attempt; raise unless another node may still succeed (the router

@@ -52,6 +52,7 @@ from sollol_serve.protocol import (
 from sollol_serve.routing.core import Flight, Grant, RoutingCore
 from sollol_serve.routing.failover import hedge_delay_s, should_hedge
 from sollol_serve.routing.links import ActorLink, WorkerRegistry
+from sollol_serve.routing.lost_workers import LostWorkers
 from sollol_serve.routing.policy import (
     candidates,
     model_known,
@@ -68,6 +69,11 @@ from sollol_serve.shard.coordinator import (
 logger = logging.getLogger("ray.serve")
 
 SAMPLE_S = 2.5  # the dashboard charts 10 s intervals: a few samples each
+# A call to the node state actor waits at most this long: while Ray restarts it (a second or
+# two) the router keeps routing on its last snapshot, and views that need it answer without it.
+STATE_CALL_S = 3.0
+# How long a rebuild of a restarted state actor waits for the workers to register their nodes.
+REJOIN_WAIT_S = 5.0
 
 
 def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) -> Observation:
@@ -115,11 +121,15 @@ class Router:
         except Exception:  # outside Serve (unit use)
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
+        self.lost_workers = LostWorkers()
+        self.incarnation: str | None = None  # the node state actor's, as of the last sync
+        self.state_restarts = 0  # incarnations seen after the first, and rebuilt
+        self.state_reachable = True  # the last sync got an answer
         self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s)
         self.discovery = await asyncio.to_thread(start_discovery, self.config)  # one per gateway
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need
-        await self._adopt(*await self.state.sync.remote(self.router_id, {}, [], self.config.routing.snapshot_interval_s))
+        await self._sync()
         self._refresher = run_every(self.config.routing.snapshot_interval_s, self._refresh, "node state sync")
         self.metrics_book = metrics_actor(self.config.state_actor_name)
         self._sampler = run_every(SAMPLE_S, self._sample, "cluster sample")
@@ -148,12 +158,39 @@ class Router:
         """Send what this router learned and its in-flight counts; adopt the shared state."""
         pending = self.core.take_pending()
         try:
-            synced = await self.state.sync.remote(self.router_id, self.core.in_flight_counts(), pending,
-                                                 self.config.routing.snapshot_interval_s)
+            views, book, incarnation = await self._state_sync(pending)
         except Exception:
             self.core.pending[:0] = pending
+            self.state_reachable = False
             raise
-        await self._adopt(*synced)
+        self.state_reachable = True
+        if self.incarnation is not None and incarnation != self.incarnation:
+            # The actor restarted: it knows no node until they are registered again. Adopting
+            # its empty picture would answer every request 404; rebuild it first.
+            await self._rebuild_state(incarnation)
+            views, book, incarnation = await self._state_sync([])
+            self.state_restarts += 1
+        self.incarnation = incarnation
+        await self._adopt(views, book)
+
+    async def _state_sync(self, pending: list[Observation]) -> tuple[dict[str, NodeView], object, str]:
+        return await asyncio.wait_for(
+            self.state.sync.remote(self.router_id, self.core.in_flight_counts(), pending,
+                                   self.config.routing.snapshot_interval_s), STATE_CALL_S)
+
+    async def _rebuild_state(self, incarnation: str) -> None:
+        """Hand a restarted state actor what this router held (the learned book, newer than
+        its history file; the drains), and have every worker this router knows register its
+        node again and report it now."""
+        logger.warning("node state actor restarted (incarnation %s): rebuilding it from this router and the "
+                       "workers", incarnation[:8])
+        draining = [name for name, view in self.core.snapshot.items() if view.draining]
+        await asyncio.wait_for(self.state.restore.remote(incarnation, self.core.book, draining), STATE_CALL_S)
+        rejoins = [link.ask("rejoin", incarnation) for link in self.workers.links.values()]
+        results = await asyncio.wait_for(asyncio.gather(*rejoins, return_exceptions=True), REJOIN_WAIT_S)
+        for name, result in zip(self.workers.links, results):
+            if isinstance(result, Exception):
+                logger.warning("worker of node %s did not re-register: %s", name, error_message(result))
 
     async def _adopt(self, snapshot: dict[str, NodeView], book) -> None:
         """Take the shared state, routing only to nodes this router can reach: a node added
@@ -165,7 +202,9 @@ class Router:
         for name in snapshot.keys() - links.keys():
             if await self.workers.find(name) is not None:
                 self._registrations[name] = snapshot[name].registration
-        self.core.adopt({n: v for n, v in snapshot.items() if n in links}, book)
+        snapshot = {n: v for n, v in snapshot.items() if n in links}
+        self.lost_workers.mark(snapshot)
+        self.core.adopt(snapshot, book)
 
     def _release(self, flight_id: int, node: str, ok: bool | None, usage: Usage | None) -> None:
         """Free the slot; learn from the outcome unless there is none (the client left)."""
@@ -234,11 +273,13 @@ class Router:
 
     async def report(self, owner: str, outcomes: list[Outcome]) -> None:
         """Tries that ended (batched by the dispatcher): free their slots, learn from them.
-        Outcomes of another replica's tickets (it died and took its slots along) are dropped."""
-        if owner != self.router_id:
-            return
+        Outcomes of another replica's tickets (it died and took its slots along) are dropped,
+        but what they tell of a dead worker is taken."""
         for outcome in outcomes:
-            self._release(outcome.flight_id, outcome.node, outcome.ok, outcome.usage)
+            if outcome.worker_died and (view := self.core.snapshot.get(outcome.node)) is not None:
+                self.lost_workers.died(view)
+            if owner == self.router_id:
+                self._release(outcome.flight_id, outcome.node, outcome.ok, outcome.usage)
 
     async def began(self, owner: str, flight_id: int, node: str, running: int) -> None:
         if owner == self.router_id:
@@ -325,8 +366,23 @@ class Router:
         await self._sync()
 
     # -- cluster views used by the ingress ---------------------------------------------
+    async def _ask_state(self, method: str, default: object) -> object:
+        """A view's call to the state actor, `default` while it restarts (what is routed on
+        is this router's snapshot, which stays)."""
+        try:
+            return await asyncio.wait_for(getattr(self.state, method).remote(), STATE_CALL_S)
+        except Exception as exc:
+            logger.warning("node state actor did not answer %s: %s", method, error_message(exc))
+            return default
+
+    def recovery(self) -> dict:
+        """The gateway's own processes as this router sees them, for /health."""
+        lost = sorted(n for n in self.core.snapshot if n in self.lost_workers)
+        return {"state_actor": "ok" if self.state_reachable else "unreachable", "state_restarts": self.state_restarts,
+                "workers_restarting": lost}
+
     async def nodes(self) -> list[NodeStatus]:
-        reports = await self.state.reports.remote()
+        reports = await self._ask_state("reports", {})
         return [self._status(view, reports.get(view.name)) for view in self.core.snapshot.values()]
 
     def _status(self, v: NodeView, report: NodeReport | None) -> NodeStatus:
@@ -339,7 +395,7 @@ class Router:
             added_at_run_time=self.workers.links[v.name].runtime, models=sorted(v.models.values()),
             loaded=sorted(v.loaded), error=v.error,
             worker_ip=report.worker_ip if report else None, worker_node_id=report.worker_node_id if report else None,
-            telemetry=report.telemetry if report else None,
+            telemetry=report.telemetry if report else None, worker_down=v.worker_down,
             decode_tps={model: round(perf.decode_tps.mean, 2) for (node, model), perf in book.models.items()
                         if node == v.name and perf.decode_tps.n})
 
@@ -359,7 +415,9 @@ class Router:
         return {m for v in self.core.snapshot.values() for m in v.models} | self.shard_models
 
     async def tags(self) -> list[dict]:
-        return await self.state.tags.remote()
+        fallback = [{"name": name, "model": name} for name in
+                    sorted({m for v in self.core.snapshot.values() if v.healthy for m in v.models.values()})]
+        return await self._ask_state("tags", fallback)
 
     async def ps(self) -> list[dict]:
         healthy = [v.name for v in self.core.snapshot.values() if v.healthy]
@@ -405,5 +463,5 @@ class Router:
         yield {"status": "done", "model": model, "loaded": loaded, "failed": len(targets) - loaded}
 
     async def versions(self) -> list[str]:
-        reports = await self.state.reports.remote()
+        reports = await self._ask_state("reports", {})
         return [r.version for r in reports.values() if r.healthy and r.version]
