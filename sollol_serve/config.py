@@ -326,6 +326,10 @@ class AlertsConfig(_Strict):
     hysteresis: float = Field(default=0.2, ge=0, lt=1)
     clear_after_s: float = Field(default=30.0, ge=0)
     recent: int = Field(default=50, ge=0, le=1000)  # ended alerts kept for GET /api/alerts
+    # One of the gateway's own processes (the node state actor, a node's worker) died this
+    # many times within `restarts_window_s`: it keeps dying, each death costs seconds.
+    restarts_at_least: int = Field(default=3, ge=1)
+    restarts_window_s: float = Field(default=600.0, gt=0, le=3600)
 
 
 class CacheConfig(_Strict):

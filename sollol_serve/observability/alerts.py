@@ -21,11 +21,12 @@ from sollol_serve.config import AlertsConfig
 from sollol_serve.protocol import NodeStatus, QueueStatus
 
 Kind = Literal["node_down", "no_healthy_node", "breaker_open", "low_success_rate", "high_latency", "queue_wait",
-               "shard_group_failed"]
+               "shard_group_failed", "process_restarting"]
 Severity = Literal["critical", "warning"]
 SEVERITY: dict[str, Severity] = {
     "node_down": "critical", "no_healthy_node": "critical", "shard_group_failed": "critical",
     "breaker_open": "warning", "low_success_rate": "warning", "high_latency": "warning", "queue_wait": "warning",
+    "process_restarting": "warning",
 }
 CLUSTER = "cluster"  # the subject of cluster-wide alerts
 MAX_OUTCOMES_PER_NODE = 10_000  # a bound on a window's memory at high request rates
@@ -114,12 +115,14 @@ class AlertTracker:
         for outcome in outcomes:
             self.outcomes.setdefault(outcome.node, deque(maxlen=MAX_OUTCOMES_PER_NODE)).append(outcome)
 
-    def observe(self, now: float, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict]) -> None:
-        """A Router's sample: judge every condition, open and end alerts."""
+    def observe(self, now: float, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict],
+                deaths: dict[str, list[float]] | None = None) -> None:
+        """A Router's sample: judge every condition, open and end alerts. `deaths`: when each
+        of the gateway's processes it watches died (`RestartLog.times`)."""
         self._forget_before(now - self.config.window_s, {n.name for n in nodes})
         self._add_queue_sample(now, queue)
         readings = [*self._node_readings(nodes), self._cluster_reading(nodes), *self._queue_readings(),
-                    *self._shard_readings(shards)]
+                    *self._shard_readings(shards), *self._restart_readings(now, deaths or {})]
         self.watched = {(r.kind, r.subject) for r in readings}
         for reading in readings:
             self._apply(now, reading)
@@ -202,6 +205,15 @@ class AlertTracker:
                           message=f"The shard group of {group['model']} failed"
                                   + (f": {group['error']}" if group.get("error") else "")
                                   + "; it restarts on the next request for the model or on POST /api/shards")
+
+    def _restart_readings(self, now: float, deaths: dict[str, list[float]]) -> Iterable[Reading]:
+        c = self.config
+        for process, times in deaths.items():
+            recent = sum(1 for t in times if t >= now - c.restarts_window_s)
+            yield Reading("process_restarting", process, firing=recent >= c.restarts_at_least,
+                          clear=recent < c.restarts_at_least, value=float(recent), threshold=float(c.restarts_at_least),
+                          message=f"The gateway's {process} died {recent} times in the last {c.restarts_window_s:g} s "
+                                  "(Ray restarted it each time): look for an OOM kill or a crash in its log")
 
     # -- bookkeeping -------------------------------------------------------------------
     def _forget_before(self, since: float, nodes: set[str]) -> None:

@@ -44,11 +44,13 @@ class MetricsActor:
             self.timeline.add_decision(item)
             self.alerts.record(outcomes_of(item))
 
-    def observe(self, router: str, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict]) -> None:
-        """A Router's periodic sample of the nodes, its queue and the shard groups."""
+    def observe(self, router: str, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict],
+                deaths: dict[str, list[float]] | None = None) -> None:
+        """A Router's periodic sample of the nodes, its queue, the shard groups, and the
+        deaths it saw of the gateway's own processes."""
         now = time.time()
         self.timeline.add_sample(now, router, nodes, queue)
-        self.alerts.observe(now, nodes, queue, shards)
+        self.alerts.observe(now, nodes, queue, shards, deaths)
 
     def snapshot(self) -> RequestMetrics:
         return self.book

@@ -31,6 +31,7 @@ from sollol_serve.names import NAMESPACE, host_port, normalize_model
 from sollol_serve.nodes.discovery import start_discovery
 from sollol_serve.nodes.lifecycle import add_runtime_node, retire_node
 from sollol_serve.observability.metrics_actor import metrics_actor
+from sollol_serve.observability.restarts import RestartLog
 from sollol_serve.protocol import (
     BadRequest,
     Conflict,
@@ -123,7 +124,7 @@ class Router:
         self.core = RoutingCore(self.config.routing)
         self.lost_workers = LostWorkers()
         self.incarnation: str | None = None  # the node state actor's, as of the last sync
-        self.state_restarts = 0  # incarnations seen after the first, and rebuilt
+        self.deaths = RestartLog()  # of the gateway's processes this router saw die
         self.state_reachable = True  # the last sync got an answer
         self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s)
         self.discovery = await asyncio.to_thread(start_discovery, self.config)  # one per gateway
@@ -152,7 +153,7 @@ class Router:
     async def _sample(self) -> None:
         """The nodes, this router's queue and the shard groups, for the charts and alerts."""
         nodes, queue, shards = await asyncio.gather(self.nodes(), self.queue_stats(), self.shards())
-        await self.metrics_book.observe.remote(self.router_id, nodes, queue, shards)
+        await self.metrics_book.observe.remote(self.router_id, nodes, queue, shards, self.deaths.times())
 
     async def _sync(self) -> None:
         """Send what this router learned and its in-flight counts; adopt the shared state."""
@@ -169,7 +170,7 @@ class Router:
             # its empty picture would answer every request 404; rebuild it first.
             await self._rebuild_state(incarnation)
             views, book, incarnation = await self._state_sync([])
-            self.state_restarts += 1
+            self.deaths.note("node state actor", time.time())
         self.incarnation = incarnation
         await self._adopt(views, book)
 
@@ -277,6 +278,8 @@ class Router:
         but what they tell of a dead worker is taken."""
         for outcome in outcomes:
             if outcome.worker_died and (view := self.core.snapshot.get(outcome.node)) is not None:
+                if outcome.node not in self.lost_workers:
+                    self.deaths.note(f"worker of node {outcome.node}", time.time())
                 self.lost_workers.died(view)
             if owner == self.router_id:
                 self._release(outcome.flight_id, outcome.node, outcome.ok, outcome.usage)
@@ -378,8 +381,8 @@ class Router:
     def recovery(self) -> dict:
         """The gateway's own processes as this router sees them, for /health."""
         lost = sorted(n for n in self.core.snapshot if n in self.lost_workers)
-        return {"state_actor": "ok" if self.state_reachable else "unreachable", "state_restarts": self.state_restarts,
-                "workers_restarting": lost}
+        return {"state_actor": "ok" if self.state_reachable else "unreachable", "workers_restarting": lost,
+                "deaths": {process: len(times) for process, times in self.deaths.times().items()}}
 
     async def nodes(self) -> list[NodeStatus]:
         reports = await self._ask_state("reports", {})

@@ -198,3 +198,19 @@ def test_outcomes_of_a_decision_are_its_tries_and_a_first_try_is_timed_without_i
     hedged = {**first, "tries": [{"node": "c", "hedge": True, "ok": None}, {"node": "b", "ok": True}]}
     assert outcomes_of(hedged) == [NodeOutcome(6.0, "b", True)]
     assert outcomes_of({"at": 1.0, "status": 200, "node": "a", "latency_ms": 1.0, "tries": []}) == []  # a cache hit
+
+
+def test_a_gateway_process_that_keeps_dying_raises_an_alert_naming_it():
+    # 3 deaths within 600 s open it; once the first is older than 600 s only 2 remain: clear,
+    # and the alert ends 30 s (clear_after_s) later.
+    t = AlertTracker(CONFIG.model_copy(update={"restarts_at_least": 3, "restarts_window_s": 600}))
+    deaths = {"node state actor": [100.0, 400.0]}
+    t.observe(500, [_node("a")], QUIET, [], deaths)
+    assert ("process_restarting", "node state actor") not in _active(t)
+    deaths["node state actor"].append(650.0)
+    t.observe(660, [_node("a")], QUIET, [], deaths)
+    alert = _active(t)[("process_restarting", "node state actor")]
+    assert alert["value"] == 3 and "node state actor died 3 times" in alert["message"]
+    t.observe(701, [_node("a")], QUIET, [], deaths)  # 100.0 left the window
+    t.observe(731, [_node("a")], QUIET, [], deaths)
+    assert ("process_restarting", "node state actor") not in _active(t)
