@@ -89,11 +89,17 @@ def check_bind(host: str, security: SecurityConfig) -> None:
 class Authenticator:
     def __init__(self, security: SecurityConfig, session_secret: bytes):
         self.security = security
-        self._secret = session_secret
+        self.rekey(session_secret)
         self._keys = [(k.sha256, Principal(k.name, k.role, frozenset(security.roles[k.role]),
                                            max_priority=security.priority_cap(k)))
                       for k in security.keys]
         self._by_name = {principal.name: (digest, principal) for digest, principal in self._keys}
+
+    def rekey(self, session_secret: bytes) -> None:
+        """Sign and check sessions with this secret (the session actor restarted with a new
+        one: every session signed with the old one ends, the safe way to fail)."""
+        self._secret = session_secret
+        self.secret_id = hashlib.sha256(session_secret).hexdigest()[:16]
 
     @property
     def enabled(self) -> bool:

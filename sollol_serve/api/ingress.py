@@ -26,7 +26,7 @@ from sollol_serve.config import GatewayConfig
 from sollol_serve.exposure import exposure_lines
 from sollol_serve.observability.metrics_actor import metrics_actor
 from sollol_serve.routing.dispatch import Dispatcher
-from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry
+from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry, this_replica
 
 
 async def serve_listeners() -> tuple[str, int, int | None]:
@@ -67,7 +67,7 @@ class Ingress:
         auth = Authenticator(config.security, await sessions.secret.remote())
         self.services = Services(
             config=config, router=router, batch=batch,
-            dispatch=Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, config.state_actor_name),
+            dispatch=Dispatcher(ServeRouterLink(router, this_replica()), WorkerRegistry(workers, config.state_actor_name),
                                 config.failover),
             lengths=OutputLengths(config), auth=auth,
             limiter=limiter, limited=limited, recorder=RequestRecorder(book, router.model_names.remote),

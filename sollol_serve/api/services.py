@@ -92,8 +92,13 @@ def session_of(request: Request) -> str | None:
 async def admit(svc: Services, request: Request, permission: Permission | None) -> Principal:
     """The caller, if its key (or session) has `permission` and its rate limit lets it in."""
     principal = svc.auth.authorize(request.headers, permission, session_of(request))
-    if principal.session and await survive(lambda: svc.sessions.revoked.remote(principal.session), "session store"):
-        raise Unauthorized("session ended: log in again")
+    if principal.session:
+        revoked = await survive(lambda: svc.sessions.revoked.remote(principal.session, svc.auth.secret_id),
+                                "session store")
+        if isinstance(revoked, bytes):  # the session actor restarted: its sessions ended with it
+            svc.auth.rekey(revoked)
+        if revoked:
+            raise Unauthorized("session ended: log in again")
     if principal.name in svc.limited:
         wait = await survive(lambda: svc.limiter.admit.remote(principal.name), "rate limiter")
         if wait:

@@ -1,9 +1,12 @@
 """The dashboard sessions' shared secret and revocations, in one detached actor per gateway so
-every Ingress replica signs and checks alike. The secret is random and never leaves Ray (a
-restart of the actor ends every session, which is the safe way to fail)."""
+every Ingress replica signs and checks alike. The secret is random and never leaves Ray: a
+restart of the actor (killed, or Ray restarted) makes a new one and forgets the revocations,
+so it ends every session, the safe way to fail. An Ingress learns of the new secret at its
+next session check (`revoked` hands it over) and signs with it from then on."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 
@@ -48,7 +51,11 @@ class SessionActor:
     def revoke(self, session: str) -> None:
         self._revocations.revoke(session, time.time())
 
-    def revoked(self, session: str) -> bool:
+    def revoked(self, session: str, secret_id: str) -> bool | bytes:
+        """Whether the session was logged out; this actor's secret instead if the caller signs
+        with another (an earlier incarnation's, whose revocations are gone: its session ends)."""
+        if secret_id != hashlib.sha256(self._secret).hexdigest()[:16]:
+            return self._secret
         return self._revocations.revoked(session)
 
 

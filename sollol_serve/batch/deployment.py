@@ -21,7 +21,7 @@ from sollol_serve.batch.store import UNFINISHED, JobStore
 from sollol_serve.config import GatewayConfig, data_dir
 from sollol_serve.protocol import NodeRequest, NotFound
 from sollol_serve.routing.dispatch import Dispatcher
-from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry
+from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry, this_replica
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class BatchJobs:
                        workers: dict[str, DeploymentHandle], config: dict):
         self.analyzer = analyzer
         self.config = GatewayConfig.model_validate(config)
-        self.dispatch = Dispatcher(ServeRouterLink(router), WorkerRegistry(workers, self.config.state_actor_name),
+        self.dispatch = Dispatcher(ServeRouterLink(router, this_replica()), WorkerRegistry(workers, self.config.state_actor_name),
                                    self.config.failover)
         self.store = await JobStore.open(jobs_file(self.config))
         self.runner = BatchRunner(self.store, self._send, self.config.batch)

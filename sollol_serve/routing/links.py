@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 import ray
+from ray import serve
 from ray.actor import ActorHandle
 from ray.serve.handle import DeploymentHandle
 
@@ -139,15 +140,16 @@ class ServeRouterLink:
     issuing router replica and sent off the request path; Serve sends each batch to the
     replica that issued the tickets (`OwnerFirstRequestRouter`)."""
 
-    def __init__(self, handle: DeploymentHandle):
+    def __init__(self, handle: DeploymentHandle, holder: str | None = None):
         self.handle = handle
+        self.holder = holder  # this replica's actor name: its tickets' slots come back if it dies
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self._flush_scheduled = False
         self._sending: set[asyncio.Task] = set()
 
     async def decide(self, profile: RequestProfile, tried: frozenset[str], last_error: str | None,
                      wait: bool) -> Ticket | None:
-        response = self.handle.decide.remote(profile, tried, last_error, wait)
+        response = self.handle.decide.remote(profile, tried, last_error, wait, holder=self.holder)
         answer = asyncio.ensure_future(_result(response))
         try:
             return await asyncio.shield(answer)
@@ -191,3 +193,11 @@ class ServeRouterLink:
 
 async def _result(response):
     return await response
+
+
+def this_replica() -> str | None:
+    """The Ray actor name of the Serve replica this runs in (None outside Serve)."""
+    try:
+        return serve.get_replica_context().replica_id.to_full_id_str()
+    except Exception:
+        return None

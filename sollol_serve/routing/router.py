@@ -52,6 +52,7 @@ from sollol_serve.protocol import (
 )
 from sollol_serve.routing.core import Flight, Grant, RoutingCore
 from sollol_serve.routing.failover import hedge_delay_s, should_hedge
+from sollol_serve.routing.holders import Holders
 from sollol_serve.routing.links import ActorLink, WorkerRegistry
 from sollol_serve.routing.lost_workers import LostWorkers
 from sollol_serve.routing.policy import (
@@ -75,6 +76,7 @@ SAMPLE_S = 2.5  # the dashboard charts 10 s intervals: a few samples each
 STATE_CALL_S = 3.0
 # How long a rebuild of a restarted state actor waits for the workers to register their nodes.
 REJOIN_WAIT_S = 5.0
+HOLDERS_CHECK_S = 2.0  # how often the holders of tickets in flight are checked for life
 
 
 def observation(flight: Flight, ok: bool, usage: Usage | None, wall_s: float) -> Observation:
@@ -123,6 +125,7 @@ class Router:
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
         self.lost_workers = LostWorkers()
+        self.holders = Holders()  # the replica carrying each ticket's request
         self.incarnation: str | None = None  # the node state actor's, as of the last sync
         self.deaths = RestartLog()  # of the gateway's processes this router saw die
         self.state_reachable = True  # the last sync got an answer
@@ -134,12 +137,14 @@ class Router:
         self._refresher = run_every(self.config.routing.snapshot_interval_s, self._refresh, "node state sync")
         self.metrics_book = metrics_actor(self.config.state_actor_name)
         self._sampler = run_every(SAMPLE_S, self._sample, "cluster sample")
+        self._reclaimer = run_every(HOLDERS_CHECK_S, self._reclaim_dead_holders, "ticket holders check")
 
     async def __del__(self) -> None:
         """Serve stopping this replica: its slots are no longer anyone's (the state would
         also forget them once this router stops syncing, but a redeploy should not wait)."""
         self._refresher.cancel()
         self._sampler.cancel()
+        self._reclaimer.cancel()
         try:
             await self.state.forget_router.remote(self.router_id)
         except Exception:  # the state actor is gone too: nothing to forget
@@ -210,6 +215,7 @@ class Router:
     def _release(self, flight_id: int, node: str, ok: bool | None, usage: Usage | None) -> None:
         """Free the slot; learn from the outcome unless there is none (the client left)."""
         now = time.monotonic()
+        self.holders.release(node, flight_id)
         flight = self.core.finish(flight_id, node, now)
         if flight is not None:
             if ok is False and flight.profile.conversation:
@@ -241,7 +247,7 @@ class Router:
 
     # -- the request path: tickets out, outcomes back ----------------------------------
     async def decide(self, profile: RequestProfile, tried: frozenset[str], last_error: str | None,
-                     wait: bool) -> Ticket | None:
+                     wait: bool, holder: str | None = None) -> Ticket | None:
         """A slot on the best node not yet tried: at once, or from the priority queue if
         `wait` (else None when none is free now). For a model served by a shard group the
         group is started if needed and every other node ruled out."""
@@ -255,7 +261,19 @@ class Router:
             grant, queued_s = self.core.grant_now(profile, exclude, time.monotonic()), 0.0
             if grant is None:
                 return None
+        self.holders.hold(holder, grant.choice.node.name, grant.flight_id)
         return self._ticket(profile, grant, queued_s)
+
+    async def _reclaim_dead_holders(self) -> None:
+        """Free the slots of tickets whose holder died (it will never report their outcome)."""
+        if not self.holders.holders():
+            return
+        alive = {actor["name"] for actor in await asyncio.to_thread(ray.util.list_named_actors, True)}
+        orphaned = self.holders.orphaned(alive)
+        for node, flight_id in orphaned:
+            self._release(flight_id, node, None, None)
+        if orphaned:
+            logger.warning("freed %d slots held by requests of a replica that died", len(orphaned))
 
     def _ticket(self, profile: RequestProfile, grant: Grant, queued_s: float) -> Ticket:
         node = grant.choice.node

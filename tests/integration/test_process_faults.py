@@ -111,9 +111,26 @@ class Load:
         self._pool.shutdown()
 
 
+def _long_stream(url: str) -> None:
+    """A stream that is surely in flight when its Ingress is killed (what it gets is not checked)."""
+    try:
+        with httpx.Client(timeout=30, headers=HEADERS) as client, client.stream(
+                "POST", url + "/api/chat", json={"model": "llama3.2", "stream": True, "options": {"num_predict": 400},
+                                                 "messages": [{"role": "user", "content": "a long one"}]}) as r:
+            for _ in r.iter_lines():
+                pass
+    except httpx.HTTPError:
+        pass
+
+
 def _kill_under_load(url: str, role: str) -> tuple[list[Sent], float]:
     with Load(url) as load:
         time.sleep(3.0)
+        if role == "ingress":  # tickets held by the replica that dies: their slots must come back
+            streams = [threading.Thread(target=_long_stream, args=(url,), daemon=True) for _ in range(3)]
+            for stream in streams:
+                stream.start()
+            time.sleep(0.5)
         pid = gateway_pid(role, APP, STATE)
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
@@ -186,8 +203,11 @@ def test_a_killed_gateway_process_loses_no_request(app, role):
     print(f"\n{role}: {len(sent)} sent, {len(in_flight)} in flight at the kill, first success after "
           f"{recovered:.2f} s")
 
-    # Every node back, healthy, with what was learned of it.
+    # Every node back, healthy, with what was learned of it, and every slot given back (a
+    # ticket of a dead replica's too) once the load is over.
     wait_until(lambda: _all_back(url), 30, "every node back in /api/nodes")
+    wait_until(lambda: sum(n["in_flight"] for n in _nodes(url).values()) == 0, 30,
+               f"every slot free again after killing the {role}: {_nodes(url)}")
     learned_after = _learned(url)
     for name, speeds in learned_before.items():
         assert set(speeds) <= set(learned_after[name]), f"{name} lost what was learned: {learned_after[name]}"

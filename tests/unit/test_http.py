@@ -265,7 +265,7 @@ def test_allowed_origins_and_hosts_are_configurable(client):
 def test_logout_revokes_the_session_everywhere(client):
     ended: set[str] = set()
     svc = make_services()
-    svc.sessions = FakeHandle(revoked=lambda sid: sid in ended, revoke=ended.add)
+    svc.sessions = FakeHandle(revoked=lambda sid, secret_id: sid in ended, revoke=ended.add)
     http = client(svc)
     login = http.post("/dashboard/login", content=f"key={ADMIN}", follow_redirects=False,
                       headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -337,3 +337,28 @@ def test_alerts_need_the_stats_permission_and_come_from_the_metrics_book(client)
     http = client(svc)
     assert http.get("/api/alerts", headers=bearer(READER)).json() == answer
     assert http.get("/api/alerts").status_code == 401
+
+
+def test_a_restarted_session_actor_ends_every_session_and_its_new_secret_is_taken(client):
+    # Killed and restarted, the actor has a new secret and no revocations: a cookie signed
+    # before (a logged-out one among them) must not work again, and a new login must.
+    svc = make_services()
+    new_secret = b"n" * 32
+    svc.sessions = FakeHandle(revoked=lambda sid, secret_id: new_secret if secret_id != _secret_id(new_secret)
+                              else False)
+    http = client(svc)
+    form = {"headers": {"Content-Type": "application/x-www-form-urlencoded"}, "follow_redirects": False}
+    before = http.post("/dashboard/login", content=f"key={ADMIN}", **form).cookies["sollol_session"]
+    http.cookies.clear()
+    ended = http.get("/api/stats", cookies={"sollol_session": before})
+    assert ended.status_code == 401 and "session ended" in ended.json()["error"]
+    assert svc.auth.secret_id == _secret_id(new_secret)  # taken from the actor's answer
+    after = http.post("/dashboard/login", content=f"key={ADMIN}", **form).cookies["sollol_session"]
+    http.cookies.clear()
+    assert http.get("/dashboard", cookies={"sollol_session": after}).status_code == 200
+
+
+def _secret_id(secret: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(secret).hexdigest()[:16]

@@ -16,6 +16,7 @@ from sollol_serve.config import GatewayConfig
 from sollol_serve.nodes import worker as worker_module
 from sollol_serve.nodes.backends import NodeInventory
 from sollol_serve.protocol import NodeError, is_node_fault, is_process_death
+from sollol_serve.routing.holders import Holders
 from sollol_serve.routing.lost_workers import LostWorkers
 from tests.unit.test_dispatch import PROFILE, REQ, FakeItems, FakeLink, FakeRouter, FakeWorkers, dispatcher, run
 
@@ -217,3 +218,17 @@ def test_an_optional_call_is_skipped_when_its_actor_is_down():
         raise ActorDiedError()
 
     assert asyncio.run(optional(dies, "response cache", None)) is None
+
+
+def test_the_slots_of_a_dead_holders_tickets_are_freed():
+    holders = Holders()
+    holders.hold("SERVE_REPLICA::app#Ingress#a", "n1", 1)
+    holders.hold("SERVE_REPLICA::app#Ingress#a", "n2", 2)
+    holders.hold("SERVE_REPLICA::app#Ingress#b", "n1", 3)
+    holders.hold(None, "n1", 4)  # the router's own re-measurement: nobody else holds it
+    holders.release("n2", 2)  # its outcome came back
+    assert holders.orphaned({"SERVE_REPLICA::app#Ingress#a", "SERVE_REPLICA::app#Ingress#b"}) == []
+    assert holders.orphaned({"SERVE_REPLICA::app#Ingress#b"}) == [("n1", 1)]  # a was killed
+    assert holders.holders() == {"SERVE_REPLICA::app#Ingress#b"}
+    holders.release("n1", 3)
+    assert holders.holders() == set()
