@@ -26,6 +26,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from sollol_serve.sim.scheduler import ModelScheduler
+
 FaultMode = Literal["none", "error", "hang", "slow"]
 
 _WORDS = (
@@ -61,6 +63,10 @@ class SimNodeConfig(BaseModel):
     # Each additional active slot slows decoding by this fraction (batching is not free).
     slot_slowdown: float = Field(default=0.08, ge=0)
     load_s: float = Field(default=1.0, ge=0)
+    # A model's load takes this many seconds per GB of it instead of `load_s` (a load reads it all).
+    load_s_per_gb: float | None = Field(default=None, ge=0)
+    # OLLAMA_MAX_LOADED_MODELS (Ollama's default: 3 per GPU); None: no limit.
+    max_loaded: int | None = Field(default=3, ge=1)
     # Count every embedded text (GET /_sim/inputs): lets tests see work repeated; grows with use.
     record_inputs: bool = False
     keep_alive_s: float = Field(default=300.0, ge=0)
@@ -187,11 +193,7 @@ class SimEngine:
         self.slots = [Slot(i) for i in range(config.slots)]
         self._queue: deque[_Waiter] = deque()
         self._writes = 0  # stamps Slot.last_used
-        self._loaded: dict[str, float] = {}  # model -> monotonic expiry
-        self._context: dict[str, int] = {}  # model -> context it is loaded with
-        # Bumped by every load: a slot's cache from an earlier load of the model is gone.
-        self._generation: Counter[str] = Counter()
-        self._load_locks: dict[str, asyncio.Lock] = {}
+        self.scheduler = ModelScheduler(self._load_seconds, config.max_loaded, config.keep_alive_s)
         self._fault_changed = asyncio.Event()
 
     # -- models -------------------------------------------------------------------------
@@ -202,44 +204,42 @@ class SimEngine:
             return self.models.get(f"{name}:latest")
         return None
 
+    def _load_seconds(self, model: str) -> float:
+        per_gb = self.config.load_s_per_gb
+        m = self.models.get(model)
+        seconds = per_gb * m.size_bytes / 1e9 if per_gb is not None and m else self.config.load_s
+        return seconds * self._slow()
+
     def loaded_models(self) -> dict[str, float]:
-        now = time.monotonic()
-        self._loaded = {m: exp for m, exp in self._loaded.items() if exp > now}
-        return dict(self._loaded)
+        """Model -> monotonic time it unloads if unused (`scheduler.ModelScheduler`)."""
+        return {model: runner.expires_at for model, runner in self.scheduler.loaded().items()}
 
     def unload(self, model: str) -> None:
-        self._loaded.pop(model, None)
+        self.scheduler.unload(model)
 
     def _is_loaded(self, model: str) -> bool:
-        return self._loaded.get(model, 0.0) > time.monotonic()
+        return self.scheduler.is_loaded(model)
 
     def context_of(self, model: str) -> int:
         """The context `model` is loaded with now (its configured one while it is not loaded)."""
-        if self._is_loaded(model) and model in self._context:
-            return self._context[model]
+        loaded = self.scheduler.context_of(model)
+        if loaded is not None:
+            return loaded
         m = self.models.get(model)
         return m.context_length if m else DEFAULT_CONTEXT
 
+    @asynccontextmanager
+    async def using(self, model: str, keep_alive_s: float | None, num_ctx: int | None = None) -> AsyncIterator[float]:
+        """The model loaded (or reloaded for another context) and held for one request, as
+        Ollama's scheduler does; yields the seconds waited for it (`load_duration`: a request
+        that waited for another's load, or for an eviction, counts that wait too)."""
+        async with self.scheduler.use(model, keep_alive_s, num_ctx or self.context_of(model)) as waited:
+            yield waited
+
     async def ensure_loaded(self, model: str, keep_alive_s: float | None, num_ctx: int | None = None) -> float:
-        """Load `model` if it is cold, or reload it when asked for another context (Ollama
-        restarts the model's runner for a new num_ctx); returns the seconds spent loading.
-        A request that waited for another one's load of the model reports that wait as its
-        load, as Ollama's load_duration does (it runs until the model is ready)."""
-        keep = self.config.keep_alive_s if keep_alive_s is None else keep_alive_s
-        lock = self._load_locks.setdefault(model, asyncio.Lock())
-        waited_from = time.monotonic() if lock.locked() else None
-        async with lock:
-            spent = 0.0
-            context = num_ctx or self.context_of(model)
-            if not self._is_loaded(model) or context != self._context.get(model):
-                spent = self.config.load_s * self._slow()
-                await asyncio.sleep(spent)
-                self._context[model] = context
-                self._generation[model] += 1
-            elif waited_from is not None:
-                spent = time.monotonic() - waited_from
-            self._loaded[model] = time.monotonic() + max(keep, 0.001)
-        return spent
+        """Load `model` if it is cold (an empty prompt: Ollama only loads); the seconds it took."""
+        async with self.using(model, keep_alive_s, num_ctx) as waited:
+            return waited
 
     # -- faults -------------------------------------------------------------------------
     def set_faults(self, faults: Faults) -> None:
@@ -310,13 +310,13 @@ class SimEngine:
         worth reusing). The cache is per (slot, model) and dies with the model's load."""
         if prompt is None or model is None or slot.model != model:
             return ""
-        if not self._is_loaded(model) or slot.generation != self._generation[model]:
+        if not self._is_loaded(model) or slot.generation != self.scheduler.generation[model]:
             return ""
         prefix = os.path.commonprefix([slot.text, prompt])
         return prefix if len(prefix) >= MIN_PREFIX_CHARS else ""
 
     def _remember(self, slot: Slot, model: str, text: str) -> None:
-        slot.model, slot.generation, slot.text = model, self._generation[model], text
+        slot.model, slot.generation, slot.text = model, self.scheduler.generation[model], text
         self._writes += 1
         slot.last_used = self._writes
 
@@ -390,10 +390,10 @@ class SimEngine:
         self.received += 1
         await self.check_faults()
         started = time.monotonic()
-        wanted = truncate_to_context(plan.prompt, self.context_of(plan.model))
-        async with self.slot(plan.model, wanted) as slot:
-            stats.load_ns = int(await self.ensure_loaded(plan.model, keep_alive_s, plan.num_ctx) * 1e9)
-            # The load may have changed the context (num_ctx) and emptied the caches.
+        # The model first (Ollama's scheduler), then a slot: waiting for a load takes no slot.
+        async with self.using(plan.model, keep_alive_s, plan.num_ctx) as waited, \
+                self.slot(plan.model, truncate_to_context(plan.prompt, self.context_of(plan.model))) as slot:
+            stats.load_ns = int(waited * 1e9)
             prompt = truncate_to_context(plan.prompt, self.context_of(plan.model))
             self._count_prompt(stats, prompt, self.cached_prefix(slot, plan.model, prompt))
             stats.prompt_eval_ns = await self.prefill(stats.prompt_n)
@@ -413,8 +413,8 @@ class SimEngine:
         stats = Stats()
         started = time.monotonic()
         tokens = sum(count_tokens(t) for t in texts)
-        async with self.slot():
-            stats.load_ns = int(await self.ensure_loaded(model.name, keep_alive_s) * 1e9)
+        async with self.using(model.name, keep_alive_s) as waited, self.slot():
+            stats.load_ns = int(waited * 1e9)
             stats.prompt_eval_ns = await self.prefill(tokens)
         stats.total_ns = int((time.monotonic() - started) * 1e9)
         return [embedding_for(model, t) for t in texts], stats, tokens

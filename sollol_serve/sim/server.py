@@ -67,6 +67,9 @@ def build_sim_app(config: SimNodeConfig, pull_s: float = DEFAULT_PULL_S) -> Star
                 "prefix_hits": engine.prefix_hits,
                 "cached_tokens": engine.cached_tokens,
                 "loaded": sorted(engine.loaded_models()),
+                "max_loaded": config.max_loaded,
+                "loads": dict(engine.scheduler.loads),
+                "evictions": dict(engine.scheduler.evictions),
                 "faults": engine.faults.model_dump(),
             }
         )
@@ -109,6 +112,10 @@ def arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-tps", type=float, default=40.0)
     p.add_argument("--slot-slowdown", type=float, default=0.08)
     p.add_argument("--load-s", type=float, default=1.0)
+    p.add_argument("--load-s-per-gb", type=float, default=None,
+                   help="a model's load takes this many seconds per GB of it (instead of --load-s)")
+    p.add_argument("--max-loaded", type=_positive_int, default=3,
+                   help="OLLAMA_MAX_LOADED_MODELS: models loaded at once (Ollama's default is 3 per GPU)")
     p.add_argument("--keep-alive-s", type=float, default=300.0)
     p.add_argument("--context-length", type=_positive_int, default=DEFAULT_CONTEXT,
                    help="every model's context in tokens (Ollama: until a request asks for another num_ctx)")
@@ -130,6 +137,8 @@ def config_from_args(args: argparse.Namespace) -> SimNodeConfig:
         decode_tps=args.decode_tps,
         slot_slowdown=args.slot_slowdown,
         load_s=args.load_s,
+        load_s_per_gb=args.load_s_per_gb,
+        max_loaded=args.max_loaded,
         keep_alive_s=args.keep_alive_s,
         record_inputs=args.record_inputs,
     )
