@@ -49,8 +49,9 @@ _runs = itertools.count(1)
 class Cluster:
     """The simulated nodes of one scenario (`with Cluster(specs) as cluster:`)."""
 
-    def __init__(self, specs: list[NodeSpec]):
+    def __init__(self, specs: list[NodeSpec], models: tuple[str, ...] = MODELS):
         self.specs = specs
+        self.models = models  # what reset unloads and prime loads
         self.sims = {s.name: SimProcess(s.name, s.sim_args()) for s in specs}
 
     def __enter__(self) -> "Cluster":
@@ -81,7 +82,7 @@ class Cluster:
 
     def _load(self, keep_alive: int | None) -> None:
         for sim in self.sims.values():
-            for model in MODELS:
+            for model in self.models:
                 body = {"model": model, "prompt": "", **({} if keep_alive is None else {"keep_alive": keep_alive})}
                 httpx.post(sim.url + "/api/generate", json=body, timeout=30, trust_env=False).raise_for_status()
 
@@ -105,8 +106,15 @@ class Cluster:
         return [self.sims[s.name].url for s in self.specs]
 
     def received(self) -> dict[str, int]:
+        return {name: state["received"] for name, state in self.states().items()}
+
+    def loads(self) -> int:
+        """Cold loads the nodes have done so far, all models."""
+        return sum(sum(state.get("loads", {}).values()) for state in self.states().values())
+
+    def states(self) -> dict[str, dict]:
         with ThreadPoolExecutor(max_workers=4) as pool:
-            return dict(zip(self.sims, pool.map(lambda sim: sim.state()["received"], self.sims.values())))
+            return dict(zip(self.sims, pool.map(lambda sim: sim.state(), self.sims.values())))
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -33,11 +33,11 @@ def rounded(value: float | None, digits: int = 3) -> float | None:
 
 def request_of(job: Job) -> tuple[str, dict]:
     if job.kind == "embed":
-        return "/api/embed", {"model": "nomic-embed-text", "input": [job.prompt], "priority": job.priority}
+        return "/api/embed", {"model": job.model or "nomic-embed-text", "input": [job.prompt], "priority": job.priority}
     if job.kind == "generate":
-        return "/api/generate", {"model": "llama3.2", "prompt": job.prompt, "stream": False,
+        return "/api/generate", {"model": job.model or "llama3.2", "prompt": job.prompt, "stream": False,
                                  "options": {"num_predict": job.num_predict}, "priority": job.priority}
-    return "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": job.prompt}],
+    return "/api/chat", {"model": job.model or "llama3.2", "messages": [{"role": "user", "content": job.prompt}],
                          "stream": job.kind == "chat_stream", "options": {"num_predict": job.num_predict},
                          "priority": job.priority}
 

@@ -38,6 +38,7 @@ from loadgen import (
     summarize,
     summarize_turns,
 )
+from multimodel import multimodel
 from omniscient import OverBudget, simulate
 from workload import NodeSpec, capacity_rps, make_workload
 
@@ -224,4 +225,5 @@ def multiturn(bench: Bench) -> dict:
 
 SCENARIOS: dict[str, Callable[[Bench], dict]] = {
     "hetero": hetero, "homo": homo, "slots": slots, "heal": heal_scenario, "multiturn": multiturn, "large": large,
+    "multimodel": multimodel,
 }

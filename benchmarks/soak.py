@@ -300,6 +300,7 @@ class GatewayChaos:
         self.rng = random.Random(args.seed + 1)
         self.events: list[dict] = []
         self.kills: dict[str, list[float]] = defaultdict(list)  # role (worker:<node>) -> monotonic kill times
+        self._order: list[str] = []
 
     async def run(self, stop_at: float) -> None:
         while True:
@@ -307,7 +308,9 @@ class GatewayChaos:
             if time.monotonic() + wait >= stop_at:
                 return
             await asyncio.sleep(wait)
-            role = self.rng.choice(self.ROLES)
+            if not self._order:  # every process in turn, in a shuffled order, before any again
+                self._order = self.rng.sample(self.ROLES, len(self.ROLES))
+            role = self._order.pop()
             if role == "worker":
                 role = f"worker:{self.rng.choice([name for name, *_ in NODES])}"
             event = {"process": role, "killed_at_s": round(time.monotonic() - self.t0, 1)}
@@ -460,8 +463,9 @@ def summarize(run: dict) -> dict:
         "failed_in_flight_on_killed_ingress": sum(r["streamed"] for r in on_killed_ingress),
         "broke_mid_stream_with_error_chunk": sum(r["outcome"] == "broken_mid_stream" for r in streams),
         "broke_mid_stream_with_error_chunk_node_killed": len(explained),
-        "broke_mid_stream_unexplained": len(broken) - len(explained),
-        "broke_mid_stream_without_error_chunk": sum(r["outcome"] == "broken_no_error_chunk" for r in streams),
+        "broke_mid_stream_unexplained": sum(r not in explained and r not in on_killed_ingress for r in broken),
+        "broke_mid_stream_without_error_chunk": sum(r["outcome"] == "broken_no_error_chunk" for r in streams
+                                                    if r not in on_killed_ingress),
         "succeeded_after_failover": sum(r["outcome"] == "ok" and r["attempts"] > 1 for r in streams),
     }
     mem = run["memory"]

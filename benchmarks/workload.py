@@ -25,11 +25,16 @@ class NodeSpec:
     prefill_tps: float
     slot_slowdown: float = 0.08
     load_s: float = 1.0
+    models: str = "llama3.2,nomic-embed-text@0.3"  # `sollol sim-node --models`
+    max_loaded: int = 3  # OLLAMA_MAX_LOADED_MODELS
+    load_s_per_gb: float | None = None  # a model's load time by its size instead of load_s
 
     def sim_args(self) -> list[str]:
-        return ["--models", "llama3.2,nomic-embed-text@0.3", "--slots", str(self.slots),
+        return ["--models", self.models, "--slots", str(self.slots),
                 "--decode-tps", str(self.decode_tps), "--prefill-tps", str(self.prefill_tps),
-                "--slot-slowdown", str(self.slot_slowdown), "--load-s", str(self.load_s)]
+                "--slot-slowdown", str(self.slot_slowdown), "--load-s", str(self.load_s),
+                "--max-loaded", str(self.max_loaded),
+                *(["--load-s-per-gb", str(self.load_s_per_gb)] if self.load_s_per_gb is not None else [])]
 
     def full_decode_tps(self) -> float:
         """Tokens/s the node decodes with every slot busy."""
@@ -57,6 +62,7 @@ class Job:
     priority: int
     num_predict: int
     prompt: str
+    model: str | None = None  # None: llama3.2 (nomic-embed-text for embeddings)
 
     @property
     def prompt_tokens(self) -> int:

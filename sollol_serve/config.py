@@ -48,6 +48,9 @@ class NodeConfig(_Strict):
     # Parallel requests the node serves at once (OLLAMA_NUM_PARALLEL / llama-server slots).
     # None = learn it from the node where it tells (llama-server /props), else assume 1.
     slots: int | None = Field(default=None, ge=1, le=1024)
+    # Models the node keeps loaded at once (OLLAMA_MAX_LOADED_MODELS, or what its VRAM holds).
+    # None = learn it from the evictions the node shows (until then, Ollama's default of 3).
+    max_loaded: int | None = Field(default=None, ge=1, le=64)
     # The Ray custom resource that marks this node's Ray host; the worker is placed there.
     # None = `sollol-node:<name>` if a Ray host declares it, else the worker runs anywhere.
     ray_resource: str | None = Field(default=None, min_length=1, max_length=128)
@@ -451,12 +454,13 @@ def default_node_name(url: str) -> str:
     return f"{host}-{port}"
 
 
-NODE_OPTIONS = ("slots", "kind", "ray_resource")
+NODE_OPTIONS = ("slots", "max_loaded", "kind", "ray_resource")
 
 
 def parse_nodes(spec: str) -> list[NodeConfig]:
     """Parse the SOLLOL_NODES format: comma-separated `[name=]http://host:port[;option=value...]`,
-    options being `slots`, `kind` and `ray_resource` (e.g. `gpu-1=http://10.0.0.11:11434;slots=4`)."""
+    options being `slots`, `max_loaded`, `kind` and `ray_resource` (e.g.
+    `gpu-1=http://10.0.0.11:11434;slots=4;max_loaded=2`)."""
     nodes = []
     for item in (part.strip() for part in spec.split(",")):
         if not item:

@@ -66,6 +66,8 @@ class NodeView:
     contexts: dict[str, int] = field(default_factory=dict)
     registration: int = 0  # which registration of this name (a removed node's successor has a new one)
     worker_started_at: float | None = None  # when the worker that last reported started
+    probed_at: float = 0.0  # wall time of the report `loaded` comes from (Ollama's /api/ps)
+    digests: dict[str, str] = field(default_factory=dict)  # normalized name -> its digest (/api/tags)
     worker_down: bool = False  # this router saw its worker process die, and no newer one has reported
 
     @property
@@ -171,6 +173,8 @@ class ClusterState:
                 contexts=_contexts(r.loaded),
                 registration=self.registrations.get(name, 0),
                 worker_started_at=r.worker_started_at,
+                probed_at=r.at,
+                digests={normalize_model(_entry_name(m)): str(m.get("digest") or "") for m in r.models},
             )
         return views
 

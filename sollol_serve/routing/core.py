@@ -24,11 +24,11 @@ from sollol_serve.routing.policy import (
     Scored,
     candidates,
     model_known,
-    model_loaded,
     score_least_busy,
     score_predicted,
 )
 from sollol_serve.routing.predict import Prediction, Priors, predict
+from sollol_serve.routing.residency import ColdCost, Residency
 
 # Remaining time assumed for a request another router replica has in flight on a node.
 ELSEWHERE_REMAINING_S = 1.0
@@ -115,6 +115,8 @@ class RoutingCore:
         self.queue: PriorityQueue = PriorityQueue(config.queue_max, config.aging_s)
         self._ids = itertools.count()
         self.last_used: dict[tuple[str, str], float] = {}  # (node, model) -> monotonic time
+        self.residency = Residency()  # what each node has loaded, and what loading more costs
+        self.max_loaded: dict[str, int | None] = {}  # node -> models it holds, where configured
         self.requested: dict[str, float] = {}  # model -> monotonic time it was last asked for
         # node -> requests started there that take a slot's cache for themselves (not the
         # follow-ups of conversations the node holds: a node's slots keep their own prefixes)
@@ -168,18 +170,47 @@ class RoutingCore:
         return self.running(view, now, profile) + self._planned.get(view.name, [])
 
     def resident(self, view: NodeView, model: str, now: float, num_ctx: int | None = None) -> bool:
-        """Loaded on the node, in use there by one of our requests, or used there recently;
-        not if the request asks for another context than it is loaded with (a reload)."""
+        """Loaded on the node (or being loaded there for one of our requests); not if the
+        request asks for another context than it is loaded with (a reload)."""
         wanted = normalize_model(model)
         loaded_ctx = view.contexts.get(wanted)
         if num_ctx is not None and loaded_ctx is not None and num_ctx != loaded_ctx:
             return False
-        if model_loaded(view, model):
+        return self.loaded(view, wanted) or any(
+            normalize_model(f.model) == wanted for f in self.flights.get(view.name, {}).values())
+
+    def loaded(self, view: NodeView, model: str) -> bool:
+        """Loaded there as last known: the node's /api/ps or this router's traffic since,
+        whichever is newer; until a keep-alive has passed without a sign of use. A request of
+        ours for it that has begun answering there says so too."""
+        if view.kind != "ollama":
+            return True  # llama-server, vLLM: the model they serve is always loaded
+        fact = self.residency.of(view.name).facts.get(model)
+        if fact.holds(self.wall()) if fact is not None else model in view.loaded:
             return True
-        if any(normalize_model(f.model) == wanted for f in self.flights.get(view.name, {}).values()):
-            return True
-        used = self.last_used.get((view.name, wanted))
-        return used is not None and now - used < RECENT_USE_S
+        return any(normalize_model(f.model) == model and f.began for f in self.flights.get(view.name, {}).values())
+
+    def cold_cost(self, view: NodeView, profile: RequestProfile, now: float, priors: Priors) -> ColdCost | None:
+        """What the request's model costs to load on the node (None: it is loaded there):
+        what is left of its load if one of ours is under way, else the whole of it."""
+        model = normalize_model(profile.model)
+        if self.resident(view, model, now, profile.num_ctx) and self.loaded(view, model):
+            return None
+        running: dict[str, list[float]] = defaultdict(list)
+        for f in self.flights.get(view.name, {}).values():
+            running[normalize_model(f.model)].append(max(f.predicted_end - now, MIN_REMAINING_S))
+        capacity = self.residency.of(view.name).capacity(self.max_loaded.get(view.name))
+
+        def load_s(m: str) -> float:
+            perf = self.book.perf(view.name, m)
+            prior = priors.load_s if m == model else Priors.from_book(self.book, m).load_s
+            return perf.load_s.mean if perf and perf.load_s.n else prior
+
+        return self.residency.cold_cost(view.name, model, self.wall(), capacity, load_s, running,
+                                        lambda m: view.digests.get(m) or m, lambda m: self.warm_elsewhere(view.name, m))
+
+    def warm_elsewhere(self, node: str, model: str) -> bool:
+        return any(name != node and view.routable and self.loaded(view, model) for name, view in self.snapshot.items())
 
     def fits(self, view: NodeView, model: str, now: float) -> bool:
         """Whether the model can go to the node: resident, or small enough for its free VRAM.
@@ -219,8 +250,8 @@ class RoutingCore:
         remaining = self.remaining(view, now, profile)
         # A cached prefix only counts where a slot is free: affinity never queues a request.
         cached = self.cached_tokens(view, profile, now) if len(remaining) < slots else 0
-        return predict(view.name, slots, profile, perf, priors, remaining,
-                       self.resident(view, profile.model, now, profile.num_ctx), self.wall(), cached)
+        cold = self.cold_cost(view, profile, now, priors)
+        return predict(view.name, slots, profile, perf, priors, remaining, cold is None, self.wall(), cached, cold)
 
     def rank(self, profile: RequestProfile, exclude: set[str], now: float) -> list[Scored]:
         """Every candidate, best first. Raises when no node can take the model."""
@@ -233,6 +264,7 @@ class RoutingCore:
             why = "; ".join(f"{v.name}: {unavailable_reason(v, exclude)}" for v in having)
             raise NoNodeAvailable(f"no node can serve model '{model}' now ({why})")
         self.requested[normalize_model(model)] = now
+        self.residency.demand.note(normalize_model(model), self.wall())
         nodes = [v for v in nodes if self.fits_context(v, profile)] or nodes  # else the node truncates
         nodes = [v for v in nodes if self.fits(v, model, now)] or nodes  # else one may evict an idle model
         priors = Priors.from_book(self.book, normalize_model(model))
@@ -356,6 +388,8 @@ class RoutingCore:
         node = choice.node.name
         grant.flight_id = flight_id = next(self._ids)
         self.last_used[(node, normalize_model(profile.model))] = now
+        if choice.prediction is not None:
+            self.residency.sent(node, normalize_model(profile.model), choice.prediction.cold, self.wall())
         if not (choice.prediction and choice.prediction.factors.get("cached_tokens")):
             self.evicting[node] += 1
         predicted = choice.prediction.total_s if choice.prediction else 0.0
@@ -387,10 +421,11 @@ class RoutingCore:
                                    concurrent=concurrent, probe=flight.probe, phase="first_byte",
                                    at=self.wall()))
 
-    def finish(self, flight_id: int, node: str, now: float) -> Flight | None:
+    def finish(self, flight_id: int, node: str, now: float, ok: bool | None = None) -> Flight | None:
         flight = self.flights.get(node, {}).pop(flight_id, None)
         if flight is not None:  # the model stays loaded for its keep-alive from now on
             self.last_used[(node, normalize_model(flight.model))] = now
+            self.residency.finished(node, normalize_model(flight.model), ok is True, self.wall())
         return flight
 
     def forget_turn(self, conversation: str, node: str) -> None:
@@ -455,6 +490,9 @@ class RoutingCore:
         """Take the state actor's view; it already includes what this router sent."""
         self.snapshot = snapshot
         self.book = book
+        for view in snapshot.values():
+            if view.kind == "ollama" and view.probed_at:
+                self.residency.of(view.name).poll(view.loaded, view.probed_at)
 
     def retry_after_s(self) -> int:
         nodes = [v for v in self.snapshot.values() if v.healthy]

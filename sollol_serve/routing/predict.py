@@ -4,6 +4,11 @@
             inflated by recent failures (expected retries) and, for urgent requests, by the
             uncertainty of the node's speed.
 
+A cold model's wait (`residency.ColdCost`: a load under way for another model, the victim's
+running requests, its own load) runs alongside the wait for a slot, as Ollama loads a model
+before the request takes a slot; what evicting the victim costs its next requests is added
+to the score, not to this request's time.
+
 Speeds come from what the node has shown (`learning.ModelPerf`), leaning back toward the
 cluster's typical speed for the model (`Priors`) as they age; a node not yet measured borrows
 that typical speed outright, so it gets tried and learned. A prompt prefix the node holds in
@@ -18,6 +23,7 @@ from statistics import median
 
 from sollol_serve.analysis.profile import RequestProfile
 from sollol_serve.cluster.learning import Ewma, ModelPerf, PerfBook
+from sollol_serve.routing.residency import ColdCost
 
 MIN_SUCCESS = 0.2
 
@@ -58,12 +64,16 @@ class Prediction:
     decode_s: float
     free_slot: bool
     factors: dict[str, float] = field(default_factory=dict)
+    cold: ColdCost | None = None  # what loading the model there costs (None: it is loaded)
 
     def as_dict(self) -> dict:
-        return {"predicted_s": round(self.total_s, 4), "wait_s": round(self.wait_s, 4),
-                "load_s": round(self.load_s, 4), "prefill_s": round(self.prefill_s, 4),
-                "decode_s": round(self.decode_s, 4), "free_slot": self.free_slot,
-                "factors": {k: round(v, 4) for k, v in self.factors.items()}}
+        out = {"predicted_s": round(self.total_s, 4), "wait_s": round(self.wait_s, 4),
+               "load_s": round(self.load_s, 4), "prefill_s": round(self.prefill_s, 4),
+               "decode_s": round(self.decode_s, 4), "free_slot": self.free_slot,
+               "factors": {k: round(v, 4) for k, v in self.factors.items()}}
+        if self.cold is not None:
+            out["cold"] = self.cold.as_dict()
+        return out
 
 
 def slot_wait(remaining_s: list[float], slots: int) -> float:
@@ -86,13 +96,19 @@ def _speed(e: Ewma | None, prior: float, now: float) -> float:
 
 
 def predict(node: str, slots: int, profile: RequestProfile, perf: ModelPerf | None, priors: Priors,
-            remaining_s: list[float], resident: bool, now: float = 0.0, cached_tokens: int = 0) -> Prediction:
+            remaining_s: list[float], resident: bool, now: float = 0.0, cached_tokens: int = 0,
+            cold: ColdCost | None = None) -> Prediction:
     """`remaining_s`: predicted seconds left for each request in flight on the node.
     `resident`: the model is loaded on the node (or already being loaded for it).
-    `now`: wall-clock time, for the age of the estimates (0: the current time)."""
+    `now`: wall-clock time, for the age of the estimates (0: the current time).
+    `cold`: for a model not resident, what loading it there costs (else its learned load time)."""
     wait = slot_wait(remaining_s, slots)
     measured = perf is not None and perf.samples > 0
-    load = 0.0 if resident else (perf.load_s.mean if perf and perf.load_s.n else priors.load_s)
+    load = 0.0 if resident else cold.load_s if cold else (perf.load_s.mean if perf and perf.load_s.n else priors.load_s)
+    before = 0.0  # the waits that run alongside the slot wait: loads queued there, the victim's drain
+    if not resident and cold is not None:
+        before = cold.queued_load_s + cold.drain_s
+        wait = max(wait - before - load, 0.0)  # what is left of the slot wait once it is loaded
     spread = 0.0
     fresh = now or time.time()
     if profile.task_type == "embedding":
@@ -110,10 +126,16 @@ def predict(node: str, slots: int, profile: RequestProfile, perf: ModelPerf | No
     service = load + prefill + decode
     success = max(perf.success.mean, MIN_SUCCESS) if perf and perf.success.n else 1.0
     risk = risk_z(profile.priority) * spread
-    total = (wait + service) / success + risk
+    eviction = cold.eviction_s if cold is not None and not resident else 0.0
+    total = (wait + before + service) / success + risk + eviction
     factors = {"wait_s": wait, "service_s": service, "failure_inflation": 1 / success, "risk_s": risk}
+    if before:
+        factors["cold_wait_s"] = before
+    if eviction:
+        factors["eviction_s"] = eviction
     if not measured:
         factors["unmeasured"] = 1.0
     if cached_tokens:
         factors["cached_tokens"] = float(cached_tokens)
-    return Prediction(node, total, wait, load, prefill, decode, len(remaining_s) < slots, factors)
+    return Prediction(node, total, wait, load, prefill, decode, len(remaining_s) < slots, factors,
+                      cold if not resident else None)

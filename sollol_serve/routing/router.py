@@ -124,6 +124,7 @@ class Router:
         except Exception:  # outside Serve (unit use)
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
+        self.core.max_loaded = {node.name: node.max_loaded for node in self.config.nodes}
         self.lost_workers = LostWorkers()
         self.holders = Holders()  # the replica carrying each ticket's request
         self.incarnation: str | None = None  # the node state actor's, as of the last sync
@@ -216,7 +217,7 @@ class Router:
         """Free the slot; learn from the outcome unless there is none (the client left)."""
         now = time.monotonic()
         self.holders.release(node, flight_id)
-        flight = self.core.finish(flight_id, node, now)
+        flight = self.core.finish(flight_id, node, now, ok)
         if flight is not None:
             if ok is False and flight.profile.conversation:
                 self.core.forget_turn(flight.profile.conversation, node)

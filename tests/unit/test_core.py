@@ -23,6 +23,7 @@ from sollol_serve.routing.core import (
     RoutingCore,
 )
 from sollol_serve.routing.predict import Priors
+from sollol_serve.routing.residency import DEFAULT_KEEP_ALIVE_S
 
 M = "llama3.2:latest"
 
@@ -290,11 +291,16 @@ def test_resident_when_same_model_already_in_flight():
     assert core.resident(view, "llama3.2:latest", now=10.0)
     assert core.resident(view, "llama3.2", now=10.0)
     assert not core.resident(other, "llama3.2", now=10.0)  # other node
-    # Used recently: still taken as loaded after the request is done (keep-alive counts from the end) ...
-    core.finish(fid, "a", 50.0)
-    assert core.resident(view, "llama3.2", now=50.0 + RECENT_USE_S - 1.0)
+    # It answered: loaded there, and taken as loaded for a keep-alive after (Ollama counts it
+    # from the request's end) ...
+    clock = [1000.0]
+    core.wall = lambda: clock[0]
+    core.finish(fid, "a", 50.0, ok=True)
+    clock[0] += DEFAULT_KEEP_ALIVE_S - 1.0
+    assert core.resident(view, "llama3.2", now=50.0)
     # ... but not once Ollama has likely unloaded it.
-    assert not core.resident(view, "llama3.2", now=50.0 + RECENT_USE_S + 1.0)
+    clock[0] += 2.0
+    assert not core.resident(view, "llama3.2", now=50.0)
     assert core.resident(nv("c", kind="openai", loaded=()), "llama3.2", now=0.0)  # not Ollama: always resident
     assert core.resident(nv("d", loaded=["llama3.2"]), "llama3.2:latest", now=0.0)
 
@@ -316,7 +322,9 @@ def test_resident_flight_removes_cold_penalty_and_load_time():
     start(core, first, prof(10, 100), now=0.0)
     second = core.rank(prof(10, 100), set(), now=0.0)[0]
     assert second.score == pytest.approx(1 / 4)  # 1 in flight, no cold penalty
-    assert second.prediction.load_s == 0.0
+    # but it waits for what is left of the first one's load (none of it has passed yet)
+    assert second.prediction.load_s == pytest.approx(5.0, abs=0.1)
+    assert second.prediction.cold.victim is None
 
 
 # =======================================================================================
