@@ -4,8 +4,9 @@ Every node has all five models installed; `--max-loaded` (OLLAMA_MAX_LOADED_MODE
 and 1; a cold load takes 1.25 s per GB (0.6 s for the embedder, 4 to 10 s for the others), one
 at a time per node, and a model in use is evicted only once idle (the simulator's scheduler is
 Ollama's). Requests arrive at 2.2 per second, short chats and embeddings; which model is wanted
-shifts halfway through, as when a team starts coding. Compute is not the bottleneck (a tenth of
-the slots are busy on average): where each model is loaded is.
+shifts halfway through, as when a team starts coding. Answers of 32 to 256 tokens keep about
+half of the cluster's decode capacity busy: where each model is loaded decides how long
+requests wait, and on which node they run.
 
 Contenders, same seeded workload, each after the same warm-up (the first phase's mix):
 - `shipped`: `serve_config.yaml`'s args, nodes from SOLLOL_NODES with nothing about residency;
@@ -47,7 +48,7 @@ HAND_PLACEMENT = Contender("hand placement", "hand")
 RATE_RPS = 2.2
 DURATION_S = 76.0  # about 168 requests
 WARMUP_S = 30.0
-OUTPUT_TOKENS = (16, 64)
+OUTPUT_TOKENS = (32, 256)  # about half the cluster's decode capacity at 2.2 requests/s
 MEASURE_SEED, WARMUP_SEED = 24, 42
 
 

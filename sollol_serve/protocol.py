@@ -160,6 +160,10 @@ class NodeStatus:
     telemetry: dict | None = None
     decode_tps: dict[str, float] = field(default_factory=dict)  # model -> learned tokens/s
     worker_down: bool = False  # its worker process died and Serve is starting another
+    max_loaded: int | None = None  # models it holds at once (configured, or learned)
+    max_loaded_source: str = "default"  # configured | learned | default (Ollama's 3)
+    model_loads: dict[str, int] = field(default_factory=dict)  # model -> loads this router saw
+    model_evictions: dict[str, int] = field(default_factory=dict)  # model -> unloads this router saw
 
     def as_json(self) -> dict:
         return asdict(self)

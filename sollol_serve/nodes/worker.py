@@ -133,7 +133,9 @@ class NodeWorker:
         report.telemetry = telemetry.as_dict()
         report.worker_ip, report.worker_node_id = self.host
         report.worker_started_at = self.started_at
-        self.schedule.observe(report.healthy, (report.healthy, sorted(m.get("name", "") for m in report.models)))
+        # What it has loaded is part of what changes: probed more often while models come and go.
+        self.schedule.observe(report.healthy, (report.healthy, sorted(m.get("name", "") for m in report.models),
+                                               sorted(m.get("name", "") for m in report.loaded)))
         incarnation = await self.state.report.remote(report)
         if self.joined is not None and incarnation != self.joined:  # it restarted and forgot the node
             await self._register()

@@ -93,6 +93,11 @@ class NodeResidency:
         learned = self.learned_max if self.learned_max is not None else DEFAULT_MAX_LOADED
         return max(learned, self.most_seen, 1)
 
+    def capacity_source(self, configured: int | None) -> str:
+        if configured is not None:
+            return "configured"
+        return "learned" if self.learned_max is not None or self.most_seen > DEFAULT_MAX_LOADED else "default"
+
     def poll(self, loaded: frozenset[str], at: float) -> None:
         """The node's own list of loaded models, as of wall time `at`."""
         if at <= self.polled_at:

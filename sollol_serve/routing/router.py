@@ -418,8 +418,17 @@ class Router:
             loaded=sorted(v.loaded), error=v.error,
             worker_ip=report.worker_ip if report else None, worker_node_id=report.worker_node_id if report else None,
             telemetry=report.telemetry if report else None, worker_down=v.worker_down,
+            **self._residency_status(v),
             decode_tps={model: round(perf.decode_tps.mean, 2) for (node, model), perf in book.models.items()
                         if node == v.name and perf.decode_tps.n})
+
+    def _residency_status(self, v: NodeView) -> dict:
+        if v.kind != "ollama":
+            return {}
+        res = self.core.residency.of(v.name)
+        configured = self.core.max_loaded.get(v.name)
+        return {"max_loaded": res.capacity(configured), "max_loaded_source": res.capacity_source(configured),
+                "model_loads": dict(res.loads), "model_evictions": dict(res.evictions)}
 
     async def queue_stats(self) -> QueueStatus:
         """Requests waiting now, and how long served requests waited, per priority."""
