@@ -17,16 +17,20 @@ import threading
 
 from sollol_serve.sim.process import SimProcess
 
-MODELS = "llama3.2,qwen2.5:7b@4.7,nomic-embed-text@0.3"
+# Four models on nodes that hold fewer at once (Ollama's OLLAMA_MAX_LOADED_MODELS): the router
+# learns what each node keeps loaded and what a cold load costs there (GET /api/nodes).
+MODELS = "llama3.2,qwen2.5:7b@4.7,qwen2.5-coder:1.5b@1.0,nomic-embed-text@0.3"
 
 DEMO_NODES: dict[str, list[str]] = {
-    # A 4-slot GPU-like node: fast prefill and decode.
-    "gpu-big": ["--models", MODELS, "--slots", "4", "--decode-tps", "120", "--prefill-tps", "3000", "--load-s", "2"],
-    # A 2-slot, smaller GPU.
-    "gpu-small": ["--models", MODELS, "--slots", "2", "--decode-tps", "60", "--prefill-tps", "1200", "--load-s", "3"],
-    # A 1-slot CPU-only machine.
+    # A 4-slot GPU-like node: fast prefill and decode; holds 3 of the 4 models at once.
+    "gpu-big": ["--models", MODELS, "--slots", "4", "--decode-tps", "120", "--prefill-tps", "3000", "--load-s", "2",
+                "--max-loaded", "3"],
+    # A 2-slot, smaller GPU that holds 2.
+    "gpu-small": ["--models", MODELS, "--slots", "2", "--decode-tps", "60", "--prefill-tps", "1200", "--load-s", "3",
+                  "--max-loaded", "2"],
+    # A 1-slot CPU-only machine with room for 1.
     "cpu": ["--models", "llama3.2,nomic-embed-text@0.3", "--slots", "1", "--decode-tps", "15",
-            "--prefill-tps", "150", "--load-s", "6"],
+            "--prefill-tps", "150", "--load-s", "6", "--max-loaded", "1"],
 }
 
 

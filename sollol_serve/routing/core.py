@@ -264,7 +264,6 @@ class RoutingCore:
             why = "; ".join(f"{v.name}: {unavailable_reason(v, exclude)}" for v in having)
             raise NoNodeAvailable(f"no node can serve model '{model}' now ({why})")
         self.requested[normalize_model(model)] = now
-        self.residency.demand.note(normalize_model(model), self.wall())
         nodes = [v for v in nodes if self.fits_context(v, profile)] or nodes  # else the node truncates
         nodes = [v for v in nodes if self.fits(v, model, now)] or nodes  # else one may evict an idle model
         priors = Priors.from_book(self.book, normalize_model(model))

@@ -35,6 +35,7 @@ from sollol_serve.observability.restarts import RestartLog
 from sollol_serve.protocol import (
     BadRequest,
     Conflict,
+    GatewayError,
     ModelNotFound,
     NodeError,
     NodeReport,
@@ -55,6 +56,7 @@ from sollol_serve.routing.failover import hedge_delay_s, should_hedge
 from sollol_serve.routing.holders import Holders
 from sollol_serve.routing.links import ActorLink, WorkerRegistry
 from sollol_serve.routing.lost_workers import LostWorkers
+from sollol_serve.routing.placement import Warm, warm_ahead
 from sollol_serve.routing.policy import (
     candidates,
     model_known,
@@ -256,6 +258,9 @@ class Router:
         if last_error is not None and not candidates(self.core.snapshot, profile.model, exclude):
             raise NoNodeAvailable(f"every node that has '{profile.model}' failed or is unavailable; "
                                   f"last error: {last_error}")
+        if not tried:  # a new request, not a retry: it counts in its model's demand
+            self.core.residency.demand.note(normalize_model(profile.model), self.core.wall())
+            self._consider_warming(profile, exclude)
         if wait:
             grant, queued_s = await self.admissions.admit(profile, exclude)
         else:
@@ -264,6 +269,35 @@ class Router:
                 return None
         self.holders.hold(holder, grant.choice.node.name, grant.flight_id)
         return self._ticket(profile, grant, queued_s)
+
+    def _consider_warming(self, profile: RequestProfile, exclude: set[str]) -> None:
+        """Load the request's model on one more node now if its warm nodes are too busy."""
+        if self.core.strategy != "intelligent":
+            return
+        try:
+            ranked = self.core.rank(profile, exclude, time.monotonic())
+        except GatewayError:
+            return  # the request itself will say why
+        model, wall = normalize_model(profile.model), self.core.wall()
+        residency = self.core.residency
+        plan = warm_ahead(model, ranked, residency.demand.rate(model, wall),
+                          any(model in residency.of(n).loading for n in self.core.snapshot))
+        if plan is not None:
+            residency.sent(plan.node, model, plan.cold, wall)
+            asyncio.create_task(self._warm(plan))
+
+    async def _warm(self, plan: Warm) -> None:
+        view, ok = self.core.snapshot.get(plan.node), False
+        logger.info("loading %s on %s ahead of its requests (they would wait %.1f s for its warm nodes)",
+                    plan.model, plan.node, plan.wait_s)
+        try:
+            if view is not None:
+                await self.workers.links[plan.node].ask("warm", view.node_model(plan.model), None)
+                ok = True
+        except Exception as exc:
+            logger.warning("loading %s on %s ahead failed: %s", plan.model, plan.node, error_message(exc))
+        finally:
+            self.core.residency.finished(plan.node, plan.model, ok, self.core.wall())
 
     async def _reclaim_dead_holders(self) -> None:
         """Free the slots of tickets whose holder died (it will never report their outcome)."""

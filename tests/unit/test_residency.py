@@ -9,7 +9,9 @@ import pytest
 
 from sollol_serve.config import RoutingConfig
 from sollol_serve.routing.core import RoutingCore
-from sollol_serve.routing.predict import Priors, predict
+from sollol_serve.routing.placement import warm_ahead
+from sollol_serve.routing.policy import Scored
+from sollol_serve.routing.predict import Prediction, Priors, predict
 from sollol_serve.routing.residency import DEFAULT_MAX_LOADED, ColdCost, Demand, NodeResidency, Residency
 from tests.unit.test_core import book_of, nv, prof, speed, start
 
@@ -135,3 +137,25 @@ def test_a_request_waits_for_its_warm_node_when_that_is_sooner_than_a_load():
 
     assert ranked(3.0)[0] == "a"
     assert ranked(8.0)[0] == "b"  # a's wait (8 + 1 s) is longer than b's load (5 + 1 s)
+
+
+def _scored(name: str, wait_s: float, cold: ColdCost | None, total_s: float = 1.0) -> Scored:
+    p = Prediction(name, total_s, wait_s, cold.load_s if cold else 0.0, 0.0, 1.0, wait_s == 0.0, {}, cold)
+    return Scored(nv(name), total_s, 0, "", 1, p)
+
+
+def test_a_model_is_loaded_ahead_on_the_least_disturbed_node_when_its_warm_nodes_keep_it_waiting():
+    # a: warm, 9 s to wait. b: cold, room (5 s load). c: cold, evicts a wanted model (3 s charge).
+    # 9 > 5 and 0.5 req/s * 5 s = 2.5 more requests while it loads: load it on b.
+    ranked = [_scored("a", 9.0, None), _scored("b", 0.0, ColdCost(load_s=5.0)),
+              _scored("c", 0.0, ColdCost(load_s=4.0, eviction_s=3.0, victim="x"))]
+    plan = warm_ahead("m", ranked, demand_rps=0.5, loading_anywhere=False)
+    assert (plan.node, plan.model, plan.wait_s) == ("b", "m", 9.0)
+    assert warm_ahead("m", ranked, 0.5, loading_anywhere=True) is None  # one load of it at a time
+    assert warm_ahead("m", ranked, demand_rps=0.1, loading_anywhere=False) is None  # 0.5 more: not worth it
+    sooner = [_scored("a", 4.0, None), *ranked[1:]]
+    assert warm_ahead("m", sooner, 0.5, False) is None  # 4 s of waiting beats a 5 s load
+    # Only nodes that evict: c, if the saving (9 s * 0.5/s * 30 s) outweighs its 3 s charge.
+    assert warm_ahead("m", [ranked[0], ranked[2]], 0.5, False).node == "c"
+    assert warm_ahead("m", [_scored("a", 9.0, None), _scored("c", 0.0, ColdCost(load_s=4.0, eviction_s=200.0))],
+                      0.5, False) is None

@@ -247,6 +247,16 @@
   }
 
   // -- panels ----------------------------------------------------------------------------
+  // The models a node has loaded, against how many it holds (configured, learned or Ollama's
+  // default); its loads and evictions as the router saw them in the tooltip.
+  function residencyCell(n) {
+    const loaded = (n.loaded || []).join(", ") || "-";
+    if (n.max_loaded == null) return cell(loaded);
+    const sum = counts => Object.values(counts || {}).reduce((a, b) => a + b, 0);
+    const held = `${(n.loaded || []).length} / ${n.max_loaded} (${n.max_loaded_source})`;
+    return cell(`${loaded} · ${held}`, null, `${sum(n.model_loads)} loads, ${sum(n.model_evictions)} evictions seen`);
+  }
+
   function renderStats(stats) {
     const nodes = stats.nodes || [];
     fillRows("nodes", nodes.map(n => {
@@ -258,7 +268,7 @@
         cell(n.healthy ? (n.draining ? "draining" : "healthy") : "down", n.healthy ? "ok" : "bad", n.healthy ? null : n.error),
         cell(n.breaker, n.breaker === "closed" ? "ok" : (n.breaker === "open" ? "bad" : "warn")),
         cell(`${n.in_flight} / ${n.slots}`, null, learned ? `slots ${learned}` : null),
-        cell((n.loaded || []).join(", ") || "-"),
+        residencyCell(n),
         cell(tps.length ? num(Math.max(...tps)) : "-"),
         cell(t.vram_total_mb ? `${gb(t.vram_free_mb)} / ${gb(t.vram_total_mb)}` : "no GPU readings"),
         cell(n.worker_ip || "-"),
