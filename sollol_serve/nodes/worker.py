@@ -46,6 +46,7 @@ def _closes_stream(item: dict | Usage) -> bool:
 
 # What a node may advertise: a rogue server listing a million models must not fill the state.
 MAX_MODELS_PER_NODE = 1024
+LOADED_AFTER_S = 0.25  # an answer's load_duration above this was a model load
 
 
 class NodeWorker:
@@ -167,6 +168,7 @@ class NodeWorker:
             # No first byte (an embedding): the requests still running as it ends ran beside it.
             usage.running = running if running is not None else self.in_flight.running_with(serial)
             usage.ends_after_send = self.in_flight.ends_after_send(serial)
+            self._reprobe_if_loaded(usage)
         except NodeError as exc:
             self._reprobe_if_unreachable(exc)
             raise
@@ -200,6 +202,7 @@ class NodeWorker:
                     batch.insert(0, FirstByte(running=running))
                 if isinstance(batch[-1], Usage):
                     batch[-1].running, batch[-1].ends_after_send = running, self.in_flight.ends_after_send(serial)
+                    self._reprobe_if_loaded(batch[-1])
                     self.in_flight.end(serial)  # the node is done with it, whenever the client reads it
                 yield batch
         except NodeError as exc:
@@ -207,6 +210,12 @@ class NodeWorker:
             raise
         finally:
             self.in_flight.end(serial)
+
+    def _reprobe_if_loaded(self, usage: Usage) -> None:
+        # A load happened (and maybe an eviction with it): the routers see what the node holds
+        # now, not at the next scheduled probe. (A warm model's load_duration is a few ms.)
+        if (usage.load_s or 0.0) > LOADED_AFTER_S and self.backend is not None and self.backend.kind == "ollama":
+            self._wake.set()
 
     def _reprobe_if_unreachable(self, exc: NodeError) -> None:
         # Tell the routers now rather than at the next scheduled probe.

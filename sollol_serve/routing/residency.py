@@ -81,6 +81,7 @@ class NodeResidency:
     last_poll: frozenset[str] | None = None
     learned_max: int | None = None
     most_seen: int = 0
+    arrived_since_poll: set[str] = field(default_factory=set)  # loaded by our traffic since the last poll
     loads: Counter = field(default_factory=Counter)  # model -> loads seen
     evictions: Counter = field(default_factory=Counter)  # model -> unloads seen (evicted or expired)
 
@@ -102,13 +103,18 @@ class NodeResidency:
         """The node's own list of loaded models, as of wall time `at`."""
         if at <= self.polled_at:
             return
-        if self.last_poll is not None and self.last_poll - loaded and loaded - self.last_poll \
-                and len(loaded) >= len(self.last_poll):
-            self.learned_max = len(loaded)  # one model replaced another: it was full at this count
+        # A model known loaded before this report is gone from it while another arrived (in
+        # the report, or in an answer since the last one): it was evicted to make room, so the
+        # node was full at this count. (Polls come seconds apart: the traffic in between
+        # tells what arrived.)
+        gone = {m for m, f in self.facts.items() if f.loaded and f.at < at and m not in loaded}
+        arrived = (loaded - (self.last_poll or frozenset())) | self.arrived_since_poll
+        if gone and arrived & loaded:
+            self.learned_max = len(loaded)
         self.most_seen = max(self.most_seen, len(loaded))
         for model in loaded | set(self.facts):
             self.learn(model, model in loaded, at)
-        self.polled_at, self.last_poll = at, loaded
+        self.polled_at, self.last_poll, self.arrived_since_poll = at, loaded, set()
 
     def learn(self, model: str, loaded: bool, at: float) -> None:
         fact = self.facts.get(model)
@@ -116,6 +122,8 @@ class NodeResidency:
             return  # something newer is known
         if loaded and (fact is None or not fact.loaded):
             self.loads[model] += 1
+            if at > self.polled_at:
+                self.arrived_since_poll.add(model)
         elif not loaded and fact is not None and fact.loaded:
             self.evictions[model] += 1
         self.facts[model] = Fact(loaded, at)

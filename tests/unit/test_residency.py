@@ -159,3 +159,17 @@ def test_a_model_is_loaded_ahead_on_the_least_disturbed_node_when_its_warm_nodes
     assert warm_ahead("m", [ranked[0], ranked[2]], 0.5, False).node == "c"
     assert warm_ahead("m", [_scored("a", 9.0, None), _scored("c", 0.0, ColdCost(load_s=4.0, eviction_s=200.0))],
                       0.5, False) is None
+
+
+def test_capacity_is_learned_from_an_eviction_between_two_reports():
+    # Report: c loaded. An answer says d loaded at 5 (the router sent it there). The next report
+    # (at 9) has d and not c: c was evicted for d, so the node holds 1.
+    node = NodeResidency()
+    node.poll(frozenset({"c"}), 1.0)
+    node.learn("d", True, 5.0)
+    node.poll(frozenset({"d"}), 9.0)
+    assert node.capacity(None) == 1 and node.capacity_source(None) == "learned"
+    expired = NodeResidency()  # c gone with nothing arriving: it expired, nothing learned
+    expired.poll(frozenset({"c", "d"}), 1.0)
+    expired.poll(frozenset({"d"}), 9.0)
+    assert expired.capacity(None) == DEFAULT_MAX_LOADED
