@@ -132,4 +132,5 @@ def multimodel(bench) -> dict:
             "cluster": [{"name": s.name, "slots": s.slots, "decode_tps": s.decode_tps, "max_loaded": s.max_loaded}
                         for s in NODES],
             "models_gb": SIZES, "load_s_per_gb": LOAD_S_PER_GB, "phases": PHASES, "hand_placement": HAND,
+            "shift_to": max(PHASES[1], key=PHASES[1].get),
             "rate_rps": RATE_RPS, "jobs": len(jobs), "warmup_jobs": len(warmup), "contenders": rows}

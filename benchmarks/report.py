@@ -53,6 +53,26 @@ def _multiturn_goal(scenarios: dict) -> dict | None:
     return {"value": value, "met": value is not None and value <= 0.7}
 
 
+def _multimodel_goals(scenarios: dict) -> dict[str, dict | None]:
+    run = scenarios.get("multimodel")
+    if run is None:
+        return {}
+    rows = run["contenders"]
+    hand, lc = "hand placement", LC
+    loads = ratio(rows.get(SHIPPED, {}).get("cold_loads"), rows.get(lc, {}).get("cold_loads"))
+    back = rows.get(SHIPPED, {}).get("recovery_after_shift_s")
+    two_loads = 2 * run["models_gb"][run["shift_to"]] * run["load_s_per_gb"]  # of the model the shift favours
+    return {
+        "multimodel: shipped mean <= 0.8 x hand placement": _ratio_goal(scenarios, "multimodel", "mean_s", hand, 0.8),
+        "multimodel: shipped mean <= 0.2 x nginx least_conn": _ratio_goal(scenarios, "multimodel", "mean_s", lc, 0.2),
+        "multimodel: shipped p95 <= 0.8 x hand placement": _ratio_goal(scenarios, "multimodel", "p95_s", hand, 0.8),
+        "multimodel: shipped cold loads <= 0.2 x nginx least_conn": None if loads is None else
+        {"value": loads, "met": loads <= 0.2},
+        "multimodel: latency back to its level within two cold loads of the shift": {
+            "value": back, "met": back is not None and back <= two_loads},
+    }
+
+
 def goals(scenarios: dict) -> dict[str, dict]:
     """The goals the scenarios that ran can decide, each with its measured value."""
     checks = {
@@ -65,6 +85,7 @@ def goals(scenarios: dict) -> dict[str, dict]:
         "heal (low load): fast node back to its share within 20 s": _heal_goal(scenarios, "low", 20),
         "heal (0.75 load): fast node back to its share within 20 s": _heal_goal(scenarios, "loaded", 20),
         "multiturn: shipped TTFT mean (turns >= 2) <= 0.7 x affinity off": _multiturn_goal(scenarios),
+        **_multimodel_goals(scenarios),
     }
     return {name: g for name, g in checks.items() if g is not None}
 
@@ -153,6 +174,21 @@ def _multiturn_table(run: dict) -> list[str]:
     return lines + [""]
 
 
+def _multimodel_table(run: dict) -> list[str]:
+    nodes = ", ".join(f"{n['name']} ({n['slots']} slots, {n['decode_tps']:g} tok/s, holds {n['max_loaded']})"
+                      for n in run["cluster"])
+    lines = [f"### {run['title']}: {run['jobs']} requests at {run['rate_rps']} req/s", "",
+             f"Nodes: {nodes}. Models (GB, {run['load_s_per_gb']:g} s of load per GB): "
+             + ", ".join(f"{m} {gb:g}" for m, gb in run["models_gb"].items()) + ".", "",
+             "| contender | mean s | p50 s | p95 s | p99 s | cold loads | back to level after shift, s | success "
+             "| received per node |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in run["contenders"].items():
+        lines.append(f"| {name} | {_cell(r['mean_s'])} | {_cell(r['p50_s'])} | {_cell(r['p95_s'])} | "
+                     f"{_cell(r['p99_s'])} | {r['cold_loads']} | {_cell(r['recovery_after_shift_s'])} | "
+                     f"{_success(r)} | {_nodes(r.get('by_node'))} |")
+    return lines + [""]
+
+
 def _rows(report: dict):
     """(scenario, contender, row) of every live or modelled run, heal's loads included."""
     for key, run in report["scenarios"].items():
@@ -196,6 +232,8 @@ def markdown(report: dict) -> str:
             lines += _heal_tables(run)
         elif key == "multiturn":
             lines += _multiturn_table(run)
+        elif key == "multimodel":
+            lines += _multimodel_table(run)
     for key, error in report.get("errors", {}).items():
         lines += [f"### {key}: failed", "", "```", error.rstrip(), "```", ""]
     lines += ["### Goals", "", "| goal | measured | met |", "|---|---|---|"]
