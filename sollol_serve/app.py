@@ -28,6 +28,10 @@ def worker_deployment_name(node_name: str) -> str:
 # The internal hops log no line per call: the Ingress's access log says what a client asked,
 # and a log line per hop costs each replica CPU on every request.
 QUIET = LoggingConfig(enable_access_log=False)
+# Serve notices a replica that died (an OOM kill) at its next health check, and only then starts
+# another: at Serve's default of 10 s, the only Ingress or Router replica was gone for up to 10 s.
+# A check a second costs each replica a trivial call.
+HEALTH_CHECK_PERIOD_S = 1.0
 
 
 def build_gateway(config: GatewayConfig) -> Application:
@@ -38,6 +42,7 @@ def build_gateway(config: GatewayConfig) -> Application:
         node.name: OllamaWorker.options(
             name=worker_deployment_name(node.name),
             max_ongoing_requests=sizing.max_ongoing_requests, logging_config=QUIET,
+            health_check_period_s=HEALTH_CHECK_PERIOD_S,
             # On the node's own Ray host when one declares the node's label.
             ray_actor_options={"num_cpus": 0,
                                "resources": worker_resources(node.name, node.ray_resource, cluster)},
@@ -46,6 +51,7 @@ def build_gateway(config: GatewayConfig) -> Application:
     }
     router = Router.options(
         num_replicas=sizing.router_replicas, max_ongoing_requests=sizing.max_ongoing_requests, logging_config=QUIET,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
         # a try's outcome goes back to the replica that holds its slot
         request_router_config=RequestRouterConfig(request_router_class=OwnerFirstRequestRouter),
     ).bind(dumped, workers)
@@ -54,7 +60,8 @@ def build_gateway(config: GatewayConfig) -> Application:
     ).bind(dumped)
     batch = BatchJobs.bind(analyzer, router, workers, dumped)
     return Ingress.options(
-        num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests
+        num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
     ).bind(router, workers, batch, dumped)
 
 
