@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
-from workload import WORDS, Job
+from workload import WORDS, Job, arrivals
 
 REQUEST_TIMEOUT_S = 300.0
 SideTask = Callable[[float], Awaitable[object]]  # started with the replay's t0 (time.monotonic())
@@ -182,14 +182,12 @@ def _text(rng: random.Random, lo_chars: int, hi_chars: int) -> str:
 def make_conversations(seed: int, rate_per_s: float, duration_s: float, turns: int = 4) -> list[Conversation]:
     """Poisson conversation starts; a 1500-3000 character first message, short follow-ups."""
     rng = random.Random(seed)
-    out, t = [], 0.0
-    while True:
-        t += rng.expovariate(rate_per_s)
-        if t >= duration_s:
-            return out
+    out = []
+    for t in arrivals(rng, rate_per_s, duration_s):
         out.append(Conversation(len(out), t, _text(rng, 1500, 3000),
                                 tuple(_text(rng, 80, 300) for _ in range(turns - 1)),
                                 tuple(rng.randint(48, 96) for _ in range(turns))))
+    return out
 
 
 async def _turn(session: aiohttp.ClientSession, url: str, messages: list[dict], num_predict: int) -> dict:

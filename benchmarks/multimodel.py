@@ -23,7 +23,7 @@ import random
 from contenders import NGINX_LC, SHIPPED, Cluster, Contender, delta, gateway_nodes, serving
 from hand_placement import HandPlacementProxy
 from loadgen import replay, summarize
-from workload import WORDS, Job, NodeSpec
+from workload import WORDS, Job, NodeSpec, arrivals
 
 LOAD_S_PER_GB = 1.25
 # name -> size in GB (sollol sim-node --models name@GB)
@@ -56,16 +56,14 @@ def make_jobs(seed: int, duration_s: float, phases: list[dict[str, float]]) -> l
     """Poisson arrivals; the model drawn from the phase's popularity (phases split the time
     evenly); short non-streamed chats, or an embedding for the embedder."""
     rng = random.Random(seed)
-    jobs, t = [], 0.0
-    while True:
-        t += rng.expovariate(RATE_RPS)
-        if t >= duration_s:
-            return jobs
+    jobs = []
+    for t in arrivals(rng, RATE_RPS, duration_s):
         phase = phases[min(int(t / duration_s * len(phases)), len(phases) - 1)]
         model = rng.choices(list(phase), list(phase.values()))[0]
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60)))
         kind = "embed" if model.startswith("embed") else "chat"
         jobs.append(Job(len(jobs), t, kind, 5, rng.randint(*OUTPUT_TOKENS), words, model))
+    return jobs
 
 
 def pins(cluster: Cluster) -> dict[str, list[str]]:

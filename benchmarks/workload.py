@@ -7,6 +7,7 @@ routing strategy and fed to the omniscient discrete-event bound.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -92,15 +93,21 @@ def capacity_rps(nodes: list[NodeSpec]) -> float:
     return sum(n.full_decode_tps() for n in nodes) / mean_output_tokens()
 
 
+def arrivals(rng: random.Random, rate_rps: float, duration_s: float) -> Iterator[float]:
+    """Poisson arrival times at `rate_rps` until `duration_s`."""
+    t = rng.expovariate(rate_rps)
+    while t < duration_s:
+        yield t
+        t += rng.expovariate(rate_rps)
+
+
 def make_workload(seed: int, rate_rps: float, duration_s: float) -> list[Job]:
     """Poisson arrivals at `rate_rps` for `duration_s`, mixed kinds and priorities."""
     rng = random.Random(seed)
-    jobs, t = [], 0.0
+    jobs = []
     kinds, weights = zip(*KIND_WEIGHTS.items())
-    while True:
-        t += rng.expovariate(rate_rps)
-        if t >= duration_s:
-            return jobs
+    for t in arrivals(rng, rate_rps, duration_s):
         words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 120)))
         jobs.append(Job(len(jobs), t, rng.choices(kinds, weights)[0], _priority(rng),
                         rng.randint(*OUTPUT_TOKENS), words))
+    return jobs

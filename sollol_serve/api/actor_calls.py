@@ -1,8 +1,9 @@
 """The request path's calls to the gateway's shared detached actors (rate limits, cache,
 sessions): any of them may be killed at any moment and Ray restarts it in a second or two.
 
-A call that the actor's death cut short is sent once more (Ray queues it until the restarted
-actor is up); a call is never left waiting longer than `ACTOR_CALL_S`. What only speeds a
+A call that the actor's death cut short is sent again until the restarted actor answers (a
+call made while it restarts can fail too); a call is never left waiting longer than
+`ACTOR_CALL_S` in all. What only speeds a
 request up (a cache lookup) is skipped instead of waited for.
 """
 
@@ -19,7 +20,9 @@ logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 
-ACTOR_CALL_S = 5.0  # a restart takes 1-3 s here; past this the client gets a 503, not a hang
+# A restart takes 1-3 s here, more on a busy machine; past this the client gets a 503, not a hang.
+ACTOR_CALL_S = 10.0
+RETRY_EVERY_S = 0.25
 OPTIONAL_CALL_S = 0.5
 
 
@@ -28,17 +31,24 @@ class SharedStateUnavailable(GatewayError):
 
 
 async def survive(call: Callable[[], Awaitable[T]], what: str, timeout_s: float = ACTOR_CALL_S) -> T:
-    """`call()`'s answer; sent again if the actor died under it. A 503 (retry in a second)
-    if it cannot answer in time: a limit that cannot be checked is not skipped."""
-    for attempt in (1, 2):
+    """`call()`'s answer; sent again (every `RETRY_EVERY_S`) while its actor is dead or
+    restarting. A 503 (retry in a second) if no answer comes within `timeout_s` in all: a
+    limit that cannot be checked is not skipped."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    attempt = 0
+    while (left := deadline - loop.time()) > 0:
+        attempt += 1
         try:
-            return await asyncio.wait_for(call(), timeout_s)
+            return await asyncio.wait_for(call(), left)
         except asyncio.TimeoutError:
             break
         except Exception as exc:
             if not is_process_death(exc):
                 raise
-            logger.warning("%s died under a call (try %d): %s", what, attempt, error_message(exc))
+            if attempt == 1:
+                logger.warning("%s died under a call (%s): asking until it is back", what, error_message(exc))
+            await asyncio.sleep(min(RETRY_EVERY_S, max(deadline - loop.time(), 0.0)))
     raise SharedStateUnavailable(f"the gateway's {what} is restarting; retry in a second", retry_after_s=1)
 
 
