@@ -1,6 +1,6 @@
 """Bounded soak: mixed load for minutes while simulated nodes are killed and restarted.
 
-    python benchmarks/soak.py [--duration 240] [--concurrency 8] [--seed 7] [--out benchmarks/results]
+    python benchmarks/soak.py [--duration 300] [--concurrency 8] [--seed 7] [--out benchmarks/results]
 
 Four simulated Ollama nodes (2-4 slots, decode speeds 40-200 tokens/s, `llama3.2` on all,
 `nomic-embed-text` on the two fastest), the whole gateway on a local Ray (num_cpus=2), and a
@@ -625,7 +625,7 @@ def write_outputs(out_dir: Path, report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=240.0, help="seconds of load (warm-up included)")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of load (warm-up included)")
     parser.add_argument("--concurrency", type=int, default=8, help="clients, each with one request in flight")
     parser.add_argument("--max-requests", type=int, default=20000, help="stop sending after this many")
     parser.add_argument("--request-timeout", type=float, default=60.0, help="client timeout per request, s")

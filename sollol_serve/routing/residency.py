@@ -64,10 +64,6 @@ class ColdCost:
     eviction_s: float = 0.0  # what evicting the victim will cost its next requests
     victim: str | None = None
 
-    @property
-    def total_s(self) -> float:
-        return self.load_s + self.queued_load_s + self.drain_s + self.eviction_s
-
     def as_dict(self) -> dict:
         return {"load_s": round(self.load_s, 3), "queued_load_s": round(self.queued_load_s, 3),
                 "drain_s": round(self.drain_s, 3), "eviction_s": round(self.eviction_s, 3), "victim": self.victim}
@@ -128,10 +124,11 @@ class NodeResidency:
             self.evictions[model] += 1
         self.facts[model] = Fact(loaded, at)
 
-    def victim(self, order: Callable[[str], str], running: dict[str, int],
-               sessions: dict[str, float], now: float | None = None) -> str | None:
-        """The model Ollama would unload to make room: by keep-alive, then path; idle first."""
-        ranked = sorted(self.loaded(now), key=lambda m: (sessions.get(m, DEFAULT_KEEP_ALIVE_S), order(m)))
+    def victim(self, order: Callable[[str], str], running: dict[str, int], now: float | None = None) -> str | None:
+        """The model Ollama would unload to make room: by keep-alive, then path; idle first.
+        The keep-alives are taken as equal (Ollama's default: the gateway sets none), so the
+        path order decides."""
+        ranked = sorted(self.loaded(now), key=order)
         return next((m for m in ranked if not running.get(m)), ranked[0] if ranked else None)
 
 
@@ -169,7 +166,7 @@ class Residency:
 
     def cold_cost(self, node: str, model: str, now: float, capacity: int, load_s: Callable[[str], float],
                   running: dict[str, list[float]], order: Callable[[str], str],
-                  warm_elsewhere: Callable[[str], bool], sessions: dict[str, float] | None = None) -> ColdCost:
+                  warm_elsewhere: Callable[[str], bool]) -> ColdCost:
         """What a request for `model`, not loaded on `node`, pays there. `running`: model ->
         predicted seconds left of each request running on the node."""
         res = self.of(node)
@@ -180,7 +177,7 @@ class Residency:
         cost = ColdCost(load_s=load_s(model), queued_load_s=queued)
         if len(res.loaded(now) | set(res.loading)) < capacity:  # room for one more
             return cost
-        victim = res.victim(order, {m: len(r) for m, r in running.items()}, sessions or {}, now)
+        victim = res.victim(order, {m: len(r) for m, r in running.items()}, now)
         if victim is None:
             return cost
         cost.victim = victim

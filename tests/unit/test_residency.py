@@ -67,12 +67,12 @@ def test_room_for_another_model_costs_only_its_load():
 def test_a_full_node_evicts_the_first_idle_model_in_ollamas_order_and_charges_its_demand():
     # b comes first in path order but is busy; a is idle: a goes, no drain. a was asked for 3
     # times at 100 s: 3/60 = 0.05 requests/s; within the 30 s horizon that is 1.5, capped at 1:
-    # its next request surely pays its 4 s load. c: 6 s load. Total 10 s.
+    # its next request surely pays its 4 s load. c: 6 s load.
     res = full_node()
     for _ in range(3):
         res.demand.note("a", 100.0)
     c = cost(res, "c", 100.0, running={"b": [3.0, 1.0]})
-    assert (c.victim, c.drain_s, c.load_s, c.eviction_s) == ("a", 0.0, 6.0, 4.0) and c.total_s == 10.0
+    assert (c.victim, c.drain_s, c.load_s, c.eviction_s) == ("a", 0.0, 6.0, 4.0)
     # 60 s later with no request for a: 0.05 * e^-1 = 0.018394/s, 0.5518 within 30 s: 2.2073 s
     later = cost(res, "c", 160.0, running={"b": [3.0, 1.0]})
     assert later.eviction_s == pytest.approx(0.05 * math.exp(-1) * 30 * 4.0, rel=1e-6)
