@@ -42,6 +42,9 @@ NODE_ARGS = {
 SEND_EVERY_S = 0.4
 AFTER_KILL_S = 10.0
 RECOVERED_WITHIN_S = 15.0  # loose: a test must fail when traffic never comes back, not time it
+# A request sent as the signal is sent is on the dying replica too: the kill does not land at
+# the instant this process reads its clock (CI saw one sent +0.0 s cut off 0.13 s later).
+KILL_LANDS_S = 0.2
 
 
 @dataclass
@@ -191,7 +194,7 @@ def test_a_killed_gateway_process_loses_no_request(app, role):
     learned_before = _learned(url)
     sent, killed_at = _kill_under_load(url, role)
 
-    in_flight = [s for s in sent if s.started < killed_at < s.ended]
+    in_flight = [s for s in sent if s.started < killed_at + KILL_LANDS_S and s.ended > killed_at]
     failed = [s for s in sent if not s.ok]
     if role == "ingress":  # what was on the killed replica may be lost with it, nothing else
         failed = [s for s in failed if s not in in_flight]
