@@ -42,9 +42,12 @@ NODE_ARGS = {
 SEND_EVERY_S = 0.4
 AFTER_KILL_S = 10.0
 RECOVERED_WITHIN_S = 15.0  # loose: a test must fail when traffic never comes back, not time it
-# A request sent as the signal is sent is on the dying replica too: the kill does not land at
-# the instant this process reads its clock (CI saw one sent +0.0 s cut off 0.13 s later).
-KILL_LANDS_S = 0.2
+# What a killed Ingress may take with it: the requests on it, those sent as the signal lands
+# (the suite saw one sent +0.0 s after the clock read, cut off 0.13 s later), and those Serve's
+# proxy hands it in the moment before it knows it is dead. They fail as a dropped connection or
+# the proxy's plain 500, never as one of the gateway's own answers.
+KILL_LANDS_S = 1.0
+LOST_WITH_INGRESS = ("RemoteProtocolError", "ReadError", "500 Internal Server Error", "500 b'Internal Server Error")
 
 
 @dataclass
@@ -194,10 +197,11 @@ def test_a_killed_gateway_process_loses_no_request(app, role):
     learned_before = _learned(url)
     sent, killed_at = _kill_under_load(url, role)
 
-    in_flight = [s for s in sent if s.started < killed_at + KILL_LANDS_S and s.ended > killed_at]
+    in_flight = [s for s in sent if s.started < killed_at < s.ended]
     failed = [s for s in sent if not s.ok]
     if role == "ingress":  # what was on the killed replica may be lost with it, nothing else
-        failed = [s for s in failed if s not in in_flight]
+        failed = [s for s in failed if not (s.started < killed_at + KILL_LANDS_S and s.ended > killed_at
+                                            and s.detail.startswith(LOST_WITH_INGRESS))]
     assert not failed, f"{len(failed)} of {len(sent)} failed after killing the {role}: " + \
         "; ".join(f"{s.kind} at {s.started - killed_at:+.1f}s: {s.detail}" for s in failed[:6])
 
