@@ -114,7 +114,6 @@ class RoutingCore:
         self.flights: dict[str, dict[int, Flight]] = defaultdict(dict)
         self.queue: PriorityQueue = PriorityQueue(config.queue_max, config.aging_s)
         self._ids = itertools.count()
-        self.last_used: dict[tuple[str, str], float] = {}  # (node, model) -> monotonic time
         self.residency = Residency()  # what each node has loaded, and what loading more costs
         self.max_loaded: dict[str, int | None] = {}  # node -> models it holds, where configured
         self.requested: dict[str, float] = {}  # model -> monotonic time it was last asked for
@@ -386,7 +385,6 @@ class RoutingCore:
         choice = grant.choice
         node = choice.node.name
         grant.flight_id = flight_id = next(self._ids)
-        self.last_used[(node, normalize_model(profile.model))] = now
         if choice.prediction is not None:
             self.residency.sent(node, normalize_model(profile.model), choice.prediction.cold, self.wall())
         if not (choice.prediction and choice.prediction.factors.get("cached_tokens")):
@@ -422,8 +420,7 @@ class RoutingCore:
 
     def finish(self, flight_id: int, node: str, now: float, ok: bool | None = None) -> Flight | None:
         flight = self.flights.get(node, {}).pop(flight_id, None)
-        if flight is not None:  # the model stays loaded for its keep-alive from now on
-            self.last_used[(node, normalize_model(flight.model))] = now
+        if flight is not None:  # an answer: the model is loaded there, for its keep-alive from now on
             self.residency.finished(node, normalize_model(flight.model), ok is True, self.wall())
         return flight
 

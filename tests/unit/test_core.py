@@ -580,7 +580,7 @@ def test_stale_nodes_are_not_re_measured_without_demand_or_room():
     assert core.stale(now=50.0) == []  # no free slot
     cold = _stale_core(now_wall=111.0)
     cold.snapshot["fast"] = nv("fast", slots=4, loaded=())
-    cold.last_used.clear()
+    cold.residency.nodes.clear()  # nothing known loaded there
     assert cold.stale(now=50.0) == []  # would cost a cold load
 
 
