@@ -1,5 +1,6 @@
 """The gateway's own processes die under steady load (SIGKILL by PID, as the OOM killer does)
-and no client notices: no failed request but those in flight on a killed Ingress, every node
+and no client notices: no failed request but those in flight on a killed Ingress (and a stream
+under way on a killed worker), every node
 back in /api/nodes with what was learned of it, and traffic flowing again.
 
 One app of its own (defaults as shipped, nodes given without slots, keys on so the rate-limit
@@ -48,6 +49,10 @@ RECOVERED_WITHIN_S = 15.0  # loose: a test must fail when traffic never comes ba
 # the proxy's plain 500, never as one of the gateway's own answers.
 KILL_LANDS_S = 1.0
 LOST_WITH_INGRESS = ("RemoteProtocolError", "ReadError", "500 Internal Server Error", "500 b'Internal Server Error")
+# A stream already under way on a killed worker has sent tokens no other node would repeat: it
+# ends with an error chunk naming the death (CI caught one in flight), a non-streamed request
+# moves to another node.
+LOST_WITH_WORKER = "stream ended {'error': 'stream from "
 
 
 @dataclass
@@ -202,6 +207,9 @@ def test_a_killed_gateway_process_loses_no_request(app, role):
     if role == "ingress":  # what was on the killed replica may be lost with it, nothing else
         failed = [s for s in failed if not (s.started < killed_at + KILL_LANDS_S and s.ended > killed_at
                                             and s.detail.startswith(LOST_WITH_INGRESS))]
+    if role.startswith("worker:"):
+        failed = [s for s in failed if not (s.kind == "chat_stream" and s.started < killed_at < s.ended
+                                            and s.detail.startswith(LOST_WITH_WORKER) and "ActorDiedError" in s.detail)]
     assert not failed, f"{len(failed)} of {len(sent)} failed after killing the {role}: " + \
         "; ".join(f"{s.kind} at {s.started - killed_at:+.1f}s: {s.detail}" for s in failed[:6])
 
