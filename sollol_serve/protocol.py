@@ -50,6 +50,8 @@ class NodeRequest:
     body: dict
     stream: bool
     model: str
+    # Set per try by the router, for an Ollama node, when the client set none (routing/keep_alive.py).
+    keep_alive: int | None = None
 
 
 @dataclass(slots=True)
@@ -121,6 +123,7 @@ class Ticket:
     # The worker actor of a node added at run time (its name outlives it: a shard group's
     # worker is made anew each time the group starts); None: the config's Serve deployment.
     worker: object | None = None
+    keep_alive: int | None = None  # for the node, where the client sets none
 
 
 @dataclass(slots=True)

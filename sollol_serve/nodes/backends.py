@@ -83,11 +83,15 @@ class OllamaBackend(NodeBackend):
 
     def _native(self, req: NodeRequest) -> dict:
         if req.api == "ollama":
-            return req.body
-        try:
-            return translate.openai_to_ollama_request(req.op, req.body)
-        except translate.UnsupportedInput as exc:
-            raise NodeError(str(exc), status=400, retryable=False) from exc
+            body = req.body
+        else:
+            try:
+                body = translate.openai_to_ollama_request(req.op, req.body)
+            except translate.UnsupportedInput as exc:
+                raise NodeError(str(exc), status=400, retryable=False) from exc
+        if req.keep_alive is not None and "keep_alive" not in body:  # the client's own wins
+            body = {**body, "keep_alive": req.keep_alive}
+        return body
 
     async def _chunks(self, path: str, body: dict, timeouts: TimeoutConfig) -> AsyncIterator[dict]:
         async for line in self.http.post_lines(self.url + path, {**body, "stream": True}, timeouts):

@@ -184,8 +184,8 @@ class RoutingCore:
         ours for it that has begun answering there says so too."""
         if view.kind != "ollama":
             return True  # llama-server, vLLM: the model they serve is always loaded
-        fact = self.residency.of(view.name).facts.get(model)
-        if fact.holds(self.wall()) if fact is not None else model in view.loaded:
+        res = self.residency.of(view.name)
+        if res.holds(model, self.wall()) if model in res.facts else model in view.loaded:
             return True
         return any(normalize_model(f.model) == model and f.began for f in self.flights.get(view.name, {}).values())
 

@@ -10,6 +10,7 @@ time gets a second leg (a hedge) on another node with a free slot.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -159,6 +160,11 @@ class Leg:
         return self.ticket.node
 
 
+def for_try(req: NodeRequest, ticket: Ticket) -> NodeRequest:
+    """The request as sent on this try: with the keep_alive the router chose for its node."""
+    return req if ticket.keep_alive == req.keep_alive else dataclasses.replace(req, keep_alive=ticket.keep_alive)
+
+
 class Dispatcher:
     def __init__(self, router: RouterLink, workers: WorkerLinks, failover: FailoverConfig,
                  rng: random.Random | None = None, clock=None):
@@ -178,7 +184,7 @@ class Dispatcher:
                 continue
             usage, ok, died = None, None, False  # ok stays None if the caller goes away (cancellation)
             try:
-                body, usage = await self.workers.for_ticket(ticket).call(req, ticket.node_model)
+                body, usage = await self.workers.for_ticket(ticket).call(for_try(req, ticket), ticket.node_model)
                 ok = True
             except Exception as exc:
                 ok, died = False if is_node_fault(exc) else None, is_process_death(exc)
@@ -269,7 +275,7 @@ class Dispatcher:
 
     def _open(self, ticket: Ticket, method: str, req: NodeRequest) -> Leg:
         try:
-            items = self.workers.for_ticket(ticket).open(method, req, ticket.node_model)
+            items = self.workers.for_ticket(ticket).open(method, for_try(req, ticket), ticket.node_model)
         except BaseException:
             self._report(ticket, None, None)
             raise

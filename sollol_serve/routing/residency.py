@@ -41,9 +41,9 @@ class Fact:
     loaded: bool
     at: float  # wall time it was learned as of (for a loaded model: last seen in use or listed)
 
-    def holds(self, now: float | None) -> bool:
-        """Loaded, and not yet past Ollama's keep-alive since it was last known to be."""
-        return self.loaded and (now is None or now - self.at < DEFAULT_KEEP_ALIVE_S)
+    def holds(self, now: float | None, keep_s: float = DEFAULT_KEEP_ALIVE_S) -> bool:
+        """Loaded, and not yet past its keep-alive since it was last known to be."""
+        return self.loaded and (now is None or now - self.at < keep_s)
 
 
 @dataclass(slots=True)
@@ -80,9 +80,17 @@ class NodeResidency:
     arrived_since_poll: set[str] = field(default_factory=set)  # loaded by our traffic since the last poll
     loads: Counter = field(default_factory=Counter)  # model -> loads seen
     evictions: Counter = field(default_factory=Counter)  # model -> unloads seen (evicted or expired)
+    keep_s: dict[str, float] = field(default_factory=dict)  # model -> keep_alive of our last request
+
+    def session_s(self, model: str) -> float:
+        return self.keep_s.get(model, DEFAULT_KEEP_ALIVE_S)
+
+    def holds(self, model: str, now: float | None) -> bool:
+        fact = self.facts.get(model)
+        return fact is not None and fact.holds(now, self.session_s(model))
 
     def loaded(self, now: float | None = None) -> set[str]:
-        return {model for model, fact in self.facts.items() if fact.holds(now)}
+        return {model for model in self.facts if self.holds(model, now)}
 
     def capacity(self, configured: int | None) -> int:
         if configured is not None:
@@ -125,10 +133,9 @@ class NodeResidency:
         self.facts[model] = Fact(loaded, at)
 
     def victim(self, order: Callable[[str], str], running: dict[str, int], now: float | None = None) -> str | None:
-        """The model Ollama would unload to make room: by keep-alive, then path; idle first.
-        The keep-alives are taken as equal (Ollama's default: the gateway sets none), so the
-        path order decides."""
-        ranked = sorted(self.loaded(now), key=order)
+        """The model Ollama would unload to make room: by the keep-alive of its last request
+        (the node's default where the gateway sent none), then path; idle first."""
+        ranked = sorted(self.loaded(now), key=lambda m: (self.session_s(m), order(m)))
         return next((m for m in ranked if not running.get(m)), ranked[0] if ranked else None)
 
 
@@ -156,8 +163,7 @@ class Residency:
         return self.nodes.setdefault(node, NodeResidency())
 
     def is_loaded(self, node: str, model: str, now: float | None = None) -> bool:
-        fact = self.of(node).facts.get(model)
-        return fact is not None and fact.holds(now)
+        return self.of(node).holds(model, now)
 
     def loading_left(self, node: str, model: str, now: float) -> float | None:
         """Seconds until a load this router caused for `model` there is done; None if none."""

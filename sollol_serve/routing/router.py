@@ -54,9 +54,10 @@ from sollol_serve.protocol import (
 from sollol_serve.routing.core import Flight, Grant, RoutingCore
 from sollol_serve.routing.failover import hedge_delay_s, should_hedge
 from sollol_serve.routing.holders import Holders
+from sollol_serve.routing.keep_alive import keep_alive_s, session_s
 from sollol_serve.routing.links import ActorLink, WorkerRegistry
 from sollol_serve.routing.lost_workers import LostWorkers
-from sollol_serve.routing.placement import Warm, warm_ahead
+from sollol_serve.routing.placement import Warm, pin_target, warm_ahead
 from sollol_serve.routing.policy import (
     candidates,
     model_known,
@@ -78,6 +79,7 @@ SAMPLE_S = 2.5  # the dashboard charts 10 s intervals: a few samples each
 STATE_CALL_S = 3.0
 # How long a rebuild of a restarted state actor waits for the workers to register their nodes.
 REJOIN_WAIT_S = 5.0
+PINS_CHECK_S = 5.0  # how often pinned models are checked for their min_nodes
 HOLDERS_CHECK_S = 2.0  # how often the holders of tickets in flight are checked for life
 
 
@@ -141,6 +143,7 @@ class Router:
         self.metrics_book = metrics_actor(self.config.state_actor_name)
         self._sampler = run_every(SAMPLE_S, self._sample, "cluster sample")
         self._reclaimer = run_every(HOLDERS_CHECK_S, self._reclaim_dead_holders, "ticket holders check")
+        self._pinner = run_every(PINS_CHECK_S, self._keep_pins, "pinned models check") if self.config.models else None
 
     async def __del__(self) -> None:
         """Serve stopping this replica: its slots are no longer anyone's (the state would
@@ -148,6 +151,8 @@ class Router:
         self._refresher.cancel()
         self._sampler.cancel()
         self._reclaimer.cancel()
+        if self._pinner is not None:
+            self._pinner.cancel()
         try:
             await self.state.forget_router.remote(self.router_id)
         except Exception:  # the state actor is gone too: nothing to forget
@@ -286,13 +291,30 @@ class Router:
             residency.sent(plan.node, model, plan.cold, wall)
             asyncio.create_task(self._warm(plan))
 
+    async def _keep_pins(self) -> None:
+        """Load each pinned model on one more node while fewer than its `min_nodes` have it."""
+        for model, policy in self.config.models.items():
+            if policy.min_nodes <= 0:
+                continue
+            try:
+                ranked = self.core.rank(self.core.remeasure_profile(model), set(), time.monotonic())
+            except GatewayError:
+                continue  # no node has it (yet)
+            residency = self.core.residency
+            plan = pin_target(model, ranked, policy.min_nodes,
+                              any(model in residency.of(n).loading for n in self.core.snapshot))
+            if plan is not None:
+                residency.sent(plan.node, model, plan.cold, self.core.wall())
+                asyncio.create_task(self._warm(plan))
+
     async def _warm(self, plan: Warm) -> None:
         view, ok = self.core.snapshot.get(plan.node), False
         logger.info("loading %s on %s ahead of its requests (they would wait %.1f s for its warm nodes)",
                     plan.model, plan.node, plan.wait_s)
         try:
             if view is not None:
-                await self.workers.links[plan.node].ask("warm", view.node_model(plan.model), None)
+                await self.workers.links[plan.node].ask("warm", view.node_model(plan.model),
+                                                        self._keep_alive(view, plan.model))
                 ok = True
         except Exception as exc:
             logger.warning("loading %s on %s ahead failed: %s", plan.model, plan.node, error_message(exc))
@@ -323,7 +345,18 @@ class Router:
             queued_s=queued_s, probe=grant.probe, hedge_after_s=hedge_after_s,
             # its first byte can prove slots only above what the node has proven already
             wants_first_byte=flight.alone and flight.concurrent > self.core.slots(node),
-            worker=getattr(self.workers.links[node.name], "actor", None))
+            worker=getattr(self.workers.links[node.name], "actor", None),
+            keep_alive=self._keep_alive(node, profile.model))
+
+    def _keep_alive(self, node: NodeView, model: str) -> int | None:
+        """What to keep the model loaded for on an Ollama node (None: the node's default)."""
+        if node.kind != "ollama" or not self.config.routing.steer_keep_alive:
+            return None
+        name, routing = normalize_model(model), self.config.routing
+        keep = keep_alive_s(self.core.residency.demand.rate(name, self.core.wall()),
+                            self.config.pinned(name) > 0, routing.node_keep_alive_s)
+        self.core.residency.of(node.name).keep_s[name] = session_s(keep)
+        return keep
 
     async def report(self, owner: str, outcomes: list[Outcome]) -> None:
         """Tries that ended (batched by the dispatcher): free their slots, learn from them.

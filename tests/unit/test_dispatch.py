@@ -22,6 +22,7 @@ from sollol_serve.protocol import (
     Usage,
     is_node_fault,
 )
+from sollol_serve.nodes.backends import OllamaBackend
 from sollol_serve.routing.dispatch import Dispatcher, Relay
 
 REQ = NodeRequest(api="ollama", op="chat", body={"model": "m"}, stream=False, model="m")
@@ -84,15 +85,18 @@ class FakeLink:
         self.answer, self.error, self.items, self.delay_s = answer, error, items, delay_s
         self.opened: list[FakeItems] = []
         self.calls: list[str] = []
+        self.keep_alives: list[int | None] = []
 
     async def call(self, req, node_model):
         self.calls.append(node_model)
+        self.keep_alives.append(req.keep_alive)
         if self.error:
             raise self.error
         return self.answer, USAGE
 
     def open(self, method, req, node_model):
         self.calls.append(node_model)
+        self.keep_alives.append(req.keep_alive)
         stream = FakeItems(self.items if self.items is not None else [FirstByte(running=2), (self.answer, USAGE)],
                            self.delay_s)
         self.opened.append(stream)
@@ -135,6 +139,31 @@ def test_a_call_goes_to_the_ticket_node_and_its_outcome_goes_back():
     assert router.outcomes == [("a", True)]
     assert routed.routing["attempts"] == [{"node": "a", "ok": True}]
     assert routed.routing["queue_wait_ms"] == 250.0 and routed.routing["node"] == "a"
+
+
+def test_each_try_carries_the_keep_alive_its_ticket_chose_and_the_request_is_not_changed():
+    router, a = FakeRouter("a", keep_alive=1500), FakeLink(answer={"message": "hi"})
+    d = dispatcher(router, FakeWorkers(a=a))
+    run(d.call(PROFILE, REQ))
+
+    async def drain():
+        return [item async for item in d.stream(PROFILE, REQ)]
+
+    run(drain())
+    assert a.keep_alives == [1500, 1500] and REQ.keep_alive is None
+
+
+def test_the_keep_alive_is_sent_to_an_ollama_node_unless_the_client_set_its_own():
+    backend = OllamaBackend("http://127.0.0.1:1", http=None)
+    steered = NodeRequest(api="ollama", op="chat", body={"model": "m"}, stream=False, model="m", keep_alive=-1)
+    assert backend._native(steered) == {"model": "m", "keep_alive": -1}
+    own = NodeRequest(api="ollama", op="chat", body={"model": "m", "keep_alive": "1m"}, stream=False, model="m",
+                      keep_alive=900)
+    assert backend._native(own)["keep_alive"] == "1m"
+    openai = NodeRequest(api="openai", op="chat", body={"model": "m", "messages": []}, stream=False, model="m",
+                         keep_alive=900)
+    assert backend._native(openai)["keep_alive"] == 900  # an OpenAI client has no keep_alive of its own
+    assert "keep_alive" not in backend._native(REQ)
 
 
 def test_a_node_fault_moves_the_request_to_the_next_node():

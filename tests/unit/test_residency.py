@@ -9,7 +9,8 @@ import pytest
 
 from sollol_serve.config import RoutingConfig
 from sollol_serve.routing.core import RoutingCore
-from sollol_serve.routing.placement import warm_ahead
+from sollol_serve.routing.keep_alive import FOREVER, keep_alive_s, session_s
+from sollol_serve.routing.placement import pin_target, warm_ahead
 from sollol_serve.routing.policy import Scored
 from sollol_serve.routing.predict import Prediction, Priors, predict
 from sollol_serve.routing.residency import DEFAULT_MAX_LOADED, ColdCost, Demand, NodeResidency, Residency
@@ -173,3 +174,40 @@ def test_capacity_is_learned_from_an_eviction_between_two_reports():
     expired.poll(frozenset({"c", "d"}), 1.0)
     expired.poll(frozenset({"d"}), 9.0)
     assert expired.capacity(None) == DEFAULT_MAX_LOADED
+
+
+def test_the_keep_alive_sent_grows_with_demand_and_a_pin_keeps_the_model_for_good():
+    # 300 s (the nodes' default) + 600 s per request/s, an hour at most; a pin: -1 (forever)
+    assert keep_alive_s(0.0, pinned=False, base_s=300.0) == 300
+    assert keep_alive_s(0.05, pinned=False, base_s=300.0) == 330
+    assert keep_alive_s(2.0, pinned=False, base_s=300.0) == 1500
+    assert keep_alive_s(9.0, pinned=False, base_s=300.0) == 3600
+    assert keep_alive_s(9.0, pinned=True, base_s=300.0) == FOREVER == -1
+    assert session_s(-1) == math.inf and session_s(330) == 330.0
+
+
+def test_ollama_evicts_the_model_whose_last_keep_alive_was_shortest_before_path_order():
+    # b is first in path order, but was last sent with 900 s (wanted); a with 330 s: a goes.
+    res = full_node()
+    res.of("n").keep_s.update({"b": 900.0, "a": 330.0})
+    assert cost(res, "c", 100.0).victim == "a"
+    # a pinned (forever) and b idle: b goes whatever its keep-alive
+    res.of("n").keep_s["a"] = math.inf
+    assert cost(res, "c", 100.0).victim == "b"
+    # A model kept 900 s is still loaded 600 s after it was last seen, one with 330 s is not.
+    res.of("n").keep_s["a"] = 330.0
+    assert res.is_loaded("n", "b", now=100.0 + 600) and not res.is_loaded("n", "a", now=100.0 + 600)
+
+
+def test_a_pinned_model_is_loaded_on_one_more_node_at_a_time_until_it_has_its_minimum():
+    # a: warm. b: room (5 s load). c: evicts something wanted (3 s charge): b, which disturbs none.
+    ranked = [_scored("a", 9.0, None), _scored("b", 0.0, ColdCost(load_s=5.0)),
+              _scored("c", 0.0, ColdCost(load_s=4.0, eviction_s=3.0, victim="x"))]
+    plan = pin_target("m", ranked, min_nodes=2, loading_anywhere=False)
+    assert (plan.node, plan.model) == ("b", "m")
+    assert pin_target("m", ranked, min_nodes=1, loading_anywhere=False) is None  # has its one
+    assert pin_target("m", ranked, min_nodes=2, loading_anywhere=True) is None  # one load at a time
+    # with b warm too, a third node is c, even at the price of an eviction: the operator asked
+    warm_b = [ranked[0], _scored("b", 0.0, None), ranked[2]]
+    assert pin_target("m", warm_b, min_nodes=3, loading_anywhere=False).node == "c"
+    assert pin_target("m", warm_b, min_nodes=2, loading_anywhere=False) is None
