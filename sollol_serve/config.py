@@ -112,6 +112,13 @@ class RoutingConfig(_Strict):
     # Follow-up turns of a conversation go to the node that holds its prefix in its KV cache
     # when that is predicted faster (prefill skipped) and the node has a free slot.
     affinity: bool = True
+    # Requests to Ollama nodes that set no keep_alive get one that grows with their model's
+    # demand (from `node_keep_alive_s` up to an hour), so a full node evicts the least wanted
+    # model and a wanted one outlives a lull (routing/keep_alive.py).
+    steer_keep_alive: bool = True
+    # The nodes' own default keep_alive (OLLAMA_KEEP_ALIVE; Ollama's is 5 min): the least a
+    # steered request gets, and how long a model the gateway sent nothing for stays loaded.
+    node_keep_alive_s: float = Field(default=300.0, gt=0)
 
 
 class HealthConfig(_Strict):
@@ -282,6 +289,14 @@ def timeouts_for(base: TimeoutConfig, rules: list[ModelTimeouts], model: str) ->
     return base
 
 
+class ModelPolicy(_Strict):
+    """What the operator asks of one model's placement (`models: {name: {min_nodes: 2}}`)."""
+
+    # Kept loaded on at least this many Ollama nodes that have it (loaded ahead of requests,
+    # sent with keep_alive -1 so the nodes evict it last and never let it expire).
+    min_nodes: int = Field(default=0, ge=0, le=64)
+
+
 class DeploymentSizing(_Strict):
     """Concurrency limits per replica. Every deployment on the request path only waits on
     I/O, so Serve's default of 5 ongoing requests per replica would queue requests inside
@@ -396,6 +411,7 @@ class GatewayConfig(_Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     model_timeouts: list[ModelTimeouts] = Field(default_factory=list)
+    models: dict[str, ModelPolicy] = Field(default_factory=dict)  # by model name
     health: HealthConfig = Field(default_factory=HealthConfig)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
@@ -435,6 +451,17 @@ class GatewayConfig(_Strict):
             if normalize_model(target) in names:  # one lookup, never a chain or a loop
                 raise ValueError(f"alias '{alias}' names another alias ('{target}'): name the model itself")
         return aliases
+
+    @field_validator("models")
+    @classmethod
+    def _models_by_full_name(cls, models: dict[str, ModelPolicy]) -> dict[str, ModelPolicy]:
+        """`chat` and `chat:latest` name one model: keyed as the nodes list it."""
+        return {normalize_model(name): policy for name, policy in models.items() if name.strip()}
+
+    def pinned(self, model: str) -> int:
+        """How many nodes the operator keeps `model` loaded on (0: none asked)."""
+        policy = self.models.get(normalize_model(model))
+        return policy.min_nodes if policy is not None else 0
 
     def model_for(self, name: str) -> str:
         """The model a client's name stands for: its alias's target, else the name itself."""

@@ -9,6 +9,9 @@ by hand), while the request goes where it is predicted soonest. The node chosen 
 where the load disturbs least: no eviction, or the eviction of the least-wanted model, and no
 running requests to wait for; then the sooner ready. At most one such load per model at a time,
 and only for a model asked for often enough that more requests will come while it loads.
+
+An operator's pin (`models: {name: {min_nodes: N}}`) is kept the same way, without waiting
+for demand: while fewer than N nodes have the model loaded, it is loaded on one more.
 """
 
 from __future__ import annotations
@@ -39,11 +42,7 @@ def warm_ahead(model: str, ranked: list[Scored], demand_rps: float, loading_anyw
         return None
     wait = min(s.prediction.wait_s for s in warm)
 
-    def disturbance(s: Scored) -> tuple[float, float]:
-        c = s.prediction.cold
-        return c.eviction_s + c.drain_s + c.queued_load_s, s.prediction.total_s
-
-    target = min(cold, key=disturbance)
+    target = min(cold, key=_disturbance)
     c = target.prediction.cold
     if wait <= c.load_s + c.drain_s + c.queued_load_s:  # its warm nodes answer sooner than a load
         return None
@@ -53,3 +52,24 @@ def warm_ahead(model: str, ranked: list[Scored], demand_rps: float, loading_anyw
     if wait * demand_rps * EVICTION_HORIZON_S < c.eviction_s:
         return None
     return Warm(target.node.name, model, c, wait)
+
+
+def _disturbance(s: Scored) -> tuple[float, float]:
+    """What loading there costs others (evicted model, drained requests, a load waited for),
+    then how soon the node would answer."""
+    c = s.prediction.cold
+    return c.eviction_s + c.drain_s + c.queued_load_s, s.prediction.total_s
+
+
+def pin_target(model: str, ranked: list[Scored], min_nodes: int, loading_anywhere: bool) -> Warm | None:
+    """The node to load a pinned model on now, or None: while fewer than `min_nodes` of its
+    candidates have it loaded, one load at a time, where it disturbs least."""
+    if loading_anywhere:
+        return None
+    known = [s for s in ranked if s.prediction is not None]
+    warm = [s for s in known if s.prediction.cold is None]
+    cold = [s for s in known if s.prediction.cold is not None and s.node.routable]
+    if len(warm) >= min_nodes or not cold:
+        return None
+    target = min(cold, key=_disturbance)
+    return Warm(target.node.name, model, target.prediction.cold, 0.0)

@@ -243,3 +243,13 @@ def test_aliases_name_served_models_in_one_step():
         GatewayConfig.model_validate({"aliases": {"loop": "loop:latest"}})
     with pytest.raises(ValueError, match="named"):
         GatewayConfig.model_validate({"aliases": {"x": " "}})
+
+
+def test_a_pinned_model_is_named_as_the_nodes_list_it():
+    config = GatewayConfig.model_validate({"models": {"chat": {"min_nodes": 2}, "coder:7b": {}}})
+    assert config.pinned("chat:latest") == 2 and config.pinned("chat") == 2
+    assert config.pinned("coder:7b") == 0 and config.pinned("other") == 0
+    with pytest.raises(ValidationError):
+        GatewayConfig.model_validate({"models": {"chat": {"min_nodes": -1}}})
+    with pytest.raises(ValidationError):
+        GatewayConfig.model_validate({"models": {"chat": {"nodes": 2}}})  # a typo is refused, not ignored
