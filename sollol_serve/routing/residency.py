@@ -34,6 +34,9 @@ DEMAND_TAU_S = 60.0  # demand is requests/s averaged over about this long
 # the load it will cost, weighted by the chance it is asked for within this horizon.
 EVICTION_HORIZON_S = 30.0
 WARM_ELSEWHERE_DISCOUNT = 0.25  # its requests can go to another node that has it loaded
+# Evicting a pinned model from one of its last `min_nodes` is priced as an hour of waiting: a
+# request goes there only when no other node can serve it.
+PIN_EVICTION_S = 3600.0
 
 
 @dataclass(slots=True)
@@ -158,6 +161,7 @@ class Residency:
     def __init__(self) -> None:
         self.nodes: dict[str, NodeResidency] = {}
         self.demand = Demand()
+        self.pins: dict[str, int] = {}  # model -> nodes the operator keeps it loaded on
 
     def of(self, node: str) -> NodeResidency:
         return self.nodes.setdefault(node, NodeResidency())
@@ -188,6 +192,9 @@ class Residency:
             return cost
         cost.victim = victim
         cost.drain_s = max(running.get(victim, []), default=0.0)
+        if sum(r.holds(victim, now) for r in self.nodes.values()) <= self.pins.get(victim, 0):
+            cost.eviction_s = PIN_EVICTION_S
+            return cost
         wanted = min(1.0, self.demand.rate(victim, now) * EVICTION_HORIZON_S)
         cost.eviction_s = wanted * load_s(victim) * (WARM_ELSEWHERE_DISCOUNT if warm_elsewhere(victim) else 1.0)
         return cost

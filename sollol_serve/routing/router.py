@@ -129,6 +129,7 @@ class Router:
             self.router_id = uuid.uuid4().hex
         self.core = RoutingCore(self.config.routing)
         self.core.max_loaded = {node.name: node.max_loaded for node in self.config.nodes}
+        self.core.residency.pins = {model: p.min_nodes for model, p in self.config.models.items() if p.min_nodes}
         self.lost_workers = LostWorkers()
         self.holders = Holders()  # the replica carrying each ticket's request
         self.incarnation: str | None = None  # the node state actor's, as of the last sync

@@ -13,7 +13,14 @@ from sollol_serve.routing.keep_alive import FOREVER, keep_alive_s, session_s
 from sollol_serve.routing.placement import pin_target, warm_ahead
 from sollol_serve.routing.policy import Scored
 from sollol_serve.routing.predict import Prediction, Priors, predict
-from sollol_serve.routing.residency import DEFAULT_MAX_LOADED, ColdCost, Demand, NodeResidency, Residency
+from sollol_serve.routing.residency import (
+    DEFAULT_MAX_LOADED,
+    PIN_EVICTION_S,
+    ColdCost,
+    Demand,
+    NodeResidency,
+    Residency,
+)
 from tests.unit.test_core import book_of, nv, prof, speed, start
 
 LOADS = {"a": 4.0, "b": 5.0, "c": 6.0, "d": 2.0}
@@ -211,3 +218,13 @@ def test_a_pinned_model_is_loaded_on_one_more_node_at_a_time_until_it_has_its_mi
     warm_b = [ranked[0], _scored("b", 0.0, None), ranked[2]]
     assert pin_target("m", warm_b, min_nodes=3, loading_anywhere=False).node == "c"
     assert pin_target("m", warm_b, min_nodes=2, loading_anywhere=False) is None
+
+
+def test_evicting_a_pin_from_one_of_its_last_nodes_costs_an_hour():
+    # a is pinned to 1 node and loaded only here: evicting it is priced PIN_EVICTION_S
+    res = full_node()
+    res.pins = {"a": 1}
+    res.of("n").keep_s["b"] = 900.0  # b kept longer: a, the pin, is the victim by keep-alive
+    assert cost(res, "c", 100.0) == ColdCost(load_s=6.0, eviction_s=PIN_EVICTION_S, victim="a")
+    res.of("m").poll(frozenset({"a"}), 100.0)  # loaded on a second node: above its minimum
+    assert cost(res, "c", 100.0).eviction_s == 0.0  # and nobody asked for it lately
