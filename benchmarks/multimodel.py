@@ -12,7 +12,12 @@ Contenders, same seeded workload, each after the same warm-up (the first phase's
 - `shipped`: `serve_config.yaml`'s args, nodes from SOLLOL_NODES with nothing about residency;
 - `nginx least_conn`: what a load balancer that knows nothing does;
 - `hand placement`: an expert's map (each model pinned to nodes that can hold it together,
-  least-connections among them: `hand_placement.py`), made for the first phase's mix.
+  least-connections among them: `hand_placement.py`), made for the first phase's mix;
+- `best static map`: the map that does best on the warm-up's traffic in the cluster's model
+  (`static_map.py`, searched over every map that fits): an expert at their best, for the
+  traffic they saw;
+- `omniscient (model)`: a bound no router reaches: every model loaded on every node, free,
+  and each request sent where it finishes first, in `omniscient.py`'s model of the nodes.
 Cold loads are counted at the nodes (the simulators' load counters).
 """
 
@@ -20,9 +25,11 @@ from __future__ import annotations
 
 import random
 
-from contenders import NGINX_LC, SHIPPED, Cluster, Contender, delta, gateway_nodes, serving
+from contenders import NGINX_LC, OMNISCIENT, SHIPPED, Cluster, Contender, delta, gateway_nodes, serving
 from hand_placement import HandPlacementProxy
 from loadgen import replay, summarize
+from scenarios import bound
+from static_map import best_map
 from workload import WORDS, Job, NodeSpec, arrivals
 
 LOAD_S_PER_GB = 1.25
@@ -45,6 +52,7 @@ PHASES = [
 HAND = {"big": ["chat:latest", "coder:latest", "embed:latest"], "mid1": ["chat:latest", "reason:latest"],
         "mid2": ["coder:latest", "second:latest"], "small": ["embed:latest"]}
 HAND_PLACEMENT = Contender("hand placement", "hand")
+BEST_MAP = Contender("best static map", "hand")
 RATE_RPS = 2.2
 DURATION_S = 76.0  # about 168 requests
 WARMUP_S = 30.0
@@ -66,9 +74,9 @@ def make_jobs(seed: int, duration_s: float, phases: list[dict[str, float]]) -> l
     return jobs
 
 
-def pins(cluster: Cluster) -> dict[str, list[str]]:
+def pins(cluster: Cluster, placement: dict[str, list[str]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for node, models in HAND.items():
+    for node, models in placement.items():
         for model in models:
             out.setdefault(model, []).append(cluster.sims[node].url)
     return out
@@ -91,12 +99,13 @@ def recovery_s(results: list[dict], jobs: list[Job], shift_at: float, window_s: 
     return None
 
 
-def run_one(bench, cluster: Cluster, contender: Contender, warmup: list[Job], jobs: list[Job]) -> dict:
+def run_one(bench, cluster: Cluster, contender: Contender, warmup: list[Job], jobs: list[Job],
+            placements: dict[str, dict[str, list[str]]]) -> dict:
     cluster.reset()
     if contender.kind == "hand":
-        server = HandPlacementProxy(pins(cluster))
-        with server as url:
-            return _measure(cluster, url, warmup, jobs, bench.args.drain_cap, {"pins": HAND})
+        placement = placements[contender.name]
+        with HandPlacementProxy(pins(cluster, placement)) as url:
+            return _measure(cluster, url, warmup, jobs, bench.args.drain_cap, {"pins": placement})
     with serving(contender, cluster, bench.serve_url, "multimodel") as (url, notes):
         row = _measure(cluster, url, warmup, jobs, bench.args.drain_cap, notes)
         if contender.kind == "gateway":
@@ -119,16 +128,19 @@ def _measure(cluster: Cluster, url: str, warmup: list[Job], jobs: list[Job], dra
 def multimodel(bench) -> dict:
     jobs = make_jobs(MEASURE_SEED, DURATION_S, PHASES)
     warmup = make_jobs(WARMUP_SEED, WARMUP_S, PHASES[:1])
+    placements = {HAND_PLACEMENT.name: HAND, BEST_MAP.name: best_map(NODES, warmup)[0]}
     rows = {}
     with Cluster(NODES, models=tuple(SIZES)) as cluster:
-        for contender in (SHIPPED, NGINX_LC, HAND_PLACEMENT, *bench.extra):
-            rows[contender.name] = row = run_one(bench, cluster, contender, warmup, jobs)
+        for contender in (SHIPPED, NGINX_LC, HAND_PLACEMENT, BEST_MAP, *bench.extra):
+            rows[contender.name] = row = run_one(bench, cluster, contender, warmup, jobs, placements)
             print(f"[multimodel] {contender.name}: mean {row.get('mean_s')} p95 {row.get('p95_s')} "
                   f"success {row.get('success')} cold loads {row['cold_loads']} "
                   f"recovery {row['recovery_after_shift_s']} by node {row['by_node']}", flush=True)
+    rows[OMNISCIENT.name] = bound(NODES, jobs, DURATION_S, bench.args.bound_budget)
     return {"title": "Five models on four nodes that hold 3/2/2/1, popularity shifting halfway",
             "cluster": [{"name": s.name, "slots": s.slots, "decode_tps": s.decode_tps, "max_loaded": s.max_loaded}
                         for s in NODES],
             "models_gb": SIZES, "load_s_per_gb": LOAD_S_PER_GB, "phases": PHASES, "hand_placement": HAND,
+            "best_static_map": placements[BEST_MAP.name],
             "shift_to": max(PHASES[1], key=PHASES[1].get),
             "rate_rps": RATE_RPS, "jobs": len(jobs), "warmup_jobs": len(warmup), "contenders": rows}
