@@ -28,7 +28,7 @@ import random
 from contenders import NGINX_LC, OMNISCIENT, SHIPPED, Cluster, Contender, delta, gateway_nodes, serving
 from hand_placement import HandPlacementProxy
 from loadgen import replay, summarize
-from scenarios import bound
+from omniscient import bound
 from static_map import best_map
 from workload import WORDS, Job, NodeSpec, arrivals
 

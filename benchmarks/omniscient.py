@@ -14,6 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from loadgen import summarize
 from workload import Job, NodeSpec
 
 DT = 0.01
@@ -103,3 +104,19 @@ def simulate(nodes: list[NodeSpec], jobs: list[Job], budget_s: float | None = No
                                      "kind": w.job.kind}
         now += DT
     return [results[j.id] for j in jobs]
+
+
+def bound(specs: list[NodeSpec], jobs: list, duration_s: float, budget_s: float) -> dict:
+    """The model's run as a benchmark row (latency figures, requests per node), or why skipped."""
+    started = time.monotonic()
+    try:
+        results = simulate(specs, jobs, budget_s=budget_s)
+    except OverBudget:
+        return {"skipped": f"the model took more than {budget_s:.0f} s on this machine"}
+    row = summarize(results, duration_s)
+    nodes: dict[str, int] = {}
+    for r in results:
+        nodes[r["node"]] = nodes.get(r["node"], 0) + 1
+    row["by_node"] = dict(sorted(nodes.items()))
+    row["elapsed_s"] = round(time.monotonic() - started, 1)
+    return row

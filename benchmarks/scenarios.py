@@ -39,7 +39,7 @@ from loadgen import (
     summarize_turns,
 )
 from multimodel import multimodel
-from omniscient import OverBudget, simulate
+from omniscient import bound
 from workload import NodeSpec, capacity_rps, make_workload
 
 from sollol_serve.sim.engine import count_tokens
@@ -100,21 +100,6 @@ def live(bench: Bench, cluster: Cluster, contender: Contender, tag: str, warm: C
         row["notes"] = notes
     row["elapsed_s"] = round(time.monotonic() - started, 1)
     print(f"[{tag}] {contender.name}: {one_line(row)}", flush=True)
-    return row
-
-
-def bound(specs: list[NodeSpec], jobs: list, duration_s: float, budget_s: float) -> dict:
-    started = time.monotonic()
-    try:
-        results = simulate(specs, jobs, budget_s=budget_s)
-    except OverBudget:
-        return {"skipped": f"the model took more than {budget_s:.0f} s on this machine"}
-    row = summarize(results, duration_s)
-    nodes: dict[str, int] = {}
-    for r in results:
-        nodes[r["node"]] = nodes.get(r["node"], 0) + 1
-    row["by_node"] = dict(sorted(nodes.items()))
-    row["elapsed_s"] = round(time.monotonic() - started, 1)
     return row
 
 
