@@ -5,7 +5,8 @@ its own lifetime. Three feeds fill it: every answered request (`Use`: rate, erro
 percentiles, tokens/s per node), every routing decision (queue wait by priority, and the
 router's accuracy: the seconds it predicted for the node it chose, the seconds it took, and
 what it predicted for the node least-connections would have chosen), and the Router's
-periodic sample of the nodes and its queue (load per node, queue depth).
+periodic sample of the nodes and its queue (load per node, models loaded per Ollama node,
+queue depth).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Interval:
     tokens_out: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # node -> tokens
     in_flight: dict[str, Mean] = field(default_factory=lambda: defaultdict(Mean))  # node -> mean of samples
     slots: dict[str, float] = field(default_factory=dict)  # node -> its capacity at the last sample
+    # Ollama node -> every model loaded at one of its samples: one loaded for a few seconds shows.
+    loaded: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     waiting: dict[str, int] = field(default_factory=dict)  # router -> its queue at its last sample
     queue_wait: dict[str, Mean] = field(default_factory=lambda: defaultdict(Mean))  # priority -> ms
     predicted: Mean = field(default_factory=Mean)
@@ -75,6 +78,7 @@ class Interval:
             "tokens_per_s": {node: round(n / INTERVAL_S, 2) for node, n in sorted(self.tokens_out.items())},
             "load": {node: {"in_flight": mean.value(2), "slots": self.slots.get(node)}
                      for node, mean in sorted(self.in_flight.items())},
+            "loaded": {node: sorted(models) for node, models in sorted(self.loaded.items())},
             "queue_waiting": sum(self.waiting.values()) if self.waiting else None,
             "queue_wait_ms": {p: mean.value(1) for p, mean in sorted(self.queue_wait.items(), key=lambda i: int(i[0]))},
             "predicted_s": self.predicted.value(), "actual_s": self.actual.value(),
@@ -134,6 +138,8 @@ class Timeline:
         for node in nodes:
             interval.in_flight[node.name].add(node.in_flight)
             interval.slots[node.name] = node.slots
+            if node.kind == "ollama":  # the others serve what they serve: nothing comes and goes
+                interval.loaded[node.name].update(node.loaded)
         interval.waiting[router] = queue.waiting
 
     def as_json(self, since: float = 0.0) -> dict:

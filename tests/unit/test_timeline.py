@@ -7,8 +7,9 @@ from sollol_serve.observability.timeline import INTERVAL_S, SPAN_S, Timeline, le
 from sollol_serve.protocol import NodeStatus, QueueStatus
 
 
-def _node(name: str, in_flight: int, slots: int) -> NodeStatus:
-    return NodeStatus(name=name, url=f"http://{name}", kind="ollama", healthy=True, slots=slots, in_flight=in_flight)
+def _node(name: str, in_flight: int, slots: int, loaded: list[str] | None = None, kind: str = "ollama") -> NodeStatus:
+    return NodeStatus(name=name, url=f"http://{name}", kind=kind, healthy=True, slots=slots, in_flight=in_flight,
+                      loaded=loaded or [])
 
 
 def _decision(at: float, latency_ms: float, node: str, priority: int, wait_ms: float, candidates: list[dict]) -> dict:
@@ -45,6 +46,17 @@ def test_an_interval_holds_rate_percentiles_tokens_load_queue_and_accuracy():
     # Predicted 0.5 s for fast both times, took 0.6 and 0.4; least-connections would have sent
     # both to slow, predicted 2.0 s.
     assert (point["predicted_s"], point["actual_s"], point["least_conn_predicted_s"]) == (0.5, 0.5, 2.0)
+
+
+def test_an_interval_holds_every_model_each_ollama_node_had_loaded():
+    t = Timeline()
+    queue = QueueStatus(router="r1", waiting=0, max=10, aging_s=5.0)
+    t.add_sample(101.0, "r1", [_node("a", 0, 2, ["chat"]), _node("b", 0, 2), _node("cpp", 0, 1, ["tiny"], "openai")], queue)
+    t.add_sample(111.0, "r1", [_node("a", 0, 2, ["chat", "coder"]), _node("b", 0, 2)], queue)
+    t.add_sample(113.0, "r2", [_node("a", 0, 2, ["embed"]), _node("b", 0, 2)], queue)  # coder and chat evicted
+    first, second = t.as_json()["points"]
+    assert first["loaded"] == {"a": ["chat"], "b": []}  # b had nothing loaded; a llama-server is not tracked
+    assert second["loaded"] == {"a": ["chat", "coder", "embed"], "b": []}  # each one loaded at some sample in it
 
 
 def test_an_hour_of_intervals_late_arrivals_and_since():
