@@ -192,9 +192,10 @@ def _multimodel_table(run: dict) -> list[str]:
         lines.append(f"| {name} | {_cell(r['mean_s'])} | {_cell(r['p50_s'])} | {_cell(r['p95_s'])} | "
                      f"{_cell(r['p99_s'])} | {_cell(r.get('cold_loads'))} | {_cell(r.get('recovery_after_shift_s'))} | "
                      f"{_success(r)} | {_nodes(r.get('by_node'))} |")
+    lines.append("")
     for label, key in (("hand placement", "hand_placement"), ("best static map", "best_static_map")):
         if key in run:
-            lines.append(f"{label}: " + "; ".join(f"{node}: {', '.join(models)}" for node, models in run[key].items()) + ".")
+            lines.append(f"- {label}: " + "; ".join(f"{node}: {', '.join(models)}" for node, models in run[key].items()) + ".")
     return lines + [""]
 
 
