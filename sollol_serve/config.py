@@ -375,6 +375,9 @@ class ApiKeyConfig(_Strict):
     # The highest priority this key may ask for (higher ones are lowered to it, and the
     # answer says so); None = the role's `max_priority`, else 10.
     max_priority: int | None = Field(default=None, ge=1, le=10)
+    # This key's weight in fair share between applications at equal priority (a key with
+    # share 2 gets twice the service of a key with 1 when both wait); None = its role's.
+    share: float | None = Field(default=None, gt=0, le=1000)
 
 
 class SecurityConfig(_Strict):
@@ -391,6 +394,8 @@ class SecurityConfig(_Strict):
     # Per role, the highest priority its keys may ask for (a key's own max_priority wins).
     # Urgent requests jump the queue and are hedged (run twice): not every client's call.
     max_priority: dict[str, int] = Field(default_factory=lambda: {"user": 8})
+    # Per role, the share in fair queueing of its keys (a key's own `share` wins); else 1.
+    share: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "SecurityConfig":
@@ -400,10 +405,20 @@ class SecurityConfig(_Strict):
         bad = {role: p for role, p in self.max_priority.items() if not 1 <= p <= 10}
         if bad:
             raise ValueError(f"security.max_priority must be 1-10 per role, got {bad}")
+        bad_shares = {role: w for role, w in self.share.items() if not 0 < w <= 1000}
+        if bad_shares:
+            raise ValueError(f"security.share must be above 0 and at most 1000 per role, got {bad_shares}")
         return self
 
     def priority_cap(self, key: ApiKeyConfig) -> int:
         return key.max_priority or self.max_priority.get(key.role, 10)
+
+    def share_of(self, name: str) -> float:
+        """The fair-queueing share of the application `name` (a key's name; anything else: 1)."""
+        key = next((k for k in self.keys if k.name == name), None)
+        if key is None:
+            return 1.0
+        return key.share or self.share.get(key.role, 1.0)
 
 
 class GatewayConfig(_Strict):

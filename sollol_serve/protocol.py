@@ -181,6 +181,8 @@ class QueueStatus:
     max: int
     aging_s: float
     waited_by_priority: dict[str, dict] = field(default_factory=dict)  # priority -> count, mean/max ms
+    # application -> share, waiting, refused (over its part of the queue), count, mean/max ms
+    by_application: dict[str, dict] = field(default_factory=dict)
 
     def as_json(self) -> dict:
         return asdict(self)

@@ -44,6 +44,10 @@ class RequestProfile:
     conversation: str | None = None
     prefix_tokens: int = 0
     num_ctx: int | None = None  # the context the client asks the node to load the model with
+    # Who sent it, for fair share between applications (routing/fair_share.py): the
+    # application as the gateway attributes it, and the share its key gives it.
+    app: str = ""
+    share: float = 1.0
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -46,6 +46,7 @@ class Principal:
     permissions: frozenset[str]
     session: str | None = None  # the session's id, when the caller came by cookie
     max_priority: int = 10  # higher asks are lowered to this
+    share: float = 1.0  # its weight in fair share between applications
 
 
 ANONYMOUS = Principal("anonymous", "admin", frozenset(ALL_PERMISSIONS))
@@ -91,7 +92,7 @@ class Authenticator:
         self.security = security
         self.rekey(session_secret)
         self._keys = [(k.sha256, Principal(k.name, k.role, frozenset(security.roles[k.role]),
-                                           max_priority=security.priority_cap(k)))
+                                           max_priority=security.priority_cap(k), share=security.share_of(k.name)))
                       for k in security.keys]
         self._by_name = {principal.name: (digest, principal) for digest, principal in self._keys}
 

@@ -88,6 +88,7 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
         if hit is not None:
             return cached(svc, endpoint, body["model"], hit, started, reply, request.state.application)
     profile = profile_request(api, op, body, priority, svc.lengths.table)
+    profile.app, profile.share = request.state.application[0], principal.share
     req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
     charge = svc.charger(principal)
     if not streams:

@@ -91,8 +91,13 @@ async def timeline(request: Request, svc: Services = Depends(services)) -> Respo
 
 @router.get("/api/applications")
 async def applications(svc: Services = Depends(services)) -> Response:
-    """Every application that sent requests: totals, and live for the last minute."""
-    return JSONResponse(await svc.metrics_book.applications_json.remote())
+    """Every application that sent requests: totals, live for the last minute, and its fair
+    share of the queue (share, waiting now, refused over its part, waits of its served requests)."""
+    shown, queue = await asyncio.gather(svc.metrics_book.applications_json.remote(), svc.router.queue_stats.remote())
+    for entry in shown["applications"]:
+        entry["fair_share"] = queue.by_application.get(entry["name"]) or {
+            "share": svc.config.security.share_of(entry["name"]), "waiting": 0, "refused": 0}
+    return JSONResponse(shown)
 
 
 @router.get("/api/alerts")

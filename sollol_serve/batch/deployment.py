@@ -47,8 +47,9 @@ class BatchJobs:
         await self.runner.resume()
         self._expirer = asyncio.create_task(self._expire_loop())
 
-    async def _send(self, kind: str, model: str, settings: dict, inputs: list) -> tuple[list, str]:
-        """One chunk through the router, as the Ollama request a client would have sent."""
+    async def _send(self, kind: str, model: str, settings: dict, inputs: list, owner: str) -> tuple[list, str]:
+        """One chunk through the router, as the Ollama request a client would have sent, in
+        its owner's fair share."""
         settings = dict(settings)
         priority = settings.pop("priority", None) or self.config.batch.priority
         settings.pop("metadata", None)  # the caller's labels for the job, not for the node
@@ -57,6 +58,7 @@ class BatchJobs:
         else:
             op, body = "chat", {**inputs[0], "model": model, "stream": False}
         profile = await self.analyzer.profile.remote("ollama", op, body, priority)
+        profile.app, profile.share = owner, self.config.security.share_of(owner)
         # A cancelled job cancels this call, and with it the node's work.
         routed = await self.dispatch.call(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,
                                                                model=model))

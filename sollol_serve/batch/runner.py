@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({429, 502, 503, 504})
 # (kind, model, job request, inputs of one chunk) -> (one result per input, the node that answered)
-Send = Callable[[str, str, dict, list], Awaitable[tuple[list, str]]]
+Send = Callable[[str, str, dict, list, str], Awaitable[tuple[list, str]]]  # kind, model, settings, inputs, owner
 
 
 def chunked(items: list, size: int) -> list[list]:
@@ -92,7 +92,8 @@ class BatchRunner:
         while True:
             try:
                 async with self.slots:
-                    results, node = await self.send(job["kind"], job["model"], job["request"], [x for _, x in chunk])
+                    results, node = await self.send(job["kind"], job["model"], job["request"], [x for _, x in chunk],
+                                                    job["owner"])
                 return [Outcome(idx, result=r, node=node) for idx, r in zip(indexes, results, strict=True)]
             except Exception as exc:
                 message = error_message(exc)

@@ -131,15 +131,30 @@ BREAKER_STATES = ("closed", "half_open", "open")
 SHARD_STATES = ("starting", "running", "restarting", "failed", "stopped")
 
 
-def _queue_waits(queue: QueueStatus) -> SummaryMetricFamily:
-    """Served requests' waits in the queue per priority, as a summary (count and sum, no
-    quantiles), so that PromQL can take a rate of them: `rate(_sum) / rate(_count)`."""
-    family = SummaryMetricFamily("sollol_queue_wait_seconds", "Wait in the queue of served requests, per priority",
-                                 labels=["priority"])
-    for priority, waited in sorted(queue.waited_by_priority.items(), key=lambda item: int(item[0])):
+def _waits(name: str, doc: str, label: str, waits: Iterable[tuple[str, dict]]) -> SummaryMetricFamily:
+    """Served requests' waits in the queue, as a summary (count and sum, no quantiles), so that
+    PromQL can take a rate of them: `rate(_sum) / rate(_count)`."""
+    family = SummaryMetricFamily(name, doc, labels=[label])
+    for value, waited in waits:
         count = int(waited.get("count", 0))
-        family.add_metric([priority], count, count * float(waited.get("mean_ms", 0.0)) / 1000)
+        family.add_metric([value], count, count * float(waited.get("mean_ms", 0.0)) / 1000)
     return family
+
+
+def _queue_waits(queue: QueueStatus) -> list:
+    apps = sorted(queue.by_application.items())
+    return [
+        _waits("sollol_queue_wait_seconds", "Wait in the queue of served requests, per priority", "priority",
+               sorted(queue.waited_by_priority.items(), key=lambda item: int(item[0]))),
+        _waits("sollol_application_queue_wait_seconds", "Wait in the queue of served requests, per application",
+               "application", apps),
+        _gauge("sollol_application_waiting", "Requests of the application waiting in the queue", ["application"],
+               ([[app], float(a["waiting"])] for app, a in apps)),
+        _gauge("sollol_application_share", "The application's weight in fair share at equal priority",
+               ["application"], ([[app], float(a["share"])] for app, a in apps)),
+        _counter("sollol_application_queue_refused", "Requests refused (429) over the application's part of the queue",
+                 ["application"], {(app,): a["refused"] for app, a in apps}),
+    ]
 
 
 def families(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, shards: list[dict], cache: dict,
@@ -199,7 +214,7 @@ def families(book: RequestMetrics, nodes: list[NodeStatus], queue: QueueStatus, 
         _gauge("sollol_queue_wait_seconds_max", "Longest wait in the queue of a served request, per priority",
                ["priority"], ([[p], float(w.get("max_ms", 0.0)) / 1000]
                               for p, w in sorted(queue.waited_by_priority.items()))),
-        _queue_waits(queue),
+        *_queue_waits(queue),
         _gauge("sollol_shard_group_state", "Shard group state (1 for the current one)", ["model", "state"],
                ([[g["model"], s], float(g["state"] == s)] for g in shards for s in SHARD_STATES)),
         _gauge("sollol_shard_groups", "Shard groups in each state (0 too, so an alert rule always has a series)",

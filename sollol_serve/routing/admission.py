@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -64,8 +65,13 @@ class PriorityQueue(Generic[T]):
     def __contains__(self, waiter: object) -> bool:
         return waiter in self._waiters
 
-    def push(self, item: T, priority: int, now: float, retry_after_s: int = 1) -> Waiter[T]:
-        if len(self._waiters) >= self.max_size:
+    def __iter__(self) -> Iterator[Waiter[T]]:
+        return iter(list(self._waiters))
+
+    def push(self, item: T, priority: int, now: float, retry_after_s: int = 1, bounded: bool = True) -> Waiter[T]:
+        """Queue `item`; past `max_size` only if not `bounded` (a request within its
+        application's own part of the queue is never refused for another's flood)."""
+        if bounded and len(self._waiters) >= self.max_size:
             raise QueueFull(f"the cluster is saturated and its queue of {self.max_size} is full; "
                             f"retry in {retry_after_s} s", retry_after_s=max(1, retry_after_s))
         waiter = Waiter(priority, now, next(self._seq), item)

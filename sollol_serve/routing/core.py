@@ -83,6 +83,7 @@ class Flight:
     began: bool = False  # the node's first byte has come
     proved: bool = False  # its first byte proved the slot it probed for
     profile: RequestProfile | None = None  # what it asked for (its outcome is learned by it)
+    charged: float = 0.0  # tokens counted against its application (fair share), to correct at its end
 
 
 @dataclass(slots=True)

@@ -231,6 +231,8 @@ class Router:
                 self.core.forget_turn(flight.profile.conversation, node)
             if ok is not None:
                 self.core.learn(observation(flight, ok, usage, now - flight.started))
+            if ok and usage is not None:
+                self.admissions.finished(flight.profile, flight.charged, usage.prompt_tokens, usage.completion_tokens)
         self.admissions.pump()
 
     # -- re-measuring: a short request of the router's own to a node whose estimate aged ----
@@ -268,7 +270,7 @@ class Router:
             self.core.residency.demand.note(normalize_model(profile.model), self.core.wall())
             self._consider_warming(profile, exclude)
         if wait:
-            grant, queued_s = await self.admissions.admit(profile, exclude)
+            grant, queued_s = await self.admissions.admit(profile, exclude, counted=not tried)
         else:
             grant, queued_s = self.core.grant_now(profile, exclude, time.monotonic()), 0.0
             if grant is None:
@@ -503,7 +505,8 @@ class Router:
         queue = self.core.queue
         stats = queue.wait_stats
         return QueueStatus(router=self.router_id, waiting=len(queue), max=queue.max_size, aging_s=queue.aging_s,
-                           waited_by_priority={str(p): stats[p].as_dict() for p in sorted(stats)})
+                           waited_by_priority={str(p): stats[p].as_dict() for p in sorted(stats)},
+                           by_application=self.admissions.by_application(self.config.security.share_of))
 
     async def knows(self, model: str) -> bool:
         """Whether some node (or a shard group) serves `model`, up or down."""

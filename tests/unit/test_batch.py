@@ -46,7 +46,7 @@ class Node:
         self.hang = hang
         self.cancelled = 0
 
-    async def __call__(self, kind, model, settings, inputs):
+    async def __call__(self, kind, model, settings, inputs, owner):
         self.calls.append(list(inputs))
         if self.fail:
             raise self.fail.pop(0)

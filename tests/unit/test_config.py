@@ -253,3 +253,16 @@ def test_a_pinned_model_is_named_as_the_nodes_list_it():
         GatewayConfig.model_validate({"models": {"chat": {"min_nodes": -1}}})
     with pytest.raises(ValidationError):
         GatewayConfig.model_validate({"models": {"chat": {"nodes": 2}}})  # a typo is refused, not ignored
+
+
+def test_fair_shares_come_from_the_key_else_its_role_else_one():
+    keys = [{"name": "indexer", "sha256": "a" * 64, "role": "user", "share": 0.5},
+            {"name": "webui", "sha256": "b" * 64, "role": "user"},
+            {"name": "ops", "sha256": "c" * 64, "role": "admin"}]
+    security = GatewayConfig.model_validate({"security": {"keys": keys, "share": {"admin": 3}}}).security
+    assert security.share_of("indexer") == 0.5  # its own
+    assert security.share_of("ops") == 3.0  # its role's
+    assert security.share_of("webui") == 1.0 and security.share_of("curl") == 1.0
+    for bad in ({"keys": [{**keys[0], "share": 0}]}, {"share": {"user": -1}}):
+        with pytest.raises(ValidationError):
+            GatewayConfig.model_validate({"security": bad})

@@ -222,6 +222,8 @@ def test_profile_request_ollama_chat_default_output():
         "conversation": hashlib.blake2b(b"x" * 40, digest_size=8).hexdigest(),
         "prefix_tokens": 10,
         "num_ctx": None,
+        "app": "",  # the Ingress names it
+        "share": 1.0,
     }
     assert DEFAULT_OUTPUT_TOKENS == 128
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sollol_serve.protocol import NoNodeAvailable
+from sollol_serve.protocol import NoNodeAvailable, QueueFull
 from sollol_serve.routing.pump import Admissions
 from tests.unit.test_core import core_with, nv, prof
 
@@ -111,3 +111,75 @@ def test_a_grant_that_lands_as_its_caller_leaves_frees_the_slot():
 
     adm, held = asyncio.run(go())
     assert len(adm.core.flights["a"]) == held  # no slot is left reserved for a caller who left
+
+
+def app_prof(app: str, share: float = 1.0, priority: int = 5):
+    p = prof(priority=priority)
+    p.app, p.share = app, share
+    return p
+
+
+def test_at_equal_priority_the_next_slot_goes_to_the_application_furthest_behind():
+    # One slot. "flood" holds it and queues three more; "chat" queues one after them. Each
+    # request is predicted at 10 + 2 x 100 = 210 tokens. flood has been charged 210 (its
+    # first), chat is lifted to it on joining: tie, flood's older request goes; then chat's
+    # (210 < 420), though it arrived last.
+    async def go():
+        adm, clock = admissions()
+        first, _ = await adm.admit(app_prof("flood"), set())
+        queued = [asyncio.ensure_future(adm.admit(app_prof(app), set())) for app in ("flood", "flood", "flood", "chat")]
+        await asyncio.sleep(0)
+        assert adm.fair.counter("flood") == adm.fair.counter("chat") == 210.0
+        served, grant = [], first
+        for _ in range(4):
+            adm.core.finish(grant.flight_id, "a", clock.now)
+            adm.pump()
+            pending = [q for i, q in enumerate(queued) if i not in served]
+            await asyncio.wait(pending, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+            done = next(i for i, q in enumerate(queued) if q.done() and i not in served)
+            served.append(done)
+            grant = queued[done].result()[0]
+        return served, adm
+
+    served, adm = asyncio.run(go())
+    assert served == [0, 3, 1, 2]
+    assert adm.fair.counter("flood") == 840.0 and adm.fair.counter("chat") == 420.0
+
+
+def test_an_application_over_its_part_of_the_queue_gets_429_and_no_other_does():
+    # queue_max 4, one slot held. flood fills the queue alone (4); then chat's request is
+    # within its part (half of 4 with two waiting) and is queued past the global bound,
+    # while flood's fifth is refused for flood alone.
+    async def go():
+        clock = Clock()
+        core = core_with("least_busy", nv("a", slots=1))
+        core.queue.max_size = 4
+        adm = Admissions(core, 5.0, clock)
+        await adm.admit(app_prof("flood"), set())
+        waiting = [asyncio.ensure_future(adm.admit(app_prof("flood"), set())) for _ in range(4)]
+        await asyncio.sleep(0)
+        chat = asyncio.ensure_future(adm.admit(app_prof("chat"), set()))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="application 'flood'"):
+            await adm.admit(app_prof("flood"), set())
+        status = adm.by_application(lambda app: 1.0)
+        for f in [*waiting, chat]:
+            f.cancel()
+        return chat, status, len(adm.queue)
+
+    chat, status, _ = asyncio.run(go())
+    assert status["flood"]["waiting"] == 4 and status["flood"]["refused"] == 1
+    assert status["chat"]["waiting"] == 1 and status["chat"]["refused"] == 0
+
+
+def test_a_retry_counts_against_no_one_and_an_answer_corrects_the_charge():
+    async def go():
+        adm, clock = admissions(slots=2)
+        grant, _ = await adm.admit(app_prof("app"), set())
+        await adm.admit(app_prof("app"), set(), counted=False)  # a retry on another node
+        flight = adm.core.flights["a"][grant.flight_id]
+        adm.finished(flight.profile, flight.charged, prompt_tokens=10, completion_tokens=300)
+        return adm
+
+    adm = asyncio.run(go())
+    assert adm.fair.counter("app") == 210.0 + (610.0 - 210.0)  # one charge, corrected to what it used
