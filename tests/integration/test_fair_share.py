@@ -1,0 +1,83 @@
+"""Fair share through the real gateway: two applications told apart by their API keys, one
+flooding a one-slot node; the other's request is served next (not after the flood) and only
+the flood is refused over its part of the queue."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from ray import serve
+
+from sollol_serve.api.auth import hash_key
+from sollol_serve.app import build_gateway
+from sollol_serve.config import GatewayConfig
+from sollol_serve.sim.process import SimProcess
+from tests.helpers import FAST_HEALTH, wait_until
+
+pytestmark = pytest.mark.integration
+
+APP = "fairshare"
+FLOOD, CHAT, OPS = "sk-sollol-flood-test", "sk-sollol-chat-test", "sk-sollol-ops-test"
+QUEUE_MAX = 6
+FLOOD_SENT = 10  # one runs, six wait (the whole queue while it is alone), three are refused
+
+
+def _chat(url: str, key: str, n: int) -> tuple[int, float, float]:
+    """Status, when it was sent and when it ended."""
+    started = time.monotonic()
+    r = httpx.post(url + "/api/chat", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                   json={"model": "llama3.2", "stream": False, "options": {"num_predict": 40},
+                         "messages": [{"role": "user", "content": f"request {n}"}]})
+    return r.status_code, started, time.monotonic()
+
+
+@pytest.fixture(scope="module")
+def app(gateway):
+    sim = SimProcess("fs1", ["--kind", "ollama", "--models", "llama3.2", "--slots", "1", "--decode-tps", "100",
+                             "--load-s", "0"]).start()
+    config = GatewayConfig.model_validate({
+        "nodes": [{"name": "fs1", "url": sim.url, "slots": 1}], "state_actor_name": f"sollol_state_{APP}",
+        "routing": {"queue_max": QUEUE_MAX}, "health": FAST_HEALTH,
+        "security": {"keys": [{"name": "flood", "sha256": hash_key(FLOOD), "role": "user"},
+                              {"name": "chat", "sha256": hash_key(CHAT), "role": "user"},
+                              {"name": "ops", "sha256": hash_key(OPS), "role": "reader"}]},
+    })
+    try:
+        serve.run(build_gateway(config), name=APP, route_prefix=f"/{APP}")
+        url = f"{gateway.url}/{APP}"
+        wait_until(lambda: _chat(url, CHAT, -1)[0] == 200, 60, "the fairshare app answering")
+        yield url
+    finally:
+        serve.delete(APP)
+        sim.stop()
+
+
+def _waiting(url: str, name: str) -> int:
+    apps = httpx.get(url + "/api/applications", headers={"Authorization": f"Bearer {OPS}"}, timeout=10).json()
+    entry = next((a for a in apps["applications"] if a["name"] == name), None)
+    return entry["fair_share"]["waiting"] if entry else 0
+
+
+def test_a_flood_waits_its_turn_and_only_the_flood_is_refused(app):
+    with ThreadPoolExecutor(FLOOD_SENT + 1) as pool:
+        flood = [pool.submit(_chat, app, FLOOD, n) for n in range(FLOOD_SENT)]
+        wait_until(lambda: _waiting(app, "flood") == QUEUE_MAX, 30, "the flood filling the queue")
+        chat = pool.submit(_chat, app, CHAT, 0).result(timeout=60)
+        flood_done = [f.result(timeout=60) for f in flood]
+
+    assert chat[0] == 200, chat
+    statuses = sorted(status for status, _, _ in flood_done)
+    assert statuses == [200] * (FLOOD_SENT - 3) + [429] * 3, statuses
+    # Served by arrival, the chat request would end after all seven of the flood's; in its fair
+    # turn it ends before at least four of them (it waits for the one running and, at a tie,
+    # the flood's oldest).
+    ended_after_chat = [end for status, _, end in flood_done if status == 200 and end > chat[2]]
+    assert len(ended_after_chat) >= 4, (chat, flood_done)
+
+    apps = {a["name"]: a for a in httpx.get(app + "/api/applications", timeout=10,
+                                            headers={"Authorization": f"Bearer {OPS}"}).json()["applications"]}
+    assert apps["flood"]["fair_share"]["refused"] == 3 and apps["chat"]["fair_share"]["refused"] == 0
+    assert apps["chat"]["fair_share"]["share"] == 1.0 and apps["flood"]["fair_share"]["count"] >= FLOOD_SENT - 3
