@@ -112,6 +112,10 @@ class RoutingConfig(_Strict):
     # Follow-up turns of a conversation go to the node that holds its prefix in its KV cache
     # when that is predicted faster (prefill skipped) and the node has a free slot.
     affinity: bool = True
+    # At equal priority the queue serves the application furthest behind its share (API key,
+    # else X-SOLLOL-App, else client family; routing/fair_share.py), and refuses (429) only an
+    # application over its part of the queue. False: by arrival, one queue bound for all.
+    fair_share: bool = True
     # Requests to Ollama nodes that set no keep_alive get one that grows with their model's
     # demand (from `node_keep_alive_s` up to an hour), so a full node evicts the least wanted
     # model and a wanted one outlives a lull (routing/keep_alive.py).

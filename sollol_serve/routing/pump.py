@@ -34,8 +34,9 @@ class Asking:
 
 
 class Admissions:
-    def __init__(self, core: RoutingCore, queue_timeout_s: float, clock: Callable[[], float] = time.monotonic):
-        self.core, self.queue_timeout_s, self.clock = core, queue_timeout_s, clock
+    def __init__(self, core: RoutingCore, queue_timeout_s: float, clock: Callable[[], float] = time.monotonic,
+                 fair: bool = True):
+        self.core, self.queue_timeout_s, self.clock, self.fair_on = core, queue_timeout_s, clock, fair
         self.fair = FairShare()
         self.refused: dict[str, int] = {}  # application -> requests refused over its part of the queue
         self.waited: dict[str, WaitStats] = {}  # application -> its served requests' waits
@@ -71,6 +72,8 @@ class Admissions:
 
     def _enqueue(self, asking: Asking, now: float) -> Waiter[Asking]:
         """Into the queue, within its application's part of it (else 429 for that one alone)."""
+        if not self.fair_on:
+            return self.queue.push(asking, asking.profile.priority, now, self.core.retry_after_s())
         app, queued, shares = asking.profile.app, {}, {}
         for waiter in self.queue:
             other = waiter.item.profile
@@ -147,6 +150,8 @@ class Admissions:
                 waiter.item.granted.set_exception(decision)
 
     def _fair_order(self, waiters: list[Waiter[Asking]], now: float) -> list[Waiter[Asking]]:
+        if not self.fair_on:  # most urgent first (with aging), then by arrival: the queue's own order
+            return self.queue.ordered(now)
         by_seq = {w.seq: w for w in waiters}
         seen = [Waiting(w.item.profile.app, w.item.profile.share, w.priority, w.effective_priority(now, self.queue.aging_s),
                         w.seq, request_cost(w.item.profile.tokens_in, w.item.profile.tokens_out_est)) for w in waiters]

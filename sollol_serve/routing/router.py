@@ -135,7 +135,7 @@ class Router:
         self.incarnation: str | None = None  # the node state actor's, as of the last sync
         self.deaths = RestartLog()  # of the gateway's processes this router saw die
         self.state_reachable = True  # the last sync got an answer
-        self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s)
+        self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s, fair=self.config.routing.fair_share)
         self.discovery = await asyncio.to_thread(start_discovery, self.config)  # one per gateway
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need

@@ -183,3 +183,25 @@ def test_a_retry_counts_against_no_one_and_an_answer_corrects_the_charge():
 
     adm = asyncio.run(go())
     assert adm.fair.counter("app") == 210.0 + (610.0 - 210.0)  # one charge, corrected to what it used
+
+
+def test_with_fair_share_off_the_queue_serves_by_arrival_with_one_bound_for_all():
+    async def go():
+        clock = Clock()
+        core = core_with("least_busy", nv("a", slots=1))
+        core.queue.max_size = 2
+        adm = Admissions(core, 5.0, clock, fair=False)
+        first, _ = await adm.admit(app_prof("flood"), set())
+        queued = [asyncio.ensure_future(adm.admit(app_prof(app), set())) for app in ("flood", "flood")]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="its queue of 2 is full"):  # the flood's fill refuses chat too
+            await adm.admit(app_prof("chat"), set())
+        adm.core.finish(first.flight_id, "a", clock.now)
+        adm.pump()
+        await asyncio.wait(queued, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        done = [q.done() for q in queued]
+        for q in queued:
+            q.cancel()
+        return done
+
+    assert asyncio.run(go()) == [True, False]
