@@ -55,10 +55,10 @@ async def send(session: aiohttp.ClientSession, url: str, job: Job, t0: float) ->
     await asyncio.sleep(max(0.0, t0 + job.at - time.monotonic()))
     path, body = request_of(job)
     started = time.monotonic()
-    base = {"priority": job.priority, "kind": job.kind, "at": job.at}
+    base = {"priority": job.priority, "kind": job.kind, "at": job.at, "app": job.app}
     first, last = None, b""
     try:
-        async with session.post(url + path, json=body) as response:
+        async with session.post(url + path, json=body, headers={"X-SOLLOL-App": job.app} if job.app else None) as response:
             node = response.headers.get("X-SOLLOL-Node")
             if response.status != 200:
                 await response.read()

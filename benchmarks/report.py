@@ -76,6 +76,25 @@ def _multimodel_goals(scenarios: dict) -> dict[str, dict | None]:
     }
 
 
+def _fairshare_goals(scenarios: dict) -> dict[str, dict | None]:
+    rows = (scenarios.get("fairshare") or {}).get("contenders", {})
+    shipped, alone, old = rows.get(SHIPPED), rows.get("modest alone"), rows.get("fair share off")
+    if shipped is None or alone is None or old is None:
+        return {}
+    modest = [app for app in alone["apps"]]
+    worst = max((ratio(shipped["apps"][a]["p95_s"], alone["apps"][a]["p95_s"]) or float("inf")) for a in modest)
+    jain = min(shipped["jain_by_window"], default=None)
+    flood = ratio(shipped["apps"]["flood"]["completions_per_s"], old["apps"]["flood"]["completions_per_s"])
+    refused = sum(shipped["apps"][a]["refused_429"] for a in modest)
+    return {
+        "fairshare: every modest application's p95 <= 1.5 x its p95 alone": {"value": worst, "met": worst <= 1.5},
+        "fairshare: Jain's index >= 0.95 in every 60 s window": {"value": jain, "met": jain is not None and jain >= 0.95},
+        "fairshare: the flood's throughput >= 0.95 x with the queue by arrival": {
+            "value": flood, "met": flood is not None and flood >= 0.95},
+        "fairshare: no 429 to a modest application": {"value": refused, "met": refused == 0},
+    }
+
+
 def goals(scenarios: dict) -> dict[str, dict]:
     """The goals the scenarios that ran can decide, each with its measured value."""
     checks = {
@@ -89,6 +108,7 @@ def goals(scenarios: dict) -> dict[str, dict]:
         "heal (0.75 load): fast node back to its share within 20 s": _heal_goal(scenarios, "loaded", 20),
         "multiturn: shipped TTFT mean (turns >= 2) <= 0.7 x affinity off": _multiturn_goal(scenarios),
         **_multimodel_goals(scenarios),
+        **_fairshare_goals(scenarios),
     }
     return {name: g for name, g in checks.items() if g is not None}
 
@@ -199,6 +219,23 @@ def _multimodel_table(run: dict) -> list[str]:
     return lines + [""]
 
 
+def _fairshare_table(run: dict) -> list[str]:
+    nodes = ", ".join(f"{n['name']} ({n['slots']} slots, {n['decode_tps']:g} tok/s)" for n in run["cluster"])
+    lines = [f"### {run['title']}: {run['jobs']} requests", "",
+             f"Nodes: {nodes}; the cluster serves about {run['capacity_rps']} requests/s. `flood` sends "
+             f"{run['flood_rps']}/s, `chat-a`, `chat-b`, `chat-c` {run['modest_rps_each']:g}/s each.", "",
+             "| contender | application | p50 s | p95 s | mean s | ok / sent | 429 | unfinished | completions/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in run["contenders"].items():
+        for app, a in r["apps"].items():
+            lines.append(f"| {name} | {app} | {_cell(a['p50_s'])} | {_cell(a['p95_s'])} | {_cell(a['mean_s'])} | "
+                         f"{a['ok']} / {a['sent']} | {a['refused_429']} | {a['unfinished']} | "
+                         f"{_cell(a['completions_per_s'])} |")
+    lines += ["", "Jain's index per 60 s window: " + "; ".join(
+        f"{name} {r['jain_by_window']}" for name, r in run["contenders"].items()) + ".", ""]
+    return lines
+
+
 def _rows(report: dict):
     """(scenario, contender, row) of every live or modelled run, heal's loads included."""
     for key, run in report["scenarios"].items():
@@ -244,6 +281,8 @@ def markdown(report: dict) -> str:
             lines += _multiturn_table(run)
         elif key == "multimodel":
             lines += _multimodel_table(run)
+        elif key == "fairshare":
+            lines += _fairshare_table(run)
     for key, error in report.get("errors", {}).items():
         lines += [f"### {key}: failed", "", "```", error.rstrip(), "```", ""]
     lines += ["### Goals", "", "| goal | measured | met |", "|---|---|---|"]

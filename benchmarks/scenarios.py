@@ -38,6 +38,7 @@ from loadgen import (
     summarize,
     summarize_turns,
 )
+from fairshare import fairshare
 from multimodel import multimodel
 from omniscient import bound
 from workload import NodeSpec, capacity_rps, make_workload
@@ -210,5 +211,5 @@ def multiturn(bench: Bench) -> dict:
 
 SCENARIOS: dict[str, Callable[[Bench], dict]] = {
     "hetero": hetero, "homo": homo, "slots": slots, "heal": heal_scenario, "multiturn": multiturn, "large": large,
-    "multimodel": multimodel,
+    "multimodel": multimodel, "fairshare": fairshare,
 }

@@ -64,6 +64,7 @@ class Job:
     num_predict: int
     prompt: str
     model: str | None = None  # None: llama3.2 (nomic-embed-text for embeddings)
+    app: str | None = None  # sent as X-SOLLOL-App
 
     @property
     def prompt_tokens(self) -> int:
