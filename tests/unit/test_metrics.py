@@ -94,3 +94,16 @@ def test_no_shard_group_still_gives_every_state_a_zero():
     assert {k[1] for k in samples if k[0] == "sollol_shard_groups"} == {
         (("state", s),) for s in ("starting", "running", "restarting", "failed", "stopped")}
     assert not [k for k in samples if k[0] == "sollol_alerts_active"]
+
+
+def test_each_applications_fair_share_of_the_queue():
+    queue = QueueStatus(router="r1", waiting=3, max=1000, aging_s=10.0, by_application={
+        "flood": {"share": 1.0, "waiting": 3, "refused": 2, "count": 10, "mean_ms": 2000.0, "max_ms": 9000.0},
+        "webui": {"share": 2.0, "waiting": 0, "refused": 0, "count": 4, "mean_ms": 50.0, "max_ms": 90.0}})
+    samples = _samples(render(RequestMetrics(), NODES, queue, [], {}, {}))
+    assert samples[("sollol_application_queue_wait_seconds_count", (("application", "flood"),))] == 10
+    assert samples[("sollol_application_queue_wait_seconds_sum", (("application", "flood"),))] == 20.0
+    assert samples[("sollol_application_queue_wait_seconds_sum", (("application", "webui"),))] == 0.2
+    assert samples[("sollol_application_waiting", (("application", "flood"),))] == 3
+    assert samples[("sollol_application_share", (("application", "webui"),))] == 2.0
+    assert samples[("sollol_application_queue_refused_total", (("application", "flood"),))] == 2
