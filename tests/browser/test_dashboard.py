@@ -70,7 +70,8 @@ def _timeline_has_everything(url: str) -> bool:
     return (any(p["requests"] and p["p50_ms"] is not None for p in points)
             and any(p["tokens_per_s"] for p in points) and any(p["load"] for p in points)
             and any(p["predicted_s"] is not None and p["actual_s"] is not None for p in points)
-            and any(p["queue_waiting"] is not None for p in points))
+            and any(p["queue_waiting"] is not None for p in points)
+            and any(any(p["loaded"].values()) for p in points))
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_every_chart_draws_the_last_hour_with_axes_and_legends(traffic, open_das
     page = dashboard.page
     page.wait_for_function("Object.values(window.sollolDashboard.charts).every(c => c.u)", timeout=20_000)
     charts = page.evaluate(CHARTS_JS)
-    assert set(charts) == {"load", "tokens", "latency", "queue", "accuracy"}
+    assert set(charts) == {"load", "tokens", "latency", "queue", "residency", "accuracy"}
     for name, chart in charts.items():
         assert "empty" not in chart, (name, chart)
         assert chart["width"] >= 200 and chart["height"] >= 150 and chart["width"] <= chart["container"], (name, chart)
@@ -138,6 +139,8 @@ def test_every_chart_draws_the_last_hour_with_axes_and_legends(traffic, open_das
     assert all(latency["series"][s] for s in ("p50", "p95", "p99", "requests/s")), latency
     queue = charts["queue"]
     assert queue["axisLabels"] == ["requests waiting", "wait (ms)"] and queue["series"]["waiting"], queue
+    residency = charts["residency"]["series"]  # "node · model" bands, of the Ollama nodes only
+    assert residency and {label.split(" · ")[0] for label in residency} <= nodes - {"llamacpp"}, residency
     accuracy = charts["accuracy"]["series"]
     assert accuracy["actual"] and accuracy["predicted (chosen node)"], accuracy
     assert accuracy["predicted (least-connections' node)"], accuracy  # the counterfactual

@@ -70,7 +70,7 @@
     return response.json();
   }
 
-  // Stable colours: a node (or priority) keeps its colour while the page is open.
+  // Stable colours: a node (or model, or priority) keeps its colour while the page is open.
   function palette(colours) {
     const given = new Map();
     return key => {
@@ -78,8 +78,10 @@
       return given.get(key);
     };
   }
-  const nodeColour = palette(["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-                              "#17becf", "#bcbd22", "#7f7f7f"]);
+  const COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+                   "#7f7f7f"];
+  const nodeColour = palette(COLOURS);
+  const modelColour = palette(COLOURS);
   const priorityColour = palette(["#6a3d9a", "#e31a1c", "#33a02c", "#ff7f00", "#1f78b4", "#b15928", "#fb9a99",
                                   "#a6cee3", "#b2df8a", "#cab2d6"]);
 
@@ -118,13 +120,23 @@
       if (size.width !== this.u.width || size.height !== this.u.height) this.u.setSize(size);
     }
 
+    // x is time; each y scale starts at zero, the first one's axis on the left.
+    scaleOpts() {
+      return Object.fromEntries([["x", {time: true}], ...Object.keys(this.scales).map(name => [name, {range: fromZero}])]);
+    }
+
+    yAxes() {
+      return Object.keys(this.scales).map((name, i) => axis(name, this.scales[name], i === 0 ? 3 : 1));
+    }
+
     empty(text) {
       if (this.u) { this.u.destroy(); this.u = null; this.signature = null; }
       this.emptyText.textContent = text;
     }
 
     draw(xs, series) {
-      // series: [{label, scale, colour, values, unit, dash, step, width}]
+      // series: [{label, scale, colour, values, unit, dash, step, width}, and for other shapes:
+      // paths, fill, points, text (the legend's value instead of the number)]
       if (!xs.length || series.every(s => s.values.every(v => v == null))) {
         this.empty("no data in the last hour yet");
         return;
@@ -137,25 +149,91 @@
         return;
       }
       if (this.u) this.u.destroy();
-      const scaleNames = Object.keys(this.scales);
       const opts = {
         ...this.size(),
         cursor: {drag: {x: false, y: false}},
         legend: {live: true},
-        scales: Object.fromEntries([["x", {time: true}], ...scaleNames.map(name => [name, {range: fromZero}])]),
+        scales: this.scaleOpts(),
         axes: [{stroke: "#4b5563", font: "11px system-ui", grid: {stroke: "#eceef1", width: 1},
                 ticks: {stroke: "#d1d5db", width: 1}},
-               ...scaleNames.map((name, i) => axis(name, this.scales[name], i === 0 ? 3 : 1))],
+               ...this.yAxes()],
         series: [{label: "time", value: (u, v) => (v == null ? "-" : new Date(v * 1000).toLocaleTimeString())},
                  ...series.map(s => ({
-                   label: s.label, scale: s.scale, stroke: s.colour, width: s.width ?? 2, dash: s.dash,
-                   spanGaps: false, points: {size: 5},
-                   paths: s.step ? uPlot.paths.stepped({align: 1}) : undefined,
-                   value: (u, v) => (v == null ? "-" : `${num(v)}${s.unit ?? ""}`),
+                   label: s.label, scale: s.scale, stroke: s.colour, fill: s.fill, width: s.width ?? 2, dash: s.dash,
+                   spanGaps: false, points: s.points ?? {size: 5},
+                   paths: s.paths ?? (s.step ? uPlot.paths.stepped({align: 1}) : undefined),
+                   value: (u, v) => (v == null ? "-" : s.text ?? `${num(v)}${s.unit ?? ""}`),
                  }))],
       };
       this.u = new uPlot(opts, data, this.plot);
       this.signature = signature;
+    }
+  }
+
+  const ROW_PX = 12, BAND_PX = 8;  // a model's row in the residency chart, and its band in it
+
+  // A band's shape: a bar over each interval its model was loaded in (a lone interval too,
+  // which a line between points would not show).
+  const bandPaths = interval => (u, i) => {
+    const fill = new Path2D(), xs = u.data[0], high = BAND_PX * uPlot.pxRatio;
+    u.data[i].forEach((row, j) => {
+      if (row == null) return;
+      const left = Math.round(u.valToPos(xs[j], "x", true));
+      const right = Math.round(u.valToPos(xs[j] + interval, "x", true));
+      fill.rect(left, u.valToPos(row, "rows", true) - high / 2, right - left, high);
+    });
+    return {fill};
+  };
+
+  class LaneChart extends Chart {
+    /* A lane per node, and in it a band per model over the intervals it was loaded: a band's
+       values are its row (uPlot counts y from the bottom) while loaded, else null. */
+    constructor(id, label) {
+      super(id, {rows: label});
+      this.lanes = [];  // [{name, at}]: where each lane's label goes on the y axis
+      this.rows = 0;
+      this.interval = 10;
+      this.layout = null;
+    }
+
+    size() {  // as tall as its rows, not as wide
+      return {width: super.size().width, height: Math.max(170, 56 + ROW_PX * this.rows)};
+    }
+
+    scaleOpts() {  // x runs to the end of the newest interval, so its bands show too
+      return {x: {time: true, range: (u, min, max) => [min, max + this.interval]},
+              rows: {range: () => [-0.75, this.rows - 0.25]}};
+    }
+
+    yAxes() {
+      const longest = Math.max(4, ...this.lanes.map(lane => lane.name.length));
+      return [{...axis("rows", this.scales.rows, 3), size: Math.min(160, 20 + 7 * longest), grid: {show: false},
+               splits: () => this.lanes.map(lane => lane.at), values: () => this.lanes.map(lane => lane.name)}];
+    }
+
+    draw(xs, lanes, interval) {
+      // lanes: [{name, bands: [{label, colour, loaded: [bool per x]}]}], the first on top; a
+      // lane has a row per band (one if none), an empty row between two lanes.
+      this.rows = Math.max(0, lanes.reduce((n, lane) => n + Math.max(1, lane.bands.length) + 1, -1));
+      const y = fromTop => this.rows - 1 - fromTop;
+      const series = [];
+      let top = 0;
+      this.lanes = lanes.map(lane => {
+        lane.bands.forEach((band, i) => series.push({
+          label: band.label, scale: "rows", colour: band.colour, fill: band.colour, width: 0, points: {show: false},
+          paths: bandPaths(interval), text: "loaded", values: band.loaded.map(on => (on ? y(top + i) : null))}));
+        const rows = Math.max(1, lane.bands.length);
+        const at = y(top + (rows - 1) / 2);
+        top += rows + 1;
+        return {name: lane.name, at};
+      });
+      this.interval = interval;
+      const layout = JSON.stringify([this.lanes, interval]);
+      if (layout !== this.layout) {  // another height or axis: drawn anew, not only its data
+        this.layout = layout;
+        this.signature = null;
+      }
+      super.draw(xs, series);
     }
   }
 
@@ -164,6 +242,7 @@
     tokens: new Chart("chart-tokens", {tps: "tokens/s"}),
     latency: new Chart("chart-latency", {ms: "latency (ms)", rps: "requests/s"}),
     queue: new Chart("chart-queue", {waiting: "requests waiting", ms: "wait (ms)"}),
+    residency: new LaneChart("chart-residency", "node"),
     accuracy: new Chart("chart-accuracy", {s: "seconds"}),
   };
 
@@ -201,6 +280,16 @@
       ...priorities.map(prio => ({label: `priority ${prio} wait`, scale: "ms", colour: priorityColour(prio), unit: " ms",
                                    values: points.map(p => p.queue_wait_ms?.[prio] ?? null)})),
     ]);
+
+    // An interval without a node had no sample of it: its bands break there.
+    const holders = keysOf(points, p => p.loaded);
+    charts.residency.draw(xs, holders.map(node => ({
+      name: node,
+      bands: [...new Set(points.flatMap(p => p.loaded?.[node] || []))].sort().map(model => ({
+        label: `${node} · ${model}`, colour: modelColour(model),
+        loaded: points.map(p => (p.loaded?.[node] || []).includes(model)),
+      })),
+    })), interval);
 
     charts.accuracy.draw(xs, [
       {label: "actual", scale: "s", colour: "#111827", width: 2.5, unit: " s", values: points.map(p => p.actual_s ?? null)},
