@@ -220,20 +220,24 @@ class SimEngine:
     def _is_loaded(self, model: str) -> bool:
         return self.scheduler.is_loaded(model)
 
+    def default_context(self, model: str) -> int:
+        """The context a request that asks for no `num_ctx` runs `model` with (Ollama's default
+        num_ctx, whatever the model is loaded with: `routes.go` fills the request's options
+        from the defaults, and `sched.go` `needsReload` reloads where they differ)."""
+        m = self.models.get(model)
+        return m.context_length if m else DEFAULT_CONTEXT
+
     def context_of(self, model: str) -> int:
         """The context `model` is loaded with now (its configured one while it is not loaded)."""
         loaded = self.scheduler.context_of(model)
-        if loaded is not None:
-            return loaded
-        m = self.models.get(model)
-        return m.context_length if m else DEFAULT_CONTEXT
+        return loaded if loaded is not None else self.default_context(model)
 
     @asynccontextmanager
     async def using(self, model: str, keep_alive_s: float | None, num_ctx: int | None = None) -> AsyncIterator[float]:
         """The model loaded (or reloaded for another context) and held for one request, as
         Ollama's scheduler does; yields the seconds waited for it (`load_duration`: a request
         that waited for another's load, or for an eviction, counts that wait too)."""
-        async with self.scheduler.use(model, keep_alive_s, num_ctx or self.context_of(model)) as waited:
+        async with self.scheduler.use(model, keep_alive_s, num_ctx or self.default_context(model)) as waited:
             yield waited
 
     async def ensure_loaded(self, model: str, keep_alive_s: float | None, num_ctx: int | None = None) -> float:
@@ -405,7 +409,8 @@ class SimEngine:
                 self._remember(slot, plan.model, prompt + "\n" + "".join(stats.tokens))
         stats.total_ns = int((time.monotonic() - started) * 1e9)
 
-    async def embed(self, model: SimModel, texts: list[str], keep_alive_s: float | None) -> tuple[list[list[float]], Stats, int]:
+    async def embed(self, model: SimModel, texts: list[str], keep_alive_s: float | None,
+                    num_ctx: int | None = None) -> tuple[list[list[float]], Stats, int]:
         self.received += 1
         if self.config.record_inputs:
             self.embedded.update(texts)
@@ -413,7 +418,7 @@ class SimEngine:
         stats = Stats()
         started = time.monotonic()
         tokens = sum(count_tokens(t) for t in texts)
-        async with self.using(model.name, keep_alive_s) as waited, self.slot():
+        async with self.using(model.name, keep_alive_s, num_ctx) as waited, self.slot():
             stats.load_ns = int(waited * 1e9)
             stats.prompt_eval_ns = await self.prefill(tokens)
         stats.total_ns = int((time.monotonic() - started) * 1e9)

@@ -75,6 +75,14 @@ def _keep_alive(body: dict) -> float | None:
         raise BadRequest(f"invalid keep_alive: {exc}") from exc
 
 
+def _num_ctx(body: dict) -> int | None:
+    """An embedding request's options.num_ctx: it loads the model with it, as a generation does."""
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise BadRequest("options must be an object")
+    return requested_context(options)
+
+
 def _timing_fields(stats: Stats) -> dict:
     # Ollama counts only the prompt tokens it evaluated: those the slot had cached are skipped.
     return {
@@ -279,7 +287,7 @@ class OllamaSim:
             texts = [raw] if isinstance(raw, str) else raw
             if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
                 raise BadRequest("input must be a string or a list of strings")
-            vectors, stats, tokens = await self.engine.embed(m, texts, _keep_alive(body))
+            vectors, stats, tokens = await self.engine.embed(m, texts, _keep_alive(body), _num_ctx(body))
             return JSONResponse(
                 {
                     "model": m.name,
@@ -298,7 +306,7 @@ class OllamaSim:
             prompt = body.get("prompt", "")
             if not isinstance(prompt, str):
                 raise BadRequest("prompt must be a string")
-            vectors, _, _ = await self.engine.embed(m, [prompt], _keep_alive(body))
+            vectors, _, _ = await self.engine.embed(m, [prompt], _keep_alive(body), _num_ctx(body))
             return JSONResponse({"embedding": vectors[0]})
 
         return await self._guarded(request, handle)

@@ -14,7 +14,8 @@
 - A runner with no request running expires `keep_alive` after its last request ended; a
   `keep_alive` of 0 unloads it as soon as it is idle.
 - A request that asks for another context than the model is loaded with reloads it (after its
-  running requests end).
+  running requests end); one that asks for none asks for the default context (`needsReload`
+  compares the request's options, defaults filled in, with the runner's).
 
 What the simulator leaves out: VRAM fit (a load evicts only by count), and Ollama's per-model
 parallel slots (the node's slots are shared by its models; `engine.SimEngine`).

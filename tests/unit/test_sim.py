@@ -781,7 +781,7 @@ def test_openai_sim_follow_up_reports_cached_tokens():
     assert timings["prompt_ms"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_ollama_sim_num_ctx_reloads_and_sticks():
+def test_ollama_sim_num_ctx_reloads_like_ollama():
     def ask(messages, **options):
         return {"model": "llama3.2", "stream": False, "options": {"num_predict": 8, **options},
                 "messages": [{"role": "user", "content": m} for m in messages]}
@@ -791,20 +791,34 @@ def test_ollama_sim_num_ctx_reloads_and_sticks():
         r = (await client.post("/api/chat", json=ask([USER1]))).json()
         out.append((r["load_duration"], r["prompt_eval_count"], (await client.get("/api/ps")).json()))
         follow = [USER1, r["message"]["content"], USER2]
-        for options in ({"num_ctx": 2048}, {}, {"num_ctx": 2048}):
+        for options in ({"num_ctx": 2048}, {"num_ctx": 2048}, {}):
             r = (await client.post("/api/chat", json=ask(follow, **options))).json()
             out.append((r["load_duration"], r["prompt_eval_count"], (await client.get("/api/ps")).json()))
             follow = [*follow, r["message"]["content"], USER2]
         return out
 
-    cold, reload, same, same_again = run(go, fast_config(load_s=0.05))
-    ctx = [s[2]["models"][0]["context_length"] for s in (cold, reload, same, same_again)]
-    assert ctx == [8192, 2048, 2048, 2048]
-    assert cold[0] == reload[0] == 50_000_000  # load_s, again for the new context
-    assert same[0] == same_again[0] == 0
+    cold, reload, same, default = run(go, fast_config(load_s=0.05))
+    ctx = [s[2]["models"][0]["context_length"] for s in (cold, reload, same, default)]
+    assert ctx == [8192, 2048, 2048, 8192]
+    # No num_ctx asks for the default context (Ollama's needsReload): loaded with 2048, it reloads.
+    assert cold[0] == reload[0] == default[0] == 50_000_000  # load_s, again for each new context
+    assert same[0] == 0
     assert cold[1] == 50
     assert reload[1] > 50  # the reload emptied the slot's cache: the whole follow-up is evaluated
-    assert same[1] == same_again[1] == 10  # the model stays loaded with 2048, its cache with it
+    assert same[1] == 10  # the model stays loaded with 2048, its cache with it
+    assert default[1] > 10
+
+
+def test_ollama_sim_embed_loads_with_its_num_ctx():
+    async def go(client):
+        body = {"model": "llama3.2", "input": "hi", "options": {"num_ctx": 4096}}
+        a = (await client.post("/api/embed", json=body)).json()
+        b = (await client.post("/api/embed", json=body)).json()
+        return a, b, (await client.get("/api/ps")).json()
+
+    a, b, ps = run(go, fast_config(load_s=0.02))
+    assert (a["load_duration"], b["load_duration"]) == (20_000_000, 0)
+    assert ps["models"][0]["context_length"] == 4096
 
 
 def test_ollama_sim_load_only_request_with_num_ctx():
