@@ -32,7 +32,7 @@ def _entry_name(entry: dict) -> str:
     return entry.get("name") or entry.get("model") or ""
 
 
-def _contexts(loaded: list[dict]) -> dict[str, int]:
+def loaded_contexts(loaded: list[dict]) -> dict[str, int]:
     """Loaded model -> its context length, where the node says (Ollama's /api/ps)."""
     out = {}
     for entry in loaded:
@@ -170,7 +170,7 @@ class ClusterState:
                 vram_free_mb=(r.telemetry or {}).get("vram_free_mb"),
                 ram_available_mb=(r.telemetry or {}).get("ram_available_mb"),
                 model_sizes={normalize_model(_entry_name(m)): int(m.get("size") or 0) for m in r.models},
-                contexts=_contexts(r.loaded),
+                contexts=loaded_contexts(r.loaded),
                 registration=self.registrations.get(name, 0),
                 worker_started_at=r.worker_started_at,
                 probed_at=r.at,

@@ -13,9 +13,11 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from sollol_serve.cluster.state import loaded_contexts
 from sollol_serve.config import TimeoutConfig
 from sollol_serve.nodes import translate
 from sollol_serve.nodes.assemble import OllamaAssembler, OpenAIAssembler
+from sollol_serve.nodes.context import LoadedContexts, positive_int
 from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.protocol import NodeError, NodeRequest, StreamBroken, Usage
 
@@ -81,7 +83,11 @@ class NodeBackend(ABC):
 class OllamaBackend(NodeBackend):
     kind = "ollama"
 
-    def _native(self, req: NodeRequest) -> dict:
+    def __init__(self, url: str, http: NodeHTTP):
+        super().__init__(url, http)
+        self.contexts = LoadedContexts()  # sent with each request: no reload by accident
+
+    def _native(self, req: NodeRequest, node_model: str) -> dict:
         if req.api == "ollama":
             body = req.body
         else:
@@ -91,7 +97,7 @@ class OllamaBackend(NodeBackend):
                 raise NodeError(str(exc), status=400, retryable=False) from exc
         if req.keep_alive is not None and "keep_alive" not in body:  # the client's own wins
             body = {**body, "keep_alive": req.keep_alive}
-        return body
+        return self.contexts.sending(node_model, body, time.monotonic())
 
     async def _chunks(self, path: str, body: dict, timeouts: TimeoutConfig) -> AsyncIterator[dict]:
         async for line in self.http.post_lines(self.url + path, {**body, "stream": True}, timeouts):
@@ -103,7 +109,7 @@ class OllamaBackend(NodeBackend):
     async def call(self, req: NodeRequest, node_model: str, timeouts: TimeoutConfig,
                    on_first: Callable[[], None] | None = None) -> tuple[dict, Usage]:
         started = time.monotonic()
-        body = self._native(req)
+        body = self._native(req, node_model)
         path = translate.OLLAMA_PATHS[self._op(req)]
         ttfb = None
         if req.op in ("chat", "generate"):
@@ -121,6 +127,7 @@ class OllamaBackend(NodeBackend):
         body: dict = {"model": node_model, "prompt": "", "stream": False}
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
+        body = self.contexts.sending(node_model, body, time.monotonic())
         answer = await self.http.post_json(self.url + "/api/generate", body, timeouts)
         return (answer.get("load_duration") or 0) / 1e9
 
@@ -135,7 +142,7 @@ class OllamaBackend(NodeBackend):
         to_openai = translate.OllamaToOpenAIStream(req.op, req.model, include_usage) if req.api == "openai" else None
         usage = Usage()
         ttfb = None
-        async for chunk in self._chunks(translate.OLLAMA_PATHS[req.op], self._native(req), timeouts):
+        async for chunk in self._chunks(translate.OLLAMA_PATHS[req.op], self._native(req, node_model), timeouts):
             ttfb = time.monotonic() - started if ttfb is None else ttfb
             if chunk.get("done"):
                 usage = translate.usage_from_ollama(chunk, time.monotonic() - started)
@@ -150,7 +157,9 @@ class OllamaBackend(NodeBackend):
     async def inventory(self) -> NodeInventory:
         _, version = await self.http.get_json(self.url + "/api/version")
         tags = await self._get_object("/api/tags")
+        asked = time.monotonic()
         ps = await self._get_object("/api/ps")
+        self.contexts.polled_at(asked, loaded_contexts(ps.get("models") or []))
         return NodeInventory("ollama", (version or {}).get("version") if isinstance(version, dict) else None,
                              tags.get("models") or [], ps.get("models") or [])
 
@@ -239,13 +248,13 @@ class OpenAIBackend(NodeBackend):
         other servers tell neither."""
         props = await self._get_optional("/props")
         settings = props.get("default_generation_settings") if isinstance(props, dict) else None
-        slots = _positive_int(props.get("total_slots")) if isinstance(props, dict) else None
-        n_ctx = _positive_int(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        slots = positive_int(props.get("total_slots")) if isinstance(props, dict) else None
+        n_ctx = positive_int(settings.get("n_ctx")) if isinstance(settings, dict) else None
         if slots is None:
             listed = await self._get_optional("/slots")
             if isinstance(listed, list) and listed:
                 slots = len(listed)
-                n_ctx = n_ctx or (_positive_int(listed[0].get("n_ctx")) if isinstance(listed[0], dict) else None)
+                n_ctx = n_ctx or (positive_int(listed[0].get("n_ctx")) if isinstance(listed[0], dict) else None)
         return slots, n_ctx
 
     async def _get_optional(self, path: str) -> object:
@@ -254,10 +263,6 @@ class OpenAIBackend(NodeBackend):
         except NodeError:
             return None
         return payload if status == 200 else None
-
-
-def _positive_int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def translate_error(err: object) -> str:

@@ -17,6 +17,7 @@ from sollol_serve.cluster.learning import Observation, PerfBook
 from sollol_serve.cluster.state import NodeView
 from sollol_serve.config import RoutingConfig
 from sollol_serve.names import normalize_model
+from sollol_serve.nodes.context import reloads
 from sollol_serve.protocol import GatewayError, ModelNotFound, NoNodeAvailable
 from sollol_serve.routing.admission import PriorityQueue, retry_after
 from sollol_serve.routing.policy import (
@@ -171,10 +172,11 @@ class RoutingCore:
 
     def resident(self, view: NodeView, model: str, now: float, num_ctx: int | None = None) -> bool:
         """Loaded on the node (or being loaded there for one of our requests); not if the
-        request asks for another context than it is loaded with (a reload)."""
+        request asks an Ollama node for more context than it is loaded with (a reload; one that
+        asks for less or none is sent with the loaded context, nodes/context.py; a llama-server
+        keeps its context whatever is asked)."""
         wanted = normalize_model(model)
-        loaded_ctx = view.contexts.get(wanted)
-        if num_ctx is not None and loaded_ctx is not None and num_ctx != loaded_ctx:
+        if view.kind == "ollama" and reloads(view.contexts.get(wanted), num_ctx):
             return False
         return self.loaded(view, wanted) or any(
             normalize_model(f.model) == wanted for f in self.flights.get(view.name, {}).values())
@@ -223,7 +225,7 @@ class RoutingCore:
     @staticmethod
     def fits_context(view: NodeView, profile: RequestProfile) -> bool:
         """The prompt and the answer fit in the context the model is loaded with there (a
-        request that asks for its own `num_ctx` gets it, with a reload)."""
+        request that asks for its own `num_ctx` gets at least that, with a reload if more)."""
         ctx = view.contexts.get(normalize_model(profile.model))
         if ctx is None or profile.num_ctx is not None:
             return True

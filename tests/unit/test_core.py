@@ -702,12 +702,15 @@ def test_request_that_overflows_a_nodes_loaded_context_goes_elsewhere():
     assert names(only_small.rank(prof(3000, 100), set(), now=0.0)) == ["small"]  # nowhere fits: still served
 
 
-def test_asking_for_another_context_is_predicted_with_the_reload():
+def test_asking_for_more_context_is_predicted_with_the_reload_and_less_is_not():
     view = _with(nv("a"), contexts={M: 2048})
     core = core_with("intelligent", view, book=book_of(speed("a", 4000, 400)))
     p = prof(1000, 100)
     assert core.predict(view, p, Priors(load_s=3.0), now=0.0).load_s == 0.0
     p.num_ctx = 8192
     assert core.predict(view, p, Priors(load_s=3.0), now=0.0).load_s == 3.0  # Ollama reloads it
-    p.num_ctx = 2048
-    assert core.predict(view, p, Priors(load_s=3.0), now=0.0).load_s == 0.0
+    for asked in (2048, 1024):  # sent with the loaded 2048 (nodes/context.py): no reload
+        p.num_ctx = asked
+        assert core.predict(view, p, Priors(load_s=3.0), now=0.0).load_s == 0.0
+    server = _with(nv("s", kind="openai"), contexts={M: 2048})  # a llama-server never reloads
+    assert core_with("intelligent", server).resident(server, M, 0.0, num_ctx=8192)

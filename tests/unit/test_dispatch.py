@@ -156,14 +156,14 @@ def test_each_try_carries_the_keep_alive_its_ticket_chose_and_the_request_is_not
 def test_the_keep_alive_is_sent_to_an_ollama_node_unless_the_client_set_its_own():
     backend = OllamaBackend("http://127.0.0.1:1", http=None)
     steered = NodeRequest(api="ollama", op="chat", body={"model": "m"}, stream=False, model="m", keep_alive=-1)
-    assert backend._native(steered) == {"model": "m", "keep_alive": -1}
+    assert backend._native(steered, "m") == {"model": "m", "keep_alive": -1}
     own = NodeRequest(api="ollama", op="chat", body={"model": "m", "keep_alive": "1m"}, stream=False, model="m",
                       keep_alive=900)
-    assert backend._native(own)["keep_alive"] == "1m"
+    assert backend._native(own, "m")["keep_alive"] == "1m"
     openai = NodeRequest(api="openai", op="chat", body={"model": "m", "messages": []}, stream=False, model="m",
                          keep_alive=900)
-    assert backend._native(openai)["keep_alive"] == 900  # an OpenAI client has no keep_alive of its own
-    assert "keep_alive" not in backend._native(REQ)
+    assert backend._native(openai, "m")["keep_alive"] == 900  # an OpenAI client has no keep_alive of its own
+    assert "keep_alive" not in backend._native(REQ, "m")
 
 
 def test_a_node_fault_moves_the_request_to_the_next_node():
