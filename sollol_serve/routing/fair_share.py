@@ -67,18 +67,25 @@ class FairShare:
 
     def order(self, waiting: list[Waiting]) -> list[Waiting]:
         """The order to serve `waiting` in: the band of the most urgent, then the application
-        furthest behind, counting each as served in turn, then arrival."""
+        furthest behind, counting each as served in turn. At equal counters (a joiner is lifted
+        to the lowest) the one with fewer requests waiting goes first: the lighter user is not
+        made to wait behind a backlog it is level with. Then arrival."""
         queues: dict[tuple[int, str], deque[Waiting]] = {}
         for w in sorted(waiting, key=lambda w: w.seq):
             queues.setdefault((w.priority, w.app), deque()).append(w)
         virtual = {app: self.counter(app) for _, app in queues}
+        backlog = {app: 0 for app in virtual}
+        for w in waiting:
+            backlog[w.app] += 1
         out: list[Waiting] = []
         while queues:
             heads = [q[0] for q in queues.values()]  # each queue's oldest is its most urgent
             band = max(heads, key=lambda w: (w.urgency, -w.seq)).priority
-            pick = min((w for w in heads if w.priority == band), key=lambda w: (virtual[w.app], w.seq))
+            pick = min((w for w in heads if w.priority == band),
+                       key=lambda w: (virtual[w.app], backlog[w.app], w.seq))
             out.append(pick)
             virtual[pick.app] += pick.cost / pick.share
+            backlog[pick.app] -= 1
             queue = queues[(pick.priority, pick.app)]
             queue.popleft()
             if not queue:

@@ -72,8 +72,8 @@ def test_a_flood_waits_its_turn_and_only_the_flood_is_refused(app):
     statuses = sorted(status for status, _, _ in flood_done)
     assert statuses == [200] * (FLOOD_SENT - 3) + [429] * 3, statuses
     # Served by arrival, the chat request would end after all seven of the flood's; in its fair
-    # turn it ends before at least four of them (it waits for the one running and, at a tie,
-    # the flood's oldest).
+    # turn it waits only for the one running (level with the flood, it has fewer waiting), so
+    # it ends before most of them (four at least, with room for a busy machine's timing).
     ended_after_chat = [end for status, _, end in flood_done if status == 200 and end > chat[2]]
     assert len(ended_after_chat) >= 4, (chat, flood_done)
 

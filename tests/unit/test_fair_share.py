@@ -22,23 +22,24 @@ def test_a_request_costs_its_prompt_and_twice_its_output():
 
 def test_two_applications_take_turns_once_the_newcomer_waits():
     # A has had 1000 tokens and waits with three requests; B joins: lifted to 1000 (the lowest
-    # waiting counter). a1 and b1 tie at 1000: a1 arrived first, A goes to 1100; then b1 (1000
-    # < 1100), B to 1100; then a2 (tie, earlier), a3.
+    # waiting counter). a1 and b4 tie at 1000: B has fewer waiting (1 against 3), so b4 goes
+    # first, B to 1100; then a1 (1000 < 1100), a2, a3.
     fs = FairShare()
     fs.counters["A"] = 1000.0
     fs.joined("B", {"A"})
     assert fs.counter("B") == 1000.0
-    assert names(fs.order([w("A", 1), w("A", 2), w("A", 3), w("B", 4)])) == ["A1", "B4", "A2", "A3"]
+    assert names(fs.order([w("A", 1), w("A", 2), w("A", 3), w("B", 4)])) == ["B4", "A1", "A2", "A3"]
 
 
 def test_shares_weigh_the_turns():
-    # A has share 2: each of its requests moves its counter 50, B's and C's 100. From 0:
-    # a1 (tie, first) A=50; b2 B=100; c3 C=100; a4 A=100; then all at 100: b5, c6 by arrival
-    # (B=C=200), a7 A=150, a8 A=200: A gets two slots for each of B's and C's.
+    # A has share 2: each of its requests moves its counter 50, B's and C's 100. From 0, all
+    # tied: B and C have 2 waiting against A's 4: b2 (earlier than c3) B=100, c3 C=100; a1
+    # A=50; a4 A=100; all at 100 again, B and C with 1 waiting: b5, c6 (B=C=200); a7 A=150,
+    # a8 A=200: A gets two slots for each of B's and C's.
     fs = FairShare()
     waiting = [w("A", 1, share=2), w("B", 2), w("C", 3), w("A", 4, share=2), w("B", 5), w("C", 6),
                w("A", 7, share=2), w("A", 8, share=2)]
-    assert names(fs.order(waiting)) == ["A1", "B2", "C3", "A4", "B5", "C6", "A7", "A8"]
+    assert names(fs.order(waiting)) == ["B2", "C3", "A1", "A4", "B5", "C6", "A7", "A8"]
 
 
 def test_a_late_joiner_is_owed_no_credit_for_its_absence():

@@ -122,8 +122,8 @@ def app_prof(app: str, share: float = 1.0, priority: int = 5):
 def test_at_equal_priority_the_next_slot_goes_to_the_application_furthest_behind():
     # One slot. "flood" holds it and queues three more; "chat" queues one after them. Each
     # request is predicted at 10 + 2 x 100 = 210 tokens. flood has been charged 210 (its
-    # first), chat is lifted to it on joining: tie, flood's older request goes; then chat's
-    # (210 < 420), though it arrived last.
+    # first), chat is lifted to it on joining: a tie, and chat has fewer waiting (1 against
+    # 3): chat's goes first, though it arrived last; then the flood's in order.
     async def go():
         adm, clock = admissions()
         first, _ = await adm.admit(app_prof("flood"), set())
@@ -142,7 +142,7 @@ def test_at_equal_priority_the_next_slot_goes_to_the_application_furthest_behind
         return served, adm
 
     served, adm = asyncio.run(go())
-    assert served == [0, 3, 1, 2]
+    assert served == [3, 0, 1, 2]
     assert adm.fair.counter("flood") == 840.0 and adm.fair.counter("chat") == 420.0
 
 
