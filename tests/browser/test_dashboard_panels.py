@@ -41,14 +41,17 @@ def test_applications_panel_lists_two_applications_by_their_keys(secure, open_da
     rows = {row[0]: row for row in page.evaluate(ROWS_JS, "applications")}
     api = counted()
     for name, (_, count) in sent.items():
-        # name, source, requests, errors, tokens in / out, models, p50 / p95, last seen
+        # name, source, requests, errors, tokens in / out, models, p50 / p95, fair share, last seen
         row = rows[name]
         assert row[1] == "key", row
         shown = int(row[2].replace(",", ""))
         assert count <= shown <= api[name]["requests"], (row, api[name])  # other tests may use the key too
-        assert "llama3.2" in row[5] and row[6].endswith("ms") and row[7] not in ("", "-"), row
+        assert "llama3.2" in row[5] and row[6].endswith("ms") and row[8] not in ("", "-"), row
+        assert row[7] == "share 1, 0 waiting", row  # nobody flooded
         live = page.inner_text(f"#applications tbody tr:nth-child({list(rows).index(name) + 1}) td:nth-child(3) .sub")
         assert live.endswith("last min") and int(live.split()[0]) >= count, live  # all sent within the minute
+        queued = page.inner_text(f"#applications tbody tr:nth-child({list(rows).index(name) + 1}) td:nth-child(8) .sub")
+        assert queued.startswith("0 refused (429), queued ") and queued.endswith(" on average"), queued
     assert page.locator("#logout button").is_visible()  # keys on: the session can be ended
     assert page.get_attribute("body", "data-auth") == "true"
     assert dashboard.errors == [], dashboard.errors

@@ -435,6 +435,12 @@
     }), "no routed requests yet");
   }
 
+  /* Its weight at equal priority, what it has waiting now, and what the queue cost it. */
+  function fairShareCell(f) {
+    return cell(`share ${num(f.share, 2)}, ${int(f.waiting)} waiting`, f.refused ? "bad" : null,
+                `${int(f.refused)} refused (429), queued ${ms(f.mean_ms)} on average`);
+  }
+
   function renderApplications(answer) {
     const windowS = answer.window_s ?? 60;
     $("apps-window").textContent = `totals since the gateway started; second line: the last ${windowS} s`;
@@ -451,6 +457,7 @@
         cell(`${int(a.tokens_in)} / ${int(a.tokens_out)}`, null, `${int(live.tokens_in)} / ${int(live.tokens_out)} last min`),
         cell(models.join(", ") || "-"),
         cell(`${ms(a.p50_ms)} / ${ms(a.p95_ms)}`, null, `${ms(live.p50_ms)} / ${ms(live.p95_ms)} last min`),
+        fairShareCell(a.fair_share || {}),
         cell(clock(a.last_seen), null, ago(a.last_seen)),
       ];
     }), "no application has sent a request yet");
