@@ -29,7 +29,7 @@ def _chat(url: str, key: str, n: int) -> tuple[int, float, float]:
     """Status, when it was sent and when it ended."""
     started = time.monotonic()
     r = httpx.post(url + "/api/chat", headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                   json={"model": "llama3.2", "stream": False, "options": {"num_predict": 40},
+                   json={"model": "llama3.2", "stream": False, "options": {"num_predict": 200},
                          "messages": [{"role": "user", "content": f"request {n}"}]})
     return r.status_code, started, time.monotonic()
 
