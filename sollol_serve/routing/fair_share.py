@@ -95,6 +95,8 @@ class FairShare:
     def _forget_idle(self, waiting: set[str]) -> None:
         """Drop the lowest counters of applications with nothing waiting past a bound: a
         forgotten one that comes back is lifted as any joiner is, so nothing is lost."""
+        if len(self.counters) <= MAX_IDLE_APPLICATIONS:
+            return  # the common case, on every request's admission: nothing to sort
         idle = [app for app in self.counters if app not in waiting]
         for app in sorted(idle, key=self.counter)[:max(0, len(idle) - MAX_IDLE_APPLICATIONS)]:
             del self.counters[app]
