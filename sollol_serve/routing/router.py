@@ -286,13 +286,9 @@ class Router:
             ranked = self.core.rank(profile, exclude, time.monotonic())
         except GatewayError:
             return  # the request itself will say why
-        model, wall = normalize_model(profile.model), self.core.wall()
-        residency = self.core.residency
-        plan = warm_ahead(model, ranked, residency.demand.rate(model, wall),
-                          any(model in residency.of(n).loading for n in self.core.snapshot))
-        if plan is not None:
-            residency.sent(plan.node, model, plan.cold, wall)
-            asyncio.create_task(self._warm(plan))
+        model = normalize_model(profile.model)
+        self._load_ahead(warm_ahead(model, ranked, self.core.residency.demand.rate(model, self.core.wall()),
+                                    self._loading_anywhere(model)))
 
     async def _keep_pins(self) -> None:
         """Load each pinned model on one more node while fewer than its `min_nodes` have it."""
@@ -303,12 +299,16 @@ class Router:
                 ranked = self.core.rank(self.core.remeasure_profile(model), set(), time.monotonic())
             except GatewayError:
                 continue  # no node has it (yet)
-            residency = self.core.residency
-            plan = pin_target(model, ranked, policy.min_nodes,
-                              any(model in residency.of(n).loading for n in self.core.snapshot))
-            if plan is not None:
-                residency.sent(plan.node, model, plan.cold, self.core.wall())
-                asyncio.create_task(self._warm(plan))
+            self._load_ahead(pin_target(model, ranked, policy.min_nodes, self._loading_anywhere(model)))
+
+    def _loading_anywhere(self, model: str) -> bool:
+        return any(model in self.core.residency.of(n).loading for n in self.core.snapshot)
+
+    def _load_ahead(self, plan: Warm | None) -> None:
+        """Start the planned load in the background, counted as under way from now."""
+        if plan is not None:
+            self.core.residency.sent(plan.node, plan.model, plan.cold, self.core.wall())
+            asyncio.create_task(self._warm(plan))
 
     async def _warm(self, plan: Warm) -> None:
         view, ok = self.core.snapshot.get(plan.node), False
