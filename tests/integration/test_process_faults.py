@@ -45,7 +45,6 @@ AFTER_KILL_S = 10.0
 # A new Ingress replica takes Serve's health check and a replica start (5 s idle; a CI run on a
 # busy machine saw none within 10 s): the load runs longer after that kill.
 AFTER_INGRESS_KILL_S = 20.0
-RECOVERED_WITHIN_S = 20.0  # loose: a test must fail when traffic never comes back, not time it
 # What a killed Ingress may take with it: the requests on it, those sent as the signal lands
 # (the suite saw one sent +0.0 s after the clock read, cut off 0.13 s later), and those Serve's
 # proxy hands it in the moment before it knows it is dead. They fail as a dropped connection or
@@ -217,7 +216,9 @@ def test_a_killed_gateway_process_loses_no_request(app, role):
         "; ".join(f"{s.kind} at {s.started - killed_at:+.1f}s: {s.detail}" for s in failed[:6])
 
     recovered = _first_success_after(sent, killed_at)
-    assert recovered is not None and recovered < RECOVERED_WITHIN_S, f"no success after killing the {role}"
+    # Traffic must come back, however long a busy machine takes to start a replica (CI saw 26 s
+    # for an Ingress): the time is printed, not asserted.
+    assert recovered is not None, f"no success after killing the {role}"
     print(f"\n{role}: {len(sent)} sent, {len(in_flight)} in flight at the kill, first success after "
           f"{recovered:.2f} s")
 
