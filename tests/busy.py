@@ -5,8 +5,8 @@
     python tests/busy.py --spinners 1 -- ...   # half a 2-core machine
 
 The spinners are plain Python loops at the tests' own priority, started here and stopped here
-by their PIDs (never by name: other processes on the machine are not ours). The exit code is
-the command's.
+by their PIDs (never by name: other processes on the machine are not ours); one whose parent
+dies (this script killed) stops by itself. The exit code is the command's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ import subprocess
 import sys
 import time
 
-SPIN = "while True: pass"
+# Spins until its parent is gone: a killed busy.py leaves nothing burning.
+SPIN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+
+STOP_WAIT_S = 60.0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """SIGTERM (a time-out, a kill by PID) stops the command and the spinners as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 def start_spinners(count: int) -> list[subprocess.Popen]:
@@ -42,15 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     command = command or [sys.executable, "-m", "pytest", "-q"]
 
+    signal.signal(signal.SIGTERM, _interrupted)
     spinners = start_spinners(max(args.spinners, 0))
     print(f"busy.py: {len(spinners)} spinners (PIDs {[s.pid for s in spinners]}) beside: {' '.join(command)}",
           flush=True)
     started = time.monotonic()
+    child = subprocess.Popen(command)
     try:
-        # The command's own Ctrl-C reaches it through the terminal; ours only stops the spinners.
-        code = subprocess.call(command)
-    except KeyboardInterrupt:
-        code = 130
+        code = child.wait()
+    except KeyboardInterrupt:  # pytest tears its Ray down on Ctrl-C; a minute, then it is killed
+        child.send_signal(signal.SIGINT)
+        try:
+            code = child.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
     finally:
         stop_spinners(spinners)
     print(f"busy.py: exit {code} after {time.monotonic() - started:.0f} s", flush=True)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import ollama
 import pytest
 
+from sollol_serve.protocol import NOT_PROBED
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import nodes_of, wait_until
 
@@ -38,28 +38,34 @@ def test_bad_admin_requests_are_clear_4xx(gateway):
 def test_node_added_at_run_time_serves_then_drains_then_goes(gateway, extra):
     client = ollama.Client(host=gateway.url, timeout=30)
     r = httpx.post(gateway.url + "/api/admin/nodes", json={"name": "extra", "url": extra.url}, timeout=30)
-    assert r.status_code == 201 and r.json()["healthy"], r.text
+    # The answer waits (bounded) for the first probe: a busy machine may start the node's
+    # worker too late for it, and the answer then says so.
+    assert r.status_code == 201 and (r.json()["healthy"] or r.json()["error"] == NOT_PROBED), r.text
+
     def routable() -> bool:
         node = nodes_of(gateway.url, "/api/admin/nodes").get("extra", {})
         return node.get("healthy", False) and any(m.startswith("extra-model") for m in node["models"])
 
-    wait_until(routable, 10, "routers see the added node and its model")
+    wait_until(routable, 30, "routers see the added node and its model")
     assert "extra-model:latest" in [m.model for m in client.list().models]
     answer = client.chat(model="extra-model", messages=[{"role": "user", "content": "hi"}],
                          options={"num_predict": 3})
     assert answer.message.content
 
     # A long stream in flight while the node is drained finishes; new work is refused.
-    finished = {}
+    finished, flowing = {}, threading.Event()
 
     def long_stream() -> None:
-        chunks = list(client.chat(model="extra-model", messages=[{"role": "user", "content": "long"}],
-                                  options={"num_predict": 100}, stream=True))
+        chunks = []
+        for chunk in client.chat(model="extra-model", messages=[{"role": "user", "content": "long"}],
+                                 options={"num_predict": 100}, stream=True):
+            chunks.append(chunk)
+            flowing.set()
         finished["done"] = chunks[-1].done and len(chunks) > 50
 
     streaming = threading.Thread(target=long_stream)
     streaming.start()
-    time.sleep(0.5)
+    assert flowing.wait(30), "the long stream never started"
     r = httpx.post(gateway.url + "/api/admin/nodes/extra/drain", timeout=10)
     assert r.status_code == 200 and r.json()["node"]["draining"]
     wait_until(lambda: nodes_of(gateway.url, "/api/admin/nodes")["extra"]["draining"], 5, "drain seen by the router")

@@ -6,7 +6,6 @@ above the key's cap is lowered, saying so. Against the `secure` app, over the `f
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
@@ -55,7 +54,7 @@ def test_no_more_than_max_concurrent_requests_in_flight(secure):
     for t in holders:
         t.start()
     try:
-        time.sleep(1.0)  # both sent long since; the first cannot end before 5 s
+        wait_until(lambda: len(statuses) == PAIR_MAX, 30, "both streams answering")  # neither ends before 5 s
         third = httpx.post(f"{secure}/api/generate", json={**LONG, "stream": False}, headers=bearer(PAIR), timeout=30)
         assert third.status_code == 429 and "in flight" in third.json()["error"], third.text[:300]
         other = httpx.post(f"{secure}/api/generate", headers=bearer(USER), timeout=30,
