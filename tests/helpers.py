@@ -1,7 +1,9 @@
-"""Small helpers the integration tests share."""
+"""Small helpers the tests share."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +20,20 @@ def wait_until(check: Callable[[], object], timeout_s: float, what: str, every_s
     while not check():
         assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
         time.sleep(every_s)
+
+
+async def wait_for_async(check: Callable[[], object], timeout_s: float, what: str, every_s: float = 0.005) -> None:
+    """`wait_until` inside an event loop: poll `check` (its result awaited if it is awaitable)
+    until it is truthy, letting other tasks run between polls; fail with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"not within {timeout_s} s: {what}"
+        await asyncio.sleep(every_s)
 
 
 def nodes_of(url: str, path: str = "/api/nodes") -> dict[str, dict]:

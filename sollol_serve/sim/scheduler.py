@@ -65,10 +65,12 @@ def victim(runners: list[Runner]) -> Runner | None:
 
 
 class ModelScheduler:
-    def __init__(self, load_s: Callable[[str], float], max_loaded: int | None, default_keep_s: float):
+    def __init__(self, load_s: Callable[[str], float], max_loaded: int | None, default_keep_s: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.load_s = load_s  # seconds to load a model (faults may stretch it)
         self.max_loaded = max_loaded
         self.default_keep_s = default_keep_s
+        self.clock = clock  # keep-alives and waits are timed on it (tests drive a fake one)
         self.runners: dict[str, Runner] = {}
         self.loads: Counter[str] = Counter()
         self.evictions: Counter[str] = Counter()
@@ -79,7 +81,7 @@ class ModelScheduler:
     # -- views -------------------------------------------------------------------------
     def loaded(self) -> dict[str, Runner]:
         """The runners loaded now (expired idle ones are unloaded first)."""
-        now = time.monotonic()
+        now = self.clock()
         for model in [m for m, r in self.runners.items() if r.expired(now)]:
             del self.runners[model]
         return dict(self.runners)
@@ -105,14 +107,14 @@ class ModelScheduler:
         """Hold the model loaded for one request; yields the seconds the request waited for it
         (Ollama's `load_duration`: 0 when it was loaded already)."""
         keep = self.default_keep_s if keep_alive_s is None else keep_alive_s
-        started = time.monotonic()
+        started = self.clock()
         runner, waited = self.loaded().get(model), 0.0
         if runner is None or runner.context != context:
             queued = self._pending.locked()
             async with self._pending:
                 runner, loaded_s, evicted = await self._load(model, context)
             # Its own load, exactly, if it waited for nothing else; else all it waited.
-            waited = loaded_s if loaded_s is not None and not queued and not evicted else time.monotonic() - started
+            waited = loaded_s if loaded_s is not None and not queued and not evicted else self.clock() - started
         runner.refs += 1
         runner.idle_since = None
         runner.session_s = keep
@@ -137,7 +139,7 @@ class ModelScheduler:
             else:
                 seconds = self.load_s(model)
                 await asyncio.sleep(seconds)
-                runner = self.runners[model] = Runner(model, context, self.default_keep_s, idle_since=time.monotonic())
+                runner = self.runners[model] = Runner(model, context, self.default_keep_s, idle_since=self.clock())
                 self.loads[model] += 1
                 self.generation[model] += 1
                 return runner, seconds, evicted
@@ -158,7 +160,7 @@ class ModelScheduler:
     async def _release(self, runner: Runner) -> None:
         runner.refs -= 1
         if runner.refs == 0:
-            runner.idle_since = time.monotonic()
+            runner.idle_since = self.clock()
             if runner.session_s <= 0 and not runner.evicting and self.runners.get(runner.model) is runner:
                 del self.runners[runner.model]  # keep_alive 0: unloaded once idle
         async with self._changed:

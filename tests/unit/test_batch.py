@@ -17,6 +17,7 @@ from sollol_serve.batch.runner import BatchRunner, chunked
 from sollol_serve.batch.store import JobStore, Outcome
 from sollol_serve.config import BatchConfig
 from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
+from tests.helpers import wait_for_async
 
 FAST = BatchConfig(concurrency=2, embed_chunk=3, retry_base_s=0.001, retry_max_s=0.002, max_attempts=3)
 
@@ -30,11 +31,7 @@ async def _store(tmp_path) -> JobStore:
 
 
 async def _wait_done(runner: BatchRunner, job_id: str) -> None:
-    for _ in range(500):
-        if job_id not in runner.tasks:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("job did not finish")
+    await wait_for_async(lambda: job_id not in runner.tasks, 10, f"job {job_id} finished")
 
 
 class Node:
@@ -118,11 +115,12 @@ def test_cancel_stops_calls_in_flight_and_takes_no_more(tmp_path):
         runner = BatchRunner(store, node, FAST)
         job = await store.create("embed", "m", "a", {}, [str(i) for i in range(30)], 60)
         runner.start(job)
-        await asyncio.sleep(0.05)
-        assert len(node.calls) == 2  # concurrency 2
-        await runner.cancel(job)
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: len(node.calls) >= 2, 10, "both calls in flight")
+        assert len(node.calls) == 2  # concurrency 2: both slots hang, so no third call
+        await asyncio.wait_for(runner.cancel(job), 10)  # a cancel that left the calls hanging would hang here
         assert node.cancelled == 2 and len(node.calls) == 2
+        # Nothing of the job is left to take more: no task but this one.
+        assert asyncio.all_tasks() == {asyncio.current_task()}
         assert (await store.job(job))["state"] == "cancelled"
         assert (await store.counts(job))["pending"] == 30
         await store.close()

@@ -159,7 +159,8 @@ def test_a_scan_probes_concurrently_within_its_budget():
                                    scan_concurrency=16)
         started = time.monotonic()
         assert scan(settings) == []
-        assert time.monotonic() - started < 5.0
+        # Half the 16 s the timeouts alone make a one-by-one scan take: room for a busy machine.
+        assert time.monotonic() - started < 8.0
     finally:
         for sock in silent:
             sock.close()

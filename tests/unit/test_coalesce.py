@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from sollol_serve.nodes.coalesce import coalesced
+from tests.helpers import wait_for_async
 
 
 async def timed(gaps_s: list[float], end_error: BaseException | None = None):
@@ -18,36 +20,57 @@ async def timed(gaps_s: list[float], end_error: BaseException | None = None):
         raise end_error
 
 
+async def in_turns(*turns: list) -> AsyncIterator:
+    """Each turn's items back to back; one turn of the event loop between turns, in which the
+    consumer takes what came (so a turn's items arrive while the one before it lingers)."""
+    for i, turn in enumerate(turns):
+        if i:
+            await asyncio.sleep(0)
+        for item in turn:
+            yield item
+
+
+async def collected(stream: AsyncIterator[list]) -> list[list]:
+    return [batch async for batch in stream]
+
+
 def batches(source, **kw) -> list[list]:
-    async def collect():
-        return [batch async for batch in coalesced(source, **kw)]
-    return asyncio.run(collect())
+    return asyncio.run(collected(coalesced(source, **kw)))
 
 
 def test_the_first_chunk_goes_alone_and_a_burst_after_it_shares_a_hop():
-    # 0 at once, then 1-4 arrive 1 ms apart: all inside one 20 ms linger
-    assert batches(timed([0, 0.001, 0.001, 0.001, 0.001]), linger_s=0.02) == [[0], [1, 2, 3, 4]]
+    # 0 at once; then 1, and 2-4 while 1 lingers: they go with it
+    assert batches(in_turns([0], [1], [2, 3, 4]), linger_s=0.02) == [[0], [1, 2, 3, 4]]
 
 
-def test_chunks_further_apart_than_the_linger_go_one_by_one():
-    assert batches(timed([0, 0.03, 0.03]), linger_s=0.005) == [[0], [1], [2]]
+def test_a_batch_does_not_wait_past_its_linger():
+    async def collect():
+        out: list[list] = []
+
+        async def one_per_batch():
+            for i in range(3):
+                yield i
+                # The next chunk only once this one went: a batch waiting for more would wait forever.
+                await wait_for_async(lambda: len(out) > i, 10, f"chunk {i} sent alone after its linger")
+
+        async for batch in coalesced(one_per_batch(), linger_s=0.005):
+            out.append(batch)
+        return out
+
+    assert asyncio.run(collect()) == [[0], [1], [2]]
 
 
 def test_an_urgent_chunk_is_not_held():
     async def one_after_another():
-        start = asyncio.get_running_loop().time()
-        out = []
-        async for batch in coalesced(timed([0, 0.001]), urgent=lambda i: i == 1, linger_s=1.0):
-            out.append((batch, asyncio.get_running_loop().time() - start))
-        return out
+        # A held chunk would wait out the minute's linger, past the bound.
+        stream = coalesced(timed([0, 0.001]), urgent=lambda i: i == 1, linger_s=60.0)
+        return await asyncio.wait_for(collected(stream), 10)
 
-    out = asyncio.run(one_after_another())
-    assert [b for b, _ in out] == [[0], [1]]
-    assert out[-1][1] < 0.5  # not after the 1 s linger
+    assert asyncio.run(one_after_another()) == [[0], [1]]
 
 
 def test_a_batch_is_capped():
-    assert batches(timed([0] * 5), linger_s=0.01, max_batch=2) == [[0], [1, 2], [3, 4]]
+    assert batches(in_turns([0], [1, 2, 3, 4]), linger_s=0.01, max_batch=2) == [[0], [1, 2], [3, 4]]
 
 
 def test_a_failure_comes_after_the_chunks_before_it():

@@ -227,7 +227,7 @@ def test_a_probe_ticket_reports_the_first_byte():
 
 def test_a_slow_node_is_hedged_and_the_first_answer_wins():
     router = FakeRouter("slow", "fast", hedge_after_s=0.01)
-    slow = FakeLink(answer={"from": "slow"}, delay_s=0.5)
+    slow = FakeLink(answer={"from": "slow"}, delay_s=60.0)  # never first, however late the hedge's answer
     fast = FakeLink(answer={"from": "fast"})
     routed = run(dispatcher(router, FakeWorkers(slow=slow, fast=fast)).call(PROFILE, REQ))
     assert routed.body == {"from": "fast"}

@@ -16,6 +16,7 @@ from sollol_serve.processes import free_port
 from sollol_serve.protocol import BadRequest, NodeError
 from sollol_serve.sim.engine import SimNodeConfig
 from sollol_serve.sim.server import build_sim_app
+from tests.helpers import wait_for_async
 
 TIMEOUTS = TimeoutConfig(connect_s=2, first_byte_s=10, idle_s=10, total_s=30)
 
@@ -28,9 +29,8 @@ def with_node(test):
         server = uvicorn.Server(uvicorn.Config(build_sim_app(SimNodeConfig(load_s=0), 0.0), host="127.0.0.1",
                                                port=port, log_level="warning"))
         serving = asyncio.create_task(server.serve())
-        while not server.started:
-            assert not serving.done(), "the simulated node did not start"
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: server.started or serving.done(), 10, "the simulated node serving")
+        assert server.started, "the simulated node did not start"
         http = NodeHTTP(TIMEOUTS, node="n1")
         try:
             return await test(http, f"http://127.0.0.1:{port}")

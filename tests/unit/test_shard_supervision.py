@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from sollol_serve.shard.coordinator import Group
+from tests.helpers import wait_for_async
 from tests.unit.test_shard_security import bare_coordinator
 
 
@@ -38,11 +39,11 @@ def test_a_stop_during_a_liveness_check_is_not_restarted_as_a_crash(tmp_path):
     coordinator = bare_coordinator(tmp_path)
     fake = Probe(coordinator)
     group = running(coordinator)
-    checking = asyncio.Event()
+    checking, answer = asyncio.Event(), asyncio.Event()
 
     async def broken(g):  # the rpc-server's liveness call is in flight when the stop comes
         checking.set()
-        await asyncio.sleep(0.05)
+        await answer.wait()
         return "llama-server exited"  # ... and by its answer the stop has killed it
 
     coordinator._broken = broken
@@ -51,6 +52,7 @@ def test_a_stop_during_a_liveness_check_is_not_restarted_as_a_crash(tmp_path):
         check = asyncio.create_task(coordinator._check(group))
         await checking.wait()
         await coordinator.stop("tiny")
+        answer.set()
         await check
         started = await coordinator.ensure("tiny")  # an admin starts it again at once
         return started
@@ -67,7 +69,9 @@ def test_a_stop_during_the_restart_backoff_leaves_it_stopped(tmp_path):
 
     async def run():
         restart = asyncio.create_task(coordinator._restart(group, "rpc-server lost"))
-        await asyncio.sleep(0.01)  # it tore the crashed group down and is waiting to relaunch
+        # One turn of the loop: it tears the crashed group down (the fake does not suspend) and
+        # parks in its backoff; the stop below does not suspend either, so it lands within it.
+        await asyncio.sleep(0)
         assert group.state == "restarting"
         await coordinator.stop("tiny")
         await restart
@@ -84,8 +88,7 @@ def test_a_stop_while_a_restart_launches_takes_down_what_it_launched(tmp_path):
 
     async def run():
         restart = asyncio.create_task(coordinator._restart(group, "rpc-server lost"))
-        while fake.launches == 0:
-            await asyncio.sleep(0.005)
+        await wait_for_async(lambda: fake.launches, 10, "the restart launching")
         await coordinator.stop("tiny")
         fake.hold.set()  # the launch finishes after the stop
         await restart

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+
+from tests.helpers import wait_until
 
 CHILD = ("from sollol_serve.sim.process import SimProcess\n"
          "s = SimProcess('orphan-check', []).start()\n"
@@ -24,10 +25,8 @@ def _alive(pid: int) -> bool:
 def test_sim_node_dies_with_its_parent():
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60, check=True)
     pid = int(out.stdout.strip())
-    deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    alive = _alive(pid)
-    if alive:
-        os.kill(pid, 9)
-    assert not alive
+    try:
+        wait_until(lambda: not _alive(pid), 10, "the orphaned sim node gone", every_s=0.1)
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)

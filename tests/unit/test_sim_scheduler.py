@@ -6,21 +6,28 @@ b:latest 1b572bf6 < c:latest 27a5b9d9 < a:latest 38201ea1."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 from sollol_serve.sim.scheduler import ModelScheduler, Runner, victim
+from tests.helpers import wait_for_async
+from tests.unit.test_pump import Clock
 
 LOAD_S = 0.05
 
 
-def scheduler(max_loaded: int | None = 2, keep_s: float = 300.0) -> ModelScheduler:
-    return ModelScheduler(lambda model: LOAD_S, max_loaded, keep_s)
+def scheduler(max_loaded: int | None = 2, keep_s: float = 300.0,
+              clock: Callable[[], float] = time.monotonic) -> ModelScheduler:
+    return ModelScheduler(lambda model: LOAD_S, max_loaded, keep_s, clock)
 
 
-async def hold(s: ModelScheduler, model: str, seconds: float, keep: float | None = None, log: list | None = None):
+async def hold(s: ModelScheduler, model: str, work: float | asyncio.Event, keep: float | None = None,
+               log: list | None = None):
+    """One request using `model` for `work`: seconds, or until the event is set."""
     async with s.use(model, keep, 2048) as waited:
         if log is not None:
             log.append((model, round(waited, 2)))
-        await asyncio.sleep(seconds)
+        await (work.wait() if isinstance(work, asyncio.Event) else asyncio.sleep(work))
 
 
 def test_the_victim_is_the_idle_one_with_the_shortest_keep_alive_then_the_first_path():
@@ -48,29 +55,30 @@ def test_a_full_node_evicts_an_idle_model_to_load_another():
 
 
 def test_a_busy_victim_is_waited_for_and_still_serves_its_own_requests_meanwhile():
-    # a and b loaded, both busy for 0.3 s; c must wait for b (first path) to go idle. A request
-    # for b arriving meanwhile uses it at once (Ollama's fast path) and holds c back longer.
+    # a and b loaded and busy; c must wait for b (first path) to go idle. A request for b
+    # arriving meanwhile uses it at once (Ollama's fast path) and holds c back longer.
     async def go():
         s = scheduler(max_loaded=2)
         await hold(s, "a:latest", 0)
         await hold(s, "b:latest", 0)
         log: list = []
-        t0 = asyncio.get_running_loop().time()
-        busy = [asyncio.create_task(hold(s, "a:latest", 0.3)), asyncio.create_task(hold(s, "b:latest", 0.3))]
-        await asyncio.sleep(0.01)
+        release = asyncio.Event()
+        busy = [asyncio.create_task(hold(s, model, release)) for model in ("a:latest", "b:latest")]
+        await wait_for_async(lambda: all(r.refs for r in s.runners.values()), 10, "a and b busy")
         cold = asyncio.create_task(hold(s, "c:latest", 0, log=log))
-        await asyncio.sleep(0.1)
+        await wait_for_async(lambda: s.runners["b:latest"].evicting, 10, "c waiting for b to go idle")
         late = asyncio.create_task(hold(s, "b:latest", 0.3, log=log))  # b is still loaded: served now
+        await wait_for_async(lambda: log, 10, "the late b request served")
+        release.set()  # the first b request ends; the late one still holds b
         await asyncio.gather(*busy, cold, late)
-        return log, asyncio.get_running_loop().time() - t0, dict(s.evictions)
+        return log, dict(s.evictions)
 
-    log, elapsed, evictions = asyncio.run(go())
+    log, evictions = asyncio.run(go())
     assert log[0] == ("b:latest", 0.0)
-    # c waited for the last b request (sent at 0.11 s, 0.3 s long) and its own load (0.05 s):
-    # at least 0.45 s after the start, 0.44 s after it asked (a busy machine only adds)
-    assert log[1][0] == "c:latest" and log[1][1] >= 0.43
+    # c asked before the late b request began: it waited for all of its 0.3 s, then its own
+    # load (0.05 s) (a busy machine only adds)
+    assert log[1][0] == "c:latest" and log[1][1] >= 0.34
     assert evictions == {"b:latest": 1}
-    assert elapsed >= 0.45
 
 
 def test_one_load_at_a_time():
@@ -87,23 +95,32 @@ def test_one_load_at_a_time():
 
 def test_keep_alive_expires_after_the_last_request_and_zero_unloads_when_idle():
     async def go():
-        s = scheduler(max_loaded=None)
-        await hold(s, "a:latest", 0, keep=0.1)
+        clock = Clock()
+        s = scheduler(max_loaded=None, clock=clock)
+        await hold(s, "a:latest", 0, keep=1.0)
         await hold(s, "b:latest", 0, keep=0)
         at_once = sorted(s.loaded())
-        await asyncio.sleep(0.15)
-        return at_once, sorted(s.loaded())
+        clock.now += 0.5
+        before = sorted(s.loaded())
+        clock.now += 0.5
+        return at_once, before, sorted(s.loaded())
 
-    assert asyncio.run(go()) == (["a:latest"], [])
+    assert asyncio.run(go()) == (["a:latest"], ["a:latest"], [])
 
 
 def test_a_model_in_use_never_expires():
     async def go():
-        s = scheduler(max_loaded=None)
-        task = asyncio.create_task(hold(s, "a:latest", 0.2, keep=0.05))
-        await asyncio.sleep(0.15)  # past its keep-alive, but still running
+        clock = Clock()
+        s = scheduler(max_loaded=None, clock=clock)
+        done = asyncio.Event()
+        task = asyncio.create_task(hold(s, "a:latest", done, keep=1.0))
+        await wait_for_async(lambda: "a:latest" in s.runners and s.runners["a:latest"].refs, 10, "a in use")
+        clock.now += 60.0  # far past its keep-alive, but still running
         during = sorted(s.loaded())
+        done.set()
         await task
-        return during
+        idle = sorted(s.loaded())  # its keep-alive counts from the request's end
+        clock.now += 1.0
+        return during, idle, sorted(s.loaded())
 
-    assert asyncio.run(go()) == ["a:latest"]
+    assert asyncio.run(go()) == (["a:latest"], ["a:latest"], [])
