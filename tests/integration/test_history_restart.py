@@ -31,6 +31,8 @@ from tests.helpers import FAST_HEALTH, nodes_of, wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.slow]
 
 STATE = "sollol_state_history"
+# A Ray and Serve start in a child process: 20 s idle, over 2 minutes on a busy CI machine.
+READY_S = 300
 ROOT = Path(__file__).resolve().parents[2]
 # A wide node (4 slots, to learn) and a narrow one; `qwen` only on the narrow one, so both
 # get measured whatever the router prefers.
@@ -126,6 +128,7 @@ def chat(url: str, model: str, tokens: int) -> httpx.Response:
         "messages": [{"role": "user", "content": "tell me something"}]})
 
 
+@pytest.mark.timeout(3 * READY_S + 120)
 def test_learned_speeds_and_slots_survive_a_redeploy_and_a_ray_restart(tmp_path):
     sims = {name: SimProcess(name, args).start() for name, args in SIMS.items()}
     config = GatewayConfig.model_validate({
@@ -140,7 +143,7 @@ def test_learned_speeds_and_slots_survive_a_redeploy_and_a_ray_restart(tmp_path)
     url = f"http://127.0.0.1:{port}"
     child = Child(config, port, log)
     try:
-        child.ready(120)
+        child.ready(READY_S)
         with ThreadPoolExecutor(8) as pool:  # a burst teaches the wide node's slots
             replies = list(pool.map(lambda _: chat(url, "llama3.2", 40), range(24)))
         replies += [chat(url, "qwen2.5:0.5b", 20) for _ in range(3)]
@@ -172,13 +175,13 @@ def test_learned_speeds_and_slots_survive_a_redeploy_and_a_ray_restart(tmp_path)
 
         # (a) the app and every detached actor deleted, deployed again: no new traffic yet
         child.send("redeploy")
-        child.ready(120)
+        child.ready(READY_S)
         assert_same(learned(url), before)
 
         # (b) Ray itself stopped and started again over the same data dir
         child.stop()
         child = Child(config, port, log)
-        child.ready(120)
+        child.ready(READY_S)
         assert_same(learned(url), before)
         # ... and the router predicts with it: no node is unmeasured
         routing = chat(url, "llama3.2", 5).json()["_sollol_routing"]
