@@ -192,6 +192,18 @@ class TelemetryConfig(_Strict):
     readings_file: str | None = None
 
 
+class LoggingSettings(_Strict):
+    """The replicas' logs (Serve's own logging config). Every line a replica writes about a
+    request carries its ID (the client's X-Request-ID, else Serve's): JSON lines let a log store
+    search by it."""
+
+    encoding: Literal["TEXT", "JSON"] = "TEXT"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # An access line per call on every internal hop (Router, Analyzer, node workers), not just
+    # the Ingress: a request's whole way in the logs, at some CPU per request on each hop.
+    every_hop: bool = False
+
+
 class ShardConfig(_Strict):
     """Models served by a llama.cpp RPC shard group: one llama-server over rpc-servers on
     several Ray hosts, for a model no single node can hold."""
@@ -435,6 +447,7 @@ class GatewayConfig(_Strict):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     shard: ShardConfig = Field(default_factory=ShardConfig)
     sizing: DeploymentSizing = Field(default_factory=DeploymentSizing)
     security: SecurityConfig = Field(default_factory=SecurityConfig)

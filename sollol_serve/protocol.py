@@ -52,6 +52,7 @@ class NodeRequest:
     model: str
     # Set per try by the router, for an Ollama node, when the client set none (routing/keep_alive.py).
     keep_alive: int | None = None
+    request_id: str = ""  # the client's X-Request-ID, else Serve's (observability/request_id.py)
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from sollol_serve.api.body import api_path, validated
 from sollol_serve.api.dialects import ANTHROPIC, RESPONSES, Dialect
 from sollol_serve.api.ratelimit import token_counts
 from sollol_serve.api.recorder import StreamAccount
+from sollol_serve.api.request_id import current_request_id
 from sollol_serve.api.services import Services, authorized, counted, services
 from sollol_serve.api.streams import NDJSON, DialectSSE, OpenAISSE, relay
 from sollol_serve.api.visibility import shown_routing
@@ -45,7 +46,8 @@ def version_key(version: str) -> tuple:
 
 def cached_routing(hit: Cached, lookup_s: float) -> dict:
     """`_sollol_routing` of an answer from the cache: which node computed it, and that none was called."""
-    return {"node": hit.node, "cache": "hit", "strategy": "cache", "attempts": [], "queue_wait_ms": 0.0,
+    return {"node": hit.node, "request_id": current_request_id(), "cache": "hit", "strategy": "cache",
+            "attempts": [], "queue_wait_ms": 0.0,
             "routing_ms": round(lookup_s * 1000, 3),
             "reasoning": "answered from the response cache: same model, input and options as an earlier request"}
 
@@ -89,7 +91,7 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
             return cached(svc, endpoint, body["model"], hit, started, reply, request.state.application)
     profile = profile_request(api, op, body, priority, svc.lengths.table)
     profile.app, profile.share = request.state.application[0], principal.share
-    req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"])
+    req = NodeRequest(api=api, op=op, body=body, stream=streams, model=body["model"], request_id=current_request_id())
     charge = svc.charger(principal)
     if not streams:
         routed_answer = await svc.dispatch.call(profile, req)

@@ -47,7 +47,8 @@ class BatchJobs:
         await self.runner.resume()
         self._expirer = asyncio.create_task(self._expire_loop())
 
-    async def _send(self, kind: str, model: str, settings: dict, inputs: list, owner: str) -> tuple[list, str]:
+    async def _send(self, kind: str, model: str, settings: dict, inputs: list, owner: str,
+                    request_id: str) -> tuple[list, str]:
         """One chunk through the router, as the Ollama request a client would have sent, in
         its owner's fair share."""
         settings = dict(settings)
@@ -61,7 +62,7 @@ class BatchJobs:
         profile.app, profile.share = owner, self.config.security.share_of(owner)
         # A cancelled job cancels this call, and with it the node's work.
         routed = await self.dispatch.call(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,
-                                                               model=model))
+                                                               model=model, request_id=request_id))
         return (routed.body["embeddings"] if kind == "embed" else [routed.body]), routed.node
 
     async def _expire_loop(self) -> None:

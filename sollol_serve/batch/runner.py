@@ -22,8 +22,14 @@ from sollol_serve.routing.failover import full_jitter_s
 logger = logging.getLogger(__name__)
 
 RETRYABLE = frozenset({429, 502, 503, 504})
-# (kind, model, job request, inputs of one chunk) -> (one result per input, the node that answered)
-Send = Callable[[str, str, dict, list, str], Awaitable[tuple[list, str]]]  # kind, model, settings, inputs, owner
+# (kind, model, job request, inputs of one chunk, owner, request ID) -> (one result per input, the node that answered)
+Send = Callable[[str, str, dict, list, str, str], Awaitable[tuple[list, str]]]
+
+
+def chunk_request_id(job_id: str, first_index: int) -> str:
+    """The request ID of a chunk's call: its job and first item, so that its routing decision
+    and log lines are found from a result (a retry of the chunk is the same request)."""
+    return f"{job_id}/{first_index}"
 
 
 def chunked(items: list, size: int) -> list[list]:
@@ -88,18 +94,20 @@ class BatchRunner:
     async def _process(self, job: dict, chunk: list[tuple[int, object]]) -> list[Outcome]:
         """One chunk's outcomes: its results, or its error once it is not worth retrying."""
         indexes = [idx for idx, _ in chunk]
+        request_id = chunk_request_id(job["id"], indexes[0])
         failures = 0
         while True:
             try:
                 async with self.slots:
                     results, node = await self.send(job["kind"], job["model"], job["request"], [x for _, x in chunk],
-                                                    job["owner"])
-                return [Outcome(idx, result=r, node=node) for idx, r in zip(indexes, results, strict=True)]
+                                                    job["owner"], request_id)
+                return [Outcome(idx, result=r, node=node, request_id=request_id)
+                        for idx, r in zip(indexes, results, strict=True)]
             except Exception as exc:
                 message = error_message(exc)
                 failures += 1
                 if not is_retryable(unwrap(exc)) or failures >= self.config.max_attempts:
-                    return [Outcome(idx, error=message) for idx in indexes]
-                logger.info("batch job %s: retrying a chunk after %s", job["id"], message)
+                    return [Outcome(idx, error=message, request_id=request_id) for idx in indexes]
+                logger.info("batch request %s: retrying the chunk after %s", request_id, message)
                 await asyncio.sleep(full_jitter_s(failures, self.config.retry_base_s, self.config.retry_max_s,
                                                   self.rng))

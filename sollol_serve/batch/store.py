@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS items (
     result TEXT,
     error TEXT,
     node TEXT,
+    request_id TEXT,
     PRIMARY KEY (job, idx)
 );
 CREATE INDEX IF NOT EXISTS items_by_state ON items (job, state);
@@ -53,12 +54,25 @@ class Outcome:
     result: object = None
     error: str | None = None
     node: str | None = None
+    request_id: str | None = None  # of the chunk's call through the gateway (chunk_request_id)
 
 
 def _job(row: aiosqlite.Row) -> dict:
     job = dict(row)
     job["request"] = json.loads(job["request"])
     return job
+
+
+# Columns added since the first release: a jobs file written before them gains them on open.
+ADDED_ITEM_COLUMNS = {"request_id": "TEXT"}
+
+
+async def _add_missing_columns(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA table_info(items)") as cursor:
+        present = {row[1] for row in await cursor.fetchall()}
+    for name, kind in ADDED_ITEM_COLUMNS.items():
+        if name not in present:
+            await db.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
 
 
 def new_job_id() -> str:
@@ -78,6 +92,7 @@ class JobStore:
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA journal_mode=WAL")
         await db.executescript(SCHEMA)
+        await _add_missing_columns(db)
         await db.commit()
         return cls(db)
 
@@ -141,18 +156,20 @@ class JobStore:
     async def finish_items(self, job_id: str, outcomes: list[Outcome]) -> None:
         """Record finished items in one transaction; an item finished before stays as it was."""
         await self.db.executemany(
-            "UPDATE items SET state = ?, result = ?, error = ?, node = ? WHERE job = ? AND idx = ? AND state = 'pending'",
+            "UPDATE items SET state = ?, result = ?, error = ?, node = ?, request_id = ?"
+            " WHERE job = ? AND idx = ? AND state = 'pending'",
             [("failed" if o.error else "done", None if o.error else json.dumps(o.result), o.error, o.node,
-              job_id, o.idx) for o in outcomes])
+              o.request_id, job_id, o.idx) for o in outcomes])
         await self.db.commit()
 
     async def results(self, job_id: str, offset: int, limit: int) -> list[dict]:
         async with self.db.execute(
-                "SELECT idx, state, result, error, node FROM items WHERE job = ? AND state != 'pending'"
+                "SELECT idx, state, result, error, node, request_id FROM items WHERE job = ? AND state != 'pending'"
                 " AND idx >= ? ORDER BY idx LIMIT ?", (job_id, offset, limit)) as cursor:
             rows = await cursor.fetchall()
-        return [{"index": idx, "node": node, **({"error": error} if state == "failed" else {"result": json.loads(raw)})}
-                for idx, state, raw, error, node in rows]
+        return [{"index": idx, "node": node, "request_id": request_id,
+                 **({"error": error} if state == "failed" else {"result": json.loads(raw)})}
+                for idx, state, raw, error, node, request_id in rows]
 
     async def started(self, job_id: str, now: float | None = None) -> None:
         await self.db.execute("UPDATE jobs SET state = 'running', started = COALESCE(started, ?) WHERE id = ?",

@@ -16,7 +16,8 @@ MAX_DECISIONS = 200
 def decision(model: str, endpoint: str, status: int, latency_s: float, routing: dict, at: float | None = None) -> dict:
     """The dashboard's summary of one routed request."""
     return {
-        "at": at if at is not None else time.time(), "model": model, "endpoint": endpoint, "status": status,
+        "at": at if at is not None else time.time(), "request_id": routing.get("request_id"), "model": model,
+        "endpoint": endpoint, "status": status,
         "latency_ms": round(latency_s * 1000, 1), "node": routing.get("node"), "strategy": routing.get("strategy"),
         "priority": routing.get("priority"), "task_type": routing.get("task_type"),
         "reasoning": routing.get("reasoning"), "queue_wait_ms": routing.get("queue_wait_ms"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from sollol_serve.protocol import (
 )
 from sollol_serve.routing.failover import backoff_s
 from sollol_serve.routing.links import ItemStream, WorkerLink
+
+logger = logging.getLogger("ray.serve")
 
 
 # A request whose Router replica died is asked again this many times (Serve restarts a dead
@@ -127,6 +130,7 @@ def refused_everywhere(attempts: "Attempts") -> None:
 class Attempts:
     """One request's way through the cluster: nodes tried, time queued, what happened."""
 
+    request_id: str = ""
     log: list[dict] = field(default_factory=list)
     tried: set[str] = field(default_factory=set)
     failures: int = 0
@@ -141,8 +145,8 @@ class Attempts:
 
     def routing(self, ticket: Ticket) -> dict:
         """`_sollol_routing`: the router's choice, with this request's attempts and waits."""
-        return {**ticket.choice, "attempts": self.log, "queue_wait_ms": round(self.waited_s * 1000, 3),
-                "routing_ms": round(self.routing_ms, 3)}
+        return {**ticket.choice, "request_id": self.request_id, "attempts": self.log,
+                "queue_wait_ms": round(self.waited_s * 1000, 3), "routing_ms": round(self.routing_ms, 3)}
 
 
 @dataclass(eq=False)
@@ -174,7 +178,7 @@ class Dispatcher:
 
     # -- non-streamed ------------------------------------------------------------------
     async def call(self, profile: RequestProfile, req: NodeRequest) -> Routed:
-        attempts = Attempts()
+        attempts = Attempts(req.request_id)
         while True:
             ticket = await self._ticket(profile, attempts)
             if ticket.probe or ticket.wants_first_byte or ticket.hedge_after_s is not None:
@@ -221,7 +225,7 @@ class Dispatcher:
     # -- streamed ----------------------------------------------------------------------
     async def stream(self, profile: RequestProfile, req: NodeRequest) -> AsyncIterator[object]:
         """StreamStart, then batches of chunks (lists) as the node sends them, then StreamEnd."""
-        attempts = Attempts()
+        attempts = Attempts(req.request_id)
         leg, first = await self._start(profile, req, "stream", attempts)
         try:
             attempts.log.append({"node": leg.node, "ok": True})
@@ -339,6 +343,8 @@ class Dispatcher:
                 raise error
             error = NodeError(f"worker for {node} failed: {error_message(error)}", 502)
         attempts.log.append({"node": node, "ok": False, "status": error.status, "error": error.message})
+        logger.warning("request %s: try on node %s failed (%s): %s", attempts.request_id, node, error.status,
+                       error.message)
         attempts.failures += 1
         attempts.last_error = error.message
         if not error.retryable:

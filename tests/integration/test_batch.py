@@ -146,6 +146,8 @@ def test_batch_chat_on_the_shared_gateway(gateway):
     assert [r["index"] for r in page["items"]] == list(range(6))
     assert page["results"] == [r["result"] for r in page["items"]]  # the answers alone, in order
     assert all(r["message"]["content"] and r["eval_count"] == 3 for r in page["results"])
+    # A chat item is a chunk of one, with the request ID of its call.
+    assert [r["request_id"] for r in page["items"]] == [f"{job['id']}/{i}" for i in range(6)]
     batch = httpx.get(f"{gateway.url}/api/stats", timeout=30).json()["batch"]  # what the dashboard shows
     assert any(j["id"] == job["id"] and j["state"] == "completed" for j in batch["recent"])
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=30).text

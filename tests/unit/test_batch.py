@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
@@ -14,7 +15,7 @@ from sollol_serve.api.schemas import (
 )
 from sollol_serve.batch.jobs import job_status, results_page
 from sollol_serve.batch.runner import BatchRunner, chunked
-from sollol_serve.batch.store import JobStore, Outcome
+from sollol_serve.batch.store import SCHEMA, JobStore, Outcome
 from sollol_serve.config import BatchConfig
 from sollol_serve.protocol import ModelNotFound, NoNodeAvailable
 from tests.helpers import wait_for_async
@@ -39,12 +40,14 @@ class Node:
 
     def __init__(self, fail: list[Exception] | None = None, hang: bool = False):
         self.calls: list[list] = []
+        self.request_ids: list[str] = []
         self.fail = list(fail or [])
         self.hang = hang
         self.cancelled = 0
 
-    async def __call__(self, kind, model, settings, inputs, owner):
+    async def __call__(self, kind, model, settings, inputs, owner, request_id):
         self.calls.append(list(inputs))
+        self.request_ids.append(request_id)
         if self.fail:
             raise self.fail.pop(0)
         if self.hang:
@@ -73,6 +76,9 @@ def test_job_runs_in_chunks_and_records_every_item(tmp_path):
         assert await store.counts(job) == {"pending": 0, "done": 7, "failed": 0}
         results = await store.results(job, 0, 100)
         assert [r["result"] for r in results] == [f"m:t{i}" for i in range(7)]
+        # Each chunk's call has its own request ID, kept with each of its items.
+        assert sorted(node.request_ids) == [f"{job}/0", f"{job}/3", f"{job}/6"]
+        assert [r["request_id"] for r in results] == [f"{job}/{i // 3 * 3}" for i in range(7)]
         assert await store.nodes(job) == {"n1": 7}
         await store.close()
 
@@ -242,3 +248,23 @@ def test_a_results_page_holds_the_values_in_input_order_and_the_items():
     assert page["results"] == [[0.1], None, [0.3]] and page["items"] == items
     assert page["job_id"] == "j" and page["status"] == "completed" and page["next_offset"] is None
     assert results_page(job, items[:2], more=True)["next_offset"] == 2
+
+
+def test_a_jobs_file_from_before_request_ids_gains_the_column_and_keeps_its_items(tmp_path):
+    path = tmp_path / "data" / "jobs.sqlite3"
+    path.parent.mkdir(parents=True)
+    old_schema = SCHEMA.replace("    request_id TEXT,\n", "")
+    assert "request_id" not in old_schema
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO jobs VALUES ('j1', 'embed', 'm', 'alice', 'completed', '{}', 1, 1.0, 1.0, 2.0, 60)")
+        db.execute("INSERT INTO items (job, idx, input, state, result, node) VALUES ('j1', 0, '\"a\"', 'done', '[1]', 'n1')")
+
+    async def main():
+        store = await JobStore.open(path)
+        try:
+            return await store.results("j1", 0, 10)
+        finally:
+            await store.close()
+
+    assert run(main()) == [{"index": 0, "node": "n1", "request_id": None, "result": [1]}]

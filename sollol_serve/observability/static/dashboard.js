@@ -429,7 +429,8 @@
     fillRows("decisions", decisions.slice(0, 25).map(d => {
       const why = el("td", null, d.reasoning || "",
                      el("div", {class: "cand muted"}, (d.candidates || []).map(c =>
-                       `${c.node}: ${c.predicted_s == null ? "?" : c.predicted_s.toFixed(2)} s`).join(" | ")));
+                       `${c.node}: ${c.predicted_s == null ? "?" : c.predicted_s.toFixed(2)} s`).join(" | ")),
+                     d.request_id ? el("div", {class: "cand muted"}, `request ${d.request_id}`) : null);
       return [cell(clock(d.at), "nowrap"), cell(d.model), cell(d.node), cell(d.priority),
               cell(`${d.latency_ms} ms`, d.status >= 400 ? "bad nowrap" : "nowrap"), why];
     }), "no routed requests yet");
