@@ -46,6 +46,10 @@ def pytest_configure(config):
     # Set before any Ray starts, so its workers inherit it.
     config.sollol_data_dir = tempfile.mkdtemp(prefix="sollol-test-data-")
     os.environ[DATA_DIR_ENV] = config.sollol_data_dir
+    # Serve kills an HTTP proxy not ready within 5 s of its start, and serve.start fails with
+    # it: tests that start several raylets on a busy machine took longer (the local gateway
+    # allows the same, local.py). In the environment before any Ray starts, for its controller.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 
 
 def pytest_unconfigure(config):
