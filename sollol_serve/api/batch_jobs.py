@@ -8,7 +8,6 @@ from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from sollol_serve.analysis.profile import estimate_tokens
-from sollol_serve.api.actor_calls import survive
 from sollol_serve.api.auth import Principal
 from sollol_serve.api.body import PayloadTooLarge, query_int, validated
 from sollol_serve.api.ratelimit import RateLimited
@@ -40,7 +39,7 @@ async def submit(request: Request, svc: Services, principal: Principal, kind: st
         raise ModelNotFound(f"model '{job.model}' not found on any node")
     if principal.name in svc.limited:  # the key pays for every item, and up front
         tokens = estimate_tokens(json.dumps(inputs, ensure_ascii=False))
-        refused = await survive(lambda: svc.limiter.admit_batch.remote(principal.name, len(inputs), tokens), "rate limiter")
+        refused = await svc.limiter.admit_batch(principal.name, len(inputs), tokens)
         if refused:
             raise RateLimited(refused, retry_after_s=60)
     settings = job_settings(job)

@@ -18,6 +18,7 @@ from sollol_serve.api.auth import Authenticator, check_bind, is_loopback
 from sollol_serve.api.origin import machine_names
 from sollol_serve.api.http import app
 from sollol_serve.api.ratelimit import rate_limiter
+from sollol_serve.api.shared_limits import SharedLimits
 from sollol_serve.api.recorder import RequestRecorder
 from sollol_serve.api.services import Services
 from sollol_serve.api.sessions import session_actor
@@ -59,6 +60,7 @@ class Ingress:
         limiter = rate_limiter(f"{config.state_actor_name}_ratelimits", keys) if limited else None
         if limiter is not None:
             await limiter.configure.remote(keys)  # it outlives a redeploy: take the keys' limits again
+            limiter = SharedLimits(limiter, keys)
         cache = cache_actor(config.state_actor_name, config.cache)
         await cache.configure.remote(config.cache.model_dump())
         book = metrics_actor(config.state_actor_name)

@@ -21,6 +21,7 @@ from sollol_serve.api.body import json_object
 from sollol_serve.api.origin import check_request_origin
 from sollol_serve.api.ratelimit import RateLimited, TooManyInFlight
 from sollol_serve.api.recorder import RequestRecorder
+from sollol_serve.api.shared_limits import SharedLimits
 from sollol_serve.config import GatewayConfig, Permission
 from sollol_serve.observability.applications import application_of
 from sollol_serve.routing.dispatch import Dispatcher
@@ -34,7 +35,7 @@ class Services:
     dispatch: Dispatcher  # requests to the node's worker on the router's ticket
     lengths: OutputLengths
     auth: Authenticator
-    limiter: ActorHandle | None  # None when no key has a limit
+    limiter: SharedLimits | None  # None when no key has a limit
     limited: frozenset[str]  # the keys that have one
     recorder: RequestRecorder
     metrics_book: ActorHandle
@@ -58,20 +59,19 @@ class Services:
         """One of the key's `max_concurrent` requests in flight, and how to give it back."""
         if principal.name not in self.limited:
             return _nothing
-        lease = await survive(lambda: self.limiter.acquire.remote(principal.name, self.config.timeouts.total_s + 60),
-                              "rate limiter")
+        lease = await self.limiter.acquire(principal.name, self.config.timeouts.total_s + 60)
         if lease is None:
             raise TooManyInFlight(f"key '{principal.name}' has its most requests in flight; retry when one ends",
                                   retry_after_s=1)
         if not lease:
             return _nothing
-        return lambda: self.limiter.release.remote(principal.name, lease)
+        return lambda: self.limiter.release(principal.name, lease)
 
     def charger(self, principal: Principal) -> Callable[[int], None]:
         """Charges the tokens a response used to its key, if the key is rate limited."""
         if principal.name not in self.limited:
             return lambda tokens: None
-        return lambda tokens: self.limiter.charge.remote(principal.name, tokens)
+        return lambda tokens: self.limiter.charge(principal.name, tokens)
 
 
 def _nothing() -> None:
@@ -100,7 +100,7 @@ async def admit(svc: Services, request: Request, permission: Permission | None) 
         if revoked:
             raise Unauthorized("session ended: log in again")
     if principal.name in svc.limited:
-        wait = await survive(lambda: svc.limiter.admit.remote(principal.name), "rate limiter")
+        wait = await svc.limiter.admit(principal.name)
         if wait:
             raise RateLimited(f"rate limit of key '{principal.name}' reached; retry in {wait} s", retry_after_s=wait)
     request.state.principal = principal

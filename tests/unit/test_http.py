@@ -13,6 +13,7 @@ from ray.exceptions import RayTaskError
 from sollol_serve.api.auth import Authenticator, hash_key
 from sollol_serve.api.http import app
 from sollol_serve.api.recorder import RequestRecorder, StreamAccount
+from sollol_serve.api.shared_limits import SharedLimits
 from sollol_serve.api.services import Services, services
 from sollol_serve.config import GatewayConfig
 from sollol_serve.protocol import NoNodeAvailable, StreamEnd
@@ -69,8 +70,8 @@ def make_services(keys: bool = True, limited: dict | None = None, loopback_bind:
                          {"name": "app", "sha256": hash_key(USER), "role": "user"},
                          {"name": "grafana", "sha256": hash_key(READER), "role": "reader"}]} if keys else {}
     config = GatewayConfig.model_validate({"security": security, "max_body_bytes": 1024, "aliases": aliases or {}})
-    limiter = FakeHandle(admit=lambda name: (limited or {}).get(name), charge=None, acquire="", release=None,
-                         admit_batch=None)
+    limiter = SharedLimits(FakeHandle(admit=lambda name: (limited or {}).get(name), charge=None, acquire="",
+                                      release=None, admit_batch=None), [])
     return Services(config=config, router=FakeHandle(**router_answers), batch=FakeHandle(),
                     dispatch=FakeDispatch(), lengths=SimpleNamespace(table={}), auth=Authenticator(config.security, b"k" * 32),
                     limiter=limiter, limited=frozenset(limited or ()), recorder=RequestRecorder(FakeHandle()),
@@ -162,7 +163,7 @@ def test_a_refused_inference_request_is_counted_and_a_served_one_charged(client)
     assert dict(svc.recorder.metrics.requests) == {("/api/chat", "unknown", "none", "403"): 1,
                                                    ("/api/chat", "m:latest", "n1", "200"): 1,
                                                    ("/api/chat", "unknown", "n1", "200"): 2}
-    assert ("charge", ("app", 7)) in svc.limiter.calls  # prompt 3 + answer 4 tokens
+    assert ("charge", ("app", 7)) in svc.limiter.actor.calls  # prompt 3 + answer 4 tokens
 
 
 def test_each_request_is_counted_for_its_application(client):
