@@ -14,7 +14,7 @@ from ray import serve
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
-from sollol_serve.names import NAMESPACE
+from sollol_serve.names import NAMESPACE, SHARED_ACTOR_ROLES, is_gateway_actor
 from sollol_serve.processes import free_port
 
 APP_NAME = "sollol"
@@ -138,6 +138,19 @@ def stop_local_gateway() -> None:
         remove_haproxy_state()
 
 
+def delete_gateway(app: str, state_actor_name: str) -> None:
+    """Delete a gateway app from a Ray that goes on running, with the detached actors it made
+    (state, discovery, metrics, cache, limits, sessions, shards, workers added at run time):
+    they outlive a redeploy on purpose, so `serve.delete` leaves them, each with its loops."""
+    serve.delete(app)
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["namespace"] == NAMESPACE and is_gateway_actor(actor["name"], state_actor_name):
+            try:
+                ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE), no_restart=True)
+            except ValueError:  # gone since it was listed
+                pass
+
+
 def remove_haproxy_state(environ: dict[str, str] = os.environ) -> None:
     """Remove the `sollol-haproxy-*` folder apply_fast_serve_env made (not paths the user set)."""
     for key, name in HAPROXY_PATHS.items():
@@ -151,11 +164,11 @@ def remove_haproxy_state(environ: dict[str, str] = os.environ) -> None:
 def gateway_actor_name(role: str, app: str = APP_NAME, state_actor_name: str = "sollol_node_state") -> tuple[str, str]:
     """(Ray actor name, namespace) of one of a gateway's processes, by role: `router`,
     `ingress`, `worker:<node>` (a Serve replica: the first one listed), or a shared actor:
-    `state`, `metrics`, `cache`, `ratelimits`, `sessions`."""
-    shared = {"state": "", "metrics": "_metrics", "cache": "_cache", "ratelimits": "_ratelimits",
-              "sessions": "_sessions"}
-    if role in shared:
-        return state_actor_name + shared[role], NAMESPACE
+    `state` or one of `SHARED_ACTOR_ROLES` (`metrics`, `cache`, `ratelimits`, `sessions`...)."""
+    if role == "state":
+        return state_actor_name, NAMESPACE
+    if role in SHARED_ACTOR_ROLES:
+        return f"{state_actor_name}_{role}", NAMESPACE
     deployment = {"router": "Router", "ingress": "Ingress"}.get(role) or "OllamaWorker-" + role.removeprefix("worker:")
     prefix = f"SERVE_REPLICA::{app}#{deployment}#"
     names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))

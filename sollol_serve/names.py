@@ -34,3 +34,17 @@ def named_actor(actor_class: ActorClass, name: str, *args: Any, **options: Any) 
 def runtime_worker_name(state_actor_name: str, node_name: str) -> str:
     """The worker actor of a node added at run time."""
     return f"{state_actor_name}_worker_{node_name}"
+
+
+# The shared actors a gateway names after its state actor (`<state actor>_<role>`); node
+# workers added at run time are `<state actor>_worker_<node>`.
+SHARED_ACTOR_ROLES = ("metrics", "cache", "ratelimits", "sessions", "discovery", "shards")
+
+
+def is_gateway_actor(name: str, state_actor_name: str) -> bool:
+    """Whether a named actor is one of the detached actors of the gateway whose state actor is
+    `state_actor_name` (and not of another gateway whose name merely starts the same)."""
+    if name == state_actor_name:
+        return True
+    role = name.removeprefix(state_actor_name + "_")
+    return role != name and (role in SHARED_ACTOR_ROLES or role.startswith("worker_"))

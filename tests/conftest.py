@@ -23,7 +23,7 @@ from sollol_serve.sim.process import SimProcess
 class Gateway:
     url: str
     nodes: dict[str, SimProcess]
-    config: object = None  # the GatewayConfig of a side app (tests that redeploy it)
+    config: object = None  # its GatewayConfig
 
 
 # Two Ollama-flavoured nodes of different speeds and one llama-server-flavoured node.
@@ -81,7 +81,7 @@ def gateway():
         })
         url = start_local_gateway(config, port=free_port())
         wait_for_nodes(url, len(nodes))
-        yield Gateway(url=url, nodes=nodes)
+        yield Gateway(url=url, nodes=nodes, config=config)
     finally:
         stop_local_gateway()
         for node in nodes.values():
@@ -105,6 +105,7 @@ def secure(gateway):
     from sollol_serve.api.auth import hash_key
     from sollol_serve.app import build_gateway
     from sollol_serve.config import GatewayConfig
+    from sollol_serve.local import delete_gateway
 
     config = GatewayConfig.model_validate({
         "nodes": [{"name": "fast", "url": gateway.nodes["fast"].url}],
@@ -124,4 +125,4 @@ def secure(gateway):
     try:
         yield gateway.url + "/secure"
     finally:
-        serve.delete("secure")
+        delete_gateway("secure", "sollol_state_secure")

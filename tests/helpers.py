@@ -65,9 +65,8 @@ def side_app(gateway, name: str, node_args: list[str], node_names: tuple[str, ..
              **settings: object) -> Iterator:
     """An app of its own over simulated nodes of its own (its routers learn from nothing else);
     `settings` are GatewayConfig fields beside the nodes. Stops what it started."""
-    from ray import serve
-
     from sollol_serve.config import GatewayConfig
+    from sollol_serve.local import delete_gateway
     from sollol_serve.sim.process import SimProcess
     from tests.conftest import Gateway
 
@@ -78,6 +77,6 @@ def side_app(gateway, name: str, node_args: list[str], node_names: tuple[str, ..
             "state_actor_name": f"sollol_state_{name}", "health": FAST_HEALTH, **settings})
         yield Gateway(url=deploy_app(gateway.url, name, config), nodes=nodes, config=config)
     finally:
-        serve.delete(name)
+        delete_gateway(name, config.state_actor_name)
         for node in nodes.values():
             node.stop()

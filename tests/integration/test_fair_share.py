@@ -14,6 +14,7 @@ from ray import serve
 from sollol_serve.api.auth import hash_key
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
+from sollol_serve.local import delete_gateway
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import FAST_HEALTH, wait_until
 
@@ -51,7 +52,7 @@ def app(gateway):
         wait_until(lambda: _chat(url, CHAT, -1)[0] == 200, 60, "the fairshare app answering")
         yield url, sim
     finally:
-        serve.delete(APP)
+        delete_gateway(APP, f"sollol_state_{APP}")
         sim.stop()
 
 

@@ -30,9 +30,8 @@ SLOW_REFRESH = {"routing": {"snapshot_interval_s": 10.0},
 
 @pytest.fixture(scope="module")
 def cluster(gateway):
-    from ray import serve
-
     from sollol_serve.config import GatewayConfig
+    from sollol_serve.local import delete_gateway
     from sollol_serve.sim.process import SimProcess
     from tests.conftest import Gateway
 
@@ -46,7 +45,7 @@ def cluster(gateway):
             "state_actor_name": f"sollol_state_{APP}", **SLOW_REFRESH})
         yield Gateway(url=deploy_app(gateway.url, APP, config), nodes=nodes, config=config)
     finally:
-        serve.delete(APP)
+        delete_gateway(APP, f"sollol_state_{APP}")
         for node in nodes.values():
             node.stop()
 

@@ -25,7 +25,7 @@ from ray import serve
 from sollol_serve.api.auth import hash_key
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
-from sollol_serve.local import gateway_pid
+from sollol_serve.local import delete_gateway, gateway_pid
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import wait_until
 
@@ -173,7 +173,7 @@ def app(gateway):
             time.sleep(6)
         yield url
     finally:
-        serve.delete(APP)
+        delete_gateway(APP, STATE)
         for sim in sims.values():
             sim.stop()
 

@@ -11,6 +11,7 @@ from ray import serve
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
+from sollol_serve.local import delete_gateway
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import wait_until
 
@@ -46,7 +47,7 @@ def app(gateway):
     try:
         yield gateway.url + "/" + APP, sims
     finally:
-        serve.delete(APP)
+        delete_gateway(APP, "sollol_state_replicas")
         for sim in sims.values():
             sim.stop()
 

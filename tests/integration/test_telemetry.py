@@ -13,6 +13,7 @@ from ray import serve
 
 from sollol_serve.app import build_gateway
 from sollol_serve.config import GatewayConfig
+from sollol_serve.local import delete_gateway
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import nodes_of, wait_until
 
@@ -48,7 +49,7 @@ def gpu_app(gateway, tmp_path_factory):
                                 for n in nodes_of(url).values()), 30, "nodes healthy with injected readings")
         yield url, readings
     finally:
-        serve.delete("gpus")
+        delete_gateway("gpus", "sollol_state_gpus")
         for sim in sims.values():
             sim.stop()
 

@@ -15,9 +15,8 @@ CAP = 64 * 1024
 
 @pytest.fixture(scope="module")
 def leaky(gateway):
-    from ray import serve
-
     from sollol_serve.config import GatewayConfig
+    from sollol_serve.local import delete_gateway
     from sollol_serve.sim.process import SimProcess
 
     node = SimProcess("b1", ["--kind", "ollama", "--models", "bloaty", "--slots", "2", "--decode-tps", "400",
@@ -29,7 +28,7 @@ def leaky(gateway):
     try:
         yield deploy_app(gateway.url, "leaky", config), node
     finally:
-        serve.delete("leaky")
+        delete_gateway("leaky", "sollol_state_leaky")
         node.stop()
 
 

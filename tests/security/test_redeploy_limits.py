@@ -39,7 +39,7 @@ def _tags(url: str, key: str) -> int:
 
 
 def test_a_redeploy_with_new_limits_is_enforced_at_once(gateway):
-    from ray import serve
+    from sollol_serve.local import delete_gateway
 
     try:
         url = _deploy(gateway, [
@@ -52,4 +52,4 @@ def test_a_redeploy_with_new_limits_is_enforced_at_once(gateway):
         assert _tags(url, OLD) == 200
         assert [_tags(url, NEW) for _ in range(2)] == [200, 429]
     finally:
-        serve.delete("redeploy")
+        delete_gateway("redeploy", "sollol_state_redeploy")
