@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Request
+from opentelemetry import trace
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -31,6 +32,7 @@ from sollol_serve.api.visibility import shown_routing
 from sollol_serve.cache.policy import cache_key, cacheable
 from sollol_serve.cache.store import Cached
 from sollol_serve.names import normalize_model
+from sollol_serve.observability.tracing import span
 from sollol_serve.protocol import Api, BadRequest, ModelNotFound, NodeRequest, Operation
 
 router = APIRouter()
@@ -83,9 +85,14 @@ async def answer(request: Request, svc: Services, principal: Principal, api: Api
     body = dialect.chat_request(sent) if dialect else sent
     reply = functools.partial(dialect.answer, body=sent) if dialect else _as_sent
     streams = op in ("chat", "generate") and body.get("stream", api == "ollama") is True
+    trace.get_current_span().set_attributes({
+        "sollol.request_id": current_request_id(), "sollol.endpoint": endpoint, "sollol.model": str(body.get("model")),
+        "sollol.app": request.state.application[0], "sollol.priority": priority, "sollol.stream": streams})
     key = cache_key(api, op, body) if cacheable(api, op, body, streams, svc.config.cache) else None
     if key is not None:
-        hit = await optional(lambda: svc.cache.get.remote(key), "response cache", None)
+        with span("sollol.cache_lookup") as lookup:
+            hit = await optional(lambda: svc.cache.get.remote(key), "response cache", None)
+            lookup.set_attribute("sollol.hit", hit is not None)
         svc.recorder.cache_lookup(endpoint, body["model"], hit is not None)
         if hit is not None:
             return cached(svc, endpoint, body["model"], hit, started, reply, request.state.application)

@@ -24,6 +24,7 @@ from sollol_serve.api.recorder import RequestRecorder
 from sollol_serve.api.shared_limits import SharedLimits
 from sollol_serve.config import GatewayConfig, Permission
 from sollol_serve.observability.applications import application_of
+from sollol_serve.observability.tracing import span
 from sollol_serve.routing.dispatch import Dispatcher
 
 
@@ -91,6 +92,13 @@ def session_of(request: Request) -> str | None:
 
 async def admit(svc: Services, request: Request, permission: Permission | None) -> Principal:
     """The caller, if its key (or session) has `permission` and its rate limit lets it in."""
+    with span("sollol.admission", permission=permission) as admission:
+        principal = await _admit(svc, request, permission)
+        admission.set_attribute("sollol.key", principal.name)
+    return principal
+
+
+async def _admit(svc: Services, request: Request, permission: Permission | None) -> Principal:
     principal = svc.auth.authorize(request.headers, permission, session_of(request))
     if principal.session:
         revoked = await survive(lambda: svc.sessions.revoked.remote(principal.session, svc.auth.secret_id),

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 
 from sollol_serve.config import TimeoutConfig
+from sollol_serve.observability.tracing import trace_headers
 from sollol_serve.protocol import NodeError, StreamBroken
 
 
@@ -123,7 +124,7 @@ class NodeHTTP:
     async def post_json(self, url: str, body: dict, timeouts: TimeoutConfig | None = None) -> dict:
         timeout = _client_timeout(timeouts) if timeouts else None
         try:
-            async with self.session.post(url, json=body, timeout=timeout) as response:
+            async with self.session.post(url, json=body, timeout=timeout, headers=trace_headers()) as response:
                 await _raise_for_status(response)
                 raw = await _read_capped(response, self.max_response_bytes)
         except TooLarge:
@@ -161,7 +162,8 @@ class NodeHTTP:
         limit = self.max_response_bytes
         started = False
         try:
-            async with self.session.post(url, json=body, timeout=_client_timeout(timeouts)) as response:
+            async with self.session.post(url, json=body, timeout=_client_timeout(timeouts),
+                                         headers=trace_headers()) as response:
                 await _raise_for_status(response)
                 buffer = b""
                 async for piece in response.content.iter_any():

@@ -13,12 +13,17 @@ import asyncio
 import dataclasses
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
 from sollol_serve.analysis.profile import RequestProfile
 from sollol_serve.config import FailoverConfig
+from sollol_serve.observability.tracing import attempt_attributes, decision_attributes, failed, span, tracer
 from sollol_serve.protocol import (
     FirstByte,
     GatewayError,
@@ -110,6 +115,24 @@ class Relay:
         return True if self.usage is not None else False if self.broken else None
 
 
+def _queue_span(started_ns: int, queued_s: float) -> None:
+    """The time a decision waited in the router's priority queue (none: a free slot at
+    once), as a span of its own beneath the decision."""
+    queued = tracer().start_span("sollol.queue", start_time=started_ns,
+                                 attributes={"sollol.queued_s": round(queued_s, 6)})
+    queued.end(end_time=started_ns + int(queued_s * 1e9))
+
+
+def _end_attempt(leg: "Leg", outcome: bool | None) -> None:
+    """End a try's span with what the node said of it, and how it ended."""
+    leg.span.set_attributes(attempt_attributes(leg.relay.usage))
+    if leg.error is not None or outcome is False or leg.relay.worker_died:
+        failed(leg.span, leg.error or "the node failed after its first byte")
+    elif outcome is None:  # the client left, or another leg answered first
+        leg.span.set_attribute("sollol.dropped", True)
+    leg.span.end()
+
+
 def first_byte_of(item: object) -> FirstByte | None:
     """The worker's FirstByte in its first item: the item itself (a watched call) or the head
     of the first batch (a stream)."""
@@ -157,7 +180,9 @@ class Leg:
     items: ItemStream
     relay: Relay
     first: asyncio.Future  # the worker's first item
+    span: Span  # the try's span, ended when the leg is dropped
     dropped: bool = False
+    error: str | None = None  # why it failed, if it did
 
     @property
     def node(self) -> str:
@@ -187,14 +212,17 @@ class Dispatcher:
                     return routed
                 continue
             usage, ok, died = None, None, False  # ok stays None if the caller goes away (cancellation)
-            try:
-                body, usage = await self.workers.for_ticket(ticket).call(for_try(req, ticket), ticket.node_model)
-                ok = True
-            except Exception as exc:
-                ok, died = False if is_node_fault(exc) else None, is_process_death(exc)
-                self._failed(exc, ticket.node, attempts)
-            finally:
-                self._report(ticket, ok, usage, died)
+            with span("sollol.attempt", node=ticket.node, model=ticket.node_model) as attempt:
+                try:
+                    body, usage = await self.workers.for_ticket(ticket).call(for_try(req, ticket), ticket.node_model)
+                    ok = True
+                    attempt.set_attributes(attempt_attributes(usage))
+                except Exception as exc:
+                    ok, died = False if is_node_fault(exc) else None, is_process_death(exc)
+                    failed(attempt, error_message(exc))
+                    self._failed(exc, ticket.node, attempts)
+                finally:
+                    self._report(ticket, ok, usage, died)
             if ok:
                 attempts.log.append({"node": ticket.node, "ok": True})
                 return Routed(body=body, node=ticket.node, routing=attempts.routing(ticket))
@@ -211,6 +239,7 @@ class Dispatcher:
             body, leg.relay.usage = item
         except Exception as exc:  # failed after its first byte: the client has nothing yet
             leg.relay.failed(exc)
+            leg.error = error_message(exc)
             self._drop(leg)
             self._failed(exc, leg.node, attempts)
             await self._backoff(attempts)
@@ -240,21 +269,25 @@ class Dispatcher:
 
     # -- legs --------------------------------------------------------------------------
     async def _ticket(self, profile: RequestProfile, attempts: Attempts, wait: bool = True) -> Ticket | None:
-        started = self.clock()
-        for retry in range(ROUTER_DEATH_RETRIES + 1):
-            try:
-                ticket = await self.router.decide(profile, frozenset(attempts.tried), attempts.last_error, wait)
-                break
-            except Exception as exc:
-                if isinstance(unwrap(exc), NoNodeAvailable):
-                    refused_everywhere(attempts)
-                # The Router replica died with the request in its queue: ask again. Serve has
-                # struck the dead replica off, so this goes to a live (or restarted) one.
-                if not is_process_death(exc, certain=True) or retry == ROUTER_DEATH_RETRIES:
-                    raise
-                await asyncio.sleep(ROUTER_DEATH_BACKOFF_S * (retry + 1))
-        if ticket is not None:
-            attempts.admitted(ticket, self.clock() - started)
+        started, started_ns = self.clock(), time.time_ns()
+        with span("sollol.decision", model=profile.model, priority=profile.priority, app=profile.app,
+                  queue=wait, tried=sorted(attempts.tried)) as decision:
+            for retry in range(ROUTER_DEATH_RETRIES + 1):
+                try:
+                    ticket = await self.router.decide(profile, frozenset(attempts.tried), attempts.last_error, wait)
+                    break
+                except Exception as exc:
+                    if isinstance(unwrap(exc), NoNodeAvailable):
+                        refused_everywhere(attempts)
+                    # The Router replica died with the request in its queue: ask again. Serve has
+                    # struck the dead replica off, so this goes to a live (or restarted) one.
+                    if not is_process_death(exc, certain=True) or retry == ROUTER_DEATH_RETRIES:
+                        raise
+                    await asyncio.sleep(ROUTER_DEATH_BACKOFF_S * (retry + 1))
+            if ticket is not None:
+                attempts.admitted(ticket, self.clock() - started)
+                decision.set_attributes(decision_attributes(ticket))
+                _queue_span(started_ns, ticket.queued_s)
         return ticket
 
     async def _start(self, profile: RequestProfile, req: NodeRequest, method: str, attempts: Attempts,
@@ -277,13 +310,19 @@ class Dispatcher:
                 return won
             await self._backoff(attempts)
 
-    def _open(self, ticket: Ticket, method: str, req: NodeRequest) -> Leg:
+    def _open(self, ticket: Ticket, method: str, req: NodeRequest, hedge: bool = False) -> Leg:
+        attempt = tracer().start_span("sollol.attempt", attributes={
+            "sollol.node": ticket.node, "sollol.model": ticket.node_model, "sollol.hedge": hedge,
+            "sollol.stream": method == "stream"})
         try:
-            items = self.workers.for_ticket(ticket).open(method, for_try(req, ticket), ticket.node_model)
-        except BaseException:
+            with trace.use_span(attempt, end_on_exit=False):  # the worker's spans are the try's
+                items = self.workers.for_ticket(ticket).open(method, for_try(req, ticket), ticket.node_model)
+        except BaseException as exc:
+            failed(attempt, error_message(exc))
+            attempt.end()
             self._report(ticket, None, None)
             raise
-        return Leg(ticket, items, Relay(ticket.node), asyncio.ensure_future(items.__anext__()))
+        return Leg(ticket, items, Relay(ticket.node), asyncio.ensure_future(items.__anext__()), attempt)
 
     async def _hedge(self, legs: list[Leg], profile: RequestProfile, req: NodeRequest, method: str,
                      attempts: Attempts) -> None:
@@ -297,7 +336,7 @@ class Dispatcher:
             return
         attempts.log.append({"node": ticket.node, "hedge": True, "after_s": round(delay, 3),
                              "slow_node": first.node})
-        legs.append(self._open(ticket, method, req))
+        legs.append(self._open(ticket, method, req, hedge=True))
 
     async def _first_of(self, legs: list[Leg], attempts: Attempts) -> tuple[Leg, object] | None:
         """The leg whose first item came first (the others are dropped), or None if all failed."""
@@ -317,6 +356,7 @@ class Dispatcher:
                         self._drop(loser)
                     return leg, Usage() if error else future.result()
                 leg.relay.failed(error)
+                leg.error = error_message(error)
                 self._drop(leg)
                 self._failed(error, leg.node, attempts, others_pending=bool(pending))
         return None
@@ -326,10 +366,12 @@ class Dispatcher:
         if leg.dropped:
             return
         leg.dropped = True
-        self._report(leg.ticket, leg.relay.outcome(), leg.relay.usage, leg.relay.worker_died)
+        outcome = leg.relay.outcome()
+        self._report(leg.ticket, outcome, leg.relay.usage, leg.relay.worker_died)
         if leg.relay.usage is None:
             leg.first.cancel()
             leg.items.cancel()
+        _end_attempt(leg, outcome)
 
     def _report(self, ticket: Ticket, ok: bool | None, usage: Usage | None, worker_died: bool = False) -> None:
         self.router.report(Outcome(ticket.router_id, ticket.flight_id, ticket.node, ok, usage, worker_died))

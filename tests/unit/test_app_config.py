@@ -30,6 +30,15 @@ def _deployment_names(app) -> set[str]:
 def test_serve_config_is_valid_for_serve():
     config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
     assert [a.import_path for a in config.applications] == ["sollol_serve.app:build_app"]
+    # Tracing is off as shipped; turned on, Serve loads our exporter (a function of no arguments
+    # giving span processors) in every process.
+    assert config.tracing_config.enabled is False
+    from ray.serve._private.tracing_utils import _load_span_processors
+
+    processors = _load_span_processors(config.tracing_config.exporter_import_path, "unused")
+    assert [type(p).__name__ for p in processors] == ["BatchSpanProcessor"]
+    for processor in processors:
+        processor.shutdown()
 
 
 def test_build_app_makes_the_graph_with_env_nodes(monkeypatch):
