@@ -29,6 +29,39 @@ def _interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _command_setup() -> None:
+    """In the command's process, before exec: a process group of its own (stopped as one), and
+    Ctrl-C's default back: a script started in the background (`... &`) ignores SIGINT, and
+    every process it starts would inherit that and never tear its Ray down."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(child: subprocess.Popen) -> int:
+    """Ctrl-C to the command's whole group (`bash .ci/run` passes no signal on), a minute for
+    it to end (pytest stops its Ray), then SIGKILL to whatever of it is left."""
+    os.killpg(child.pid, signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline:
+        child.poll()  # reaped, the command is no longer counted in its group
+        if not _group_alive(child.pid):
+            break
+        time.sleep(0.5)
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return child.wait()
+
+
 def start_spinners(count: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", SPIN], stdin=subprocess.DEVNULL) for _ in range(count)]
 
@@ -55,16 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"busy.py: {len(spinners)} spinners (PIDs {[s.pid for s in spinners]}) beside: {' '.join(command)}",
           flush=True)
     started = time.monotonic()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, preexec_fn=_command_setup)
     try:
         code = child.wait()
-    except KeyboardInterrupt:  # pytest tears its Ray down on Ctrl-C; a minute, then it is killed
-        child.send_signal(signal.SIGINT)
-        try:
-            code = child.wait(STOP_WAIT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            code = child.wait()
+    except KeyboardInterrupt:  # pytest tears its Ray down on Ctrl-C; a minute, then all are killed
+        code = stop_group(child)
     finally:
         stop_spinners(spinners)
     print(f"busy.py: exit {code} after {time.monotonic() - started:.0f} s", flush=True)
