@@ -1,0 +1,148 @@
+"""A request's trace, end to end: the gateway started as `serve run serve_config.yaml` is, with
+its `tracing_config` turned on and sending spans to a real trace backend on loopback (Arize
+Phoenix, tests/trace_backend.py); each request's trace read back through the backend's own API.
+
+A streamed chat and a chat that fails over (its first node answers 500s) each carry a client's
+sampled `traceparent` (the shipped sampling ratio, 0.01, would trace few on its own): each is
+one trace continuing the client's: the HTTP request's span holds the Ingress's, which holds
+the gateway's admission, decisions (with the Router's handling of each beneath), queue waits
+and tries on nodes (with the node's worker's handling beneath), with their attributes.
+
+Runs before the shared gateway (marker `own_ray`): Serve's tracing config is set once per Serve.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import httpx
+import pytest
+
+from sollol_serve.sim.process import SimProcess
+from tests.helpers import wait_until
+from tests.trace_backend import phoenix, spans_of, traced_gateway
+
+pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.slow]
+
+# `quick` answers far sooner, so the router sends there first once it has measured both.
+SIMS = {"quick": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "800", "--prefill-tps", "8000"],
+        "steady": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "60", "--prefill-tps", "1000"]}
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """(gateway URL, Phoenix URL, the nodes) of a `serve run` gateway tracing to Phoenix."""
+    workdir = tmp_path_factory.mktemp("tracing")
+    sims = {name: SimProcess(name, args).start() for name, args in SIMS.items()}
+    try:
+        with phoenix(workdir) as backend, traced_gateway(workdir, sims, backend) as url:
+            yield url, backend, sims
+    finally:
+        for sim in sims.values():
+            sim.stop()
+
+
+def traceparent() -> tuple[str, str]:
+    """A client's sampled W3C traceparent, and its trace ID."""
+    trace_id = secrets.token_hex(16)
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01", trace_id
+
+
+def chat_body(stream: bool) -> dict:
+    return {"model": "llama3.2", "stream": stream, "options": {"num_predict": 16},
+            "messages": [{"role": "user", "content": "trace me"}]}
+
+
+def trace_of(backend: str, trace_id: str, counts: dict[str, int]) -> list[dict]:
+    """The trace's spans once the backend holds at least `counts` of the spans whose names
+    start so (each process sends its spans in batches, every few seconds)."""
+    found: list[dict] = []
+
+    def complete() -> bool:
+        nonlocal found
+        found = [s for s in spans_of(backend) if s["context"]["trace_id"] == trace_id]
+        return all(sum(s["name"].startswith(prefix) for s in found) >= n for prefix, n in counts.items())
+
+    wait_until(complete, 60, f"trace {trace_id} in the backend with {counts}", every_s=1.0)
+    return found
+
+
+def ancestors(span: dict, by_id: dict[str, dict]) -> list[dict]:
+    out = []
+    while (parent := by_id.get(span["parent_id"])) is not None:
+        out.append(parent)
+        span = parent
+    return out
+
+
+def assert_one_tree(spans: list[dict], client_parent: str) -> dict[str, dict]:
+    """One tree continuing the client's span: a single root, whose parent is the client's."""
+    by_id = {s["context"]["span_id"]: s for s in spans}
+    roots = [s for s in spans if s["parent_id"] not in by_id]
+    assert len(roots) == 1, [(s["name"], s["parent_id"]) for s in roots]
+    assert roots[0]["parent_id"] == client_parent
+    return by_id
+
+
+def ours(spans: list[dict], name: str) -> list[dict]:
+    return sorted((s for s in spans if s["name"] == name), key=lambda s: s["start_time"])
+
+
+def test_a_streamed_chat_is_one_trace_from_the_proxy_to_the_node(traced):
+    url, backend, _ = traced
+    header, trace_id = traceparent()
+    with httpx.stream("POST", url + "/api/chat", json=chat_body(stream=True), timeout=60,
+                      headers={"traceparent": header, "X-Request-ID": "traced-stream"}) as response:
+        assert response.status_code == 200
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert lines[-1]["done"] is True
+    spans = trace_of(backend, trace_id, {"sollol.admission": 1, "sollol.decision": 1, "sollol.queue": 1,
+                                         "sollol.attempt": 1, "replica_handle_request Router decide": 1,
+                                         "replica_handle_request OllamaWorker-": 1})
+    by_id = assert_one_tree(spans, header.split("-")[2])
+    (attempt,) = ours(spans, "sollol.attempt")
+    (decision,) = ours(spans, "sollol.decision")
+    (queue,) = ours(spans, "sollol.queue")
+    assert queue["parent_id"] == decision["context"]["span_id"]
+    root = next(s for s in spans if s["parent_id"] not in by_id)
+    assert root["attributes"]["http.route"] == "/api/chat"  # the HTTP request's span holds it all
+    ingress = next(s for s in ancestors(attempt, by_id) if s["attributes"].get("sollol.request_id"))
+    assert ingress["attributes"]["sollol.request_id"] == "traced-stream"
+    assert ingress in ancestors(decision, by_id) and root in ancestors(ingress, by_id)
+    # The Router's handling of the decision, and the node's worker's of the try, in their own
+    # processes, beneath the decision and the try.
+    (routed,) = ours(spans, "replica_handle_request Router decide")
+    assert decision in ancestors(routed, by_id)
+    (worked,) = [s for s in spans if s["name"].startswith("replica_handle_request OllamaWorker-")]
+    assert attempt in ancestors(worked, by_id)
+    assert worked["name"] == f"replica_handle_request OllamaWorker-{attempt['attributes']['sollol.node']} stream"
+    a = attempt["attributes"]
+    assert a["sollol.node"] == decision["attributes"]["sollol.node"] and a["sollol.stream"] is True
+    assert a["sollol.tokens_out"] == 16 and a["sollol.ttfb_s"] > 0 and "sollol.node_decode_s" in a
+    assert attempt["status_code"] != "ERROR"
+    assert decision["attributes"]["sollol.candidates"] and "sollol.predicted_s" in decision["attributes"]
+
+
+def test_a_chat_that_fails_over_shows_both_tries_in_one_trace(traced):
+    url, backend, sims = traced
+    for _ in range(4):  # both nodes measured: the router then sends to `quick` first
+        assert httpx.post(url + "/api/chat", json=chat_body(stream=False), timeout=60).status_code == 200
+    sims["quick"].faults(mode="error")
+    try:
+        header, trace_id = traceparent()
+        response = httpx.post(url + "/api/chat", json=chat_body(stream=False), timeout=60,
+                              headers={"traceparent": header})
+    finally:
+        sims["quick"].faults(mode="none")
+    assert response.status_code == 200, response.text
+    tried = [a["node"] for a in response.json()["_sollol_routing"]["attempts"]]
+    assert tried == ["quick", "steady"], tried
+    spans = trace_of(backend, trace_id, {"sollol.decision": 2, "sollol.queue": 2, "sollol.attempt": 2})
+    attempts = ours(spans, "sollol.attempt")
+    assert_one_tree(spans, header.split("-")[2])
+    assert [a["attributes"]["sollol.node"] for a in attempts] == ["quick", "steady"]
+    assert attempts[0]["status_code"] == "ERROR" and attempts[1]["status_code"] != "ERROR"
+    decisions = ours(spans, "sollol.decision")
+    assert [d["attributes"]["sollol.node"] for d in decisions] == ["quick", "steady"]
+    assert decisions[1]["attributes"]["sollol.tried"] == ["quick"]
