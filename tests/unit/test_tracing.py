@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -14,6 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from opentelemetry.util._once import Once
 
+from sollol_serve.config import TimeoutConfig
+from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.observability.tracing import decision_attributes, span, trace_headers
 from sollol_serve.protocol import FirstByte, NodeError, Ticket
 from tests.unit.test_dispatch import PROFILE, REQ, USAGE, FakeLink, FakeRouter, FakeWorkers, dispatcher
@@ -119,3 +122,47 @@ def test_a_decision_names_the_chosen_node_its_prediction_and_every_candidates():
         "sollol.node": "gpu", "sollol.model": "llama3.2:latest", "sollol.probe": True, "sollol.predicted_s": 1.2,
         "sollol.score": 1.25, "sollol.strategy": "intelligent", "sollol.reasoning": "gpu: fastest",
         "sollol.queued_s": 0.5, "sollol.candidates": ["gpu: 1.2 s", "cpu: 7.5 s"]}
+
+
+def _headers_a_node_receives(traced: bool) -> list[str | None]:
+    """The `traceparent` a real local node server receives on a call and on a stream, made
+    inside a span (or not): the node can join the trace."""
+    async def run() -> list[str | None]:
+        seen: list[str | None] = []
+
+        async def handler(request: web.Request) -> web.Response:
+            seen.append(request.headers.get("traceparent"))
+            return web.Response(text='{"done": true}\n')
+
+        app = web.Application()
+        app.router.add_post("/x", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/x"
+        http = NodeHTTP(TimeoutConfig(), node="n1")
+        try:
+            if traced:
+                with span("sollol.attempt"):
+                    await http.post_json(url, {})
+                    [line async for line in http.post_lines(url, {})]
+            else:
+                await http.post_json(url, {})
+                [line async for line in http.post_lines(url, {})]
+        finally:
+            await http.close()
+            await runner.cleanup()
+        return seen
+    return asyncio.run(run())
+
+
+def test_a_node_is_sent_the_traces_traceparent_on_calls_and_streams(spans):
+    call, stream = _headers_a_node_receives(traced=True)
+    (attempt,) = by_name(spans, "sollol.attempt")
+    context = attempt.context
+    assert call == stream == f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def test_an_untraced_call_sends_the_node_no_traceparent():
+    assert _headers_a_node_receives(traced=False) == [None, None]
