@@ -12,6 +12,7 @@ With tracing off no provider is set and every span here is OpenTelemetry's no-op
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,7 +26,12 @@ TRACER_NAME = "sollol_serve"
 
 def tracer() -> trace.Tracer:
     """The gateway's tracer, on whatever provider Serve set up in this process (or none)."""
-    return trace.get_tracer(TRACER_NAME)
+    return _tracer_of(trace.get_tracer_provider())
+
+
+@functools.lru_cache(maxsize=4)
+def _tracer_of(provider: trace.TracerProvider) -> trace.Tracer:
+    return provider.get_tracer(TRACER_NAME)  # a new object on every call: made once per provider
 
 
 def otlp_span_processors() -> list:
