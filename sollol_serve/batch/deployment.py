@@ -19,6 +19,7 @@ from sollol_serve.batch.jobs import RESULTS_PAGE_MAX, job_status, results_page
 from sollol_serve.batch.runner import BatchRunner
 from sollol_serve.batch.store import UNFINISHED, JobStore
 from sollol_serve.config import GatewayConfig, data_dir
+from sollol_serve.observability.tracing import span
 from sollol_serve.protocol import NodeRequest, NotFound
 from sollol_serve.routing.dispatch import Dispatcher
 from sollol_serve.routing.links import ServeRouterLink, WorkerRegistry, this_replica
@@ -60,9 +61,12 @@ class BatchJobs:
             op, body = "chat", {**inputs[0], "model": model, "stream": False}
         profile = await self.analyzer.profile.remote("ollama", op, body, priority)
         profile.app, profile.share = owner, self.config.security.share_of(owner)
-        # A cancelled job cancels this call, and with it the node's work.
-        routed = await self.dispatch.call(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,
-                                                               model=model, request_id=request_id))
+        # A cancelled job cancels this call, and with it the node's work. Each chunk is a trace
+        # of its own (sampled as a request is), its decisions and tries beneath.
+        with span("sollol.batch_chunk", request_id=request_id, kind=kind, model=model, app=owner,
+                  items=len(inputs), priority=priority):
+            routed = await self.dispatch.call(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,
+                                                                   model=model, request_id=request_id))
         return (routed.body["embeddings"] if kind == "embed" else [routed.body]), routed.node
 
     async def _expire_loop(self) -> None:
