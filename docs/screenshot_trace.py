@@ -9,7 +9,6 @@ loopback (tests/trace_backend.py); the page in Debian's headless Chromium (Playw
 from __future__ import annotations
 
 import argparse
-import secrets
 import shutil
 import sys
 import tempfile
@@ -22,32 +21,7 @@ sys.path.insert(0, str(ROOT))  # tests.trace_backend
 
 from sollol_serve.sim.process import SimProcess  # noqa: E402
 from tests.helpers import wait_until  # noqa: E402
-from tests.trace_backend import phoenix, spans_of, traced_gateway  # noqa: E402
-
-SIMS = {"quick": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "800", "--prefill-tps", "8000"],
-        "steady": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "60", "--prefill-tps", "1000"]}
-CHAT = {"model": "llama3.2", "stream": False, "options": {"num_predict": 24},
-        "messages": [{"role": "user", "content": "why is the sky blue?"}]}
-
-
-def failover_trace(url: str, sims: dict[str, SimProcess]) -> str:
-    """Send chats whose first node fails, each with a sampled traceparent, until one went to
-    `quick` first and then `steady` (the router prefers `quick` once it has measured both);
-    that one's trace ID."""
-    for _ in range(4):
-        httpx.post(url + "/api/chat", json=CHAT, timeout=60).raise_for_status()
-    sims["quick"].faults(mode="error")
-    try:
-        for _ in range(5):
-            trace_id = secrets.token_hex(16)
-            answer = httpx.post(url + "/api/chat", json=CHAT, timeout=60, headers={
-                "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01", "X-Request-ID": "failover-demo"})
-            answer.raise_for_status()
-            if [a["node"] for a in answer.json()["_sollol_routing"]["attempts"]] == ["quick", "steady"]:
-                return trace_id
-    finally:
-        sims["quick"].faults(mode="none")
-    raise SystemExit("no chat went to the failing node first")
+from tests.trace_backend import FAILOVER_SIMS, failover_chat, phoenix, spans_of, traced_gateway  # noqa: E402
 
 
 def screenshot(page_url: str, out: Path) -> None:
@@ -71,10 +45,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("trace.png"))
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sollol-trace-"))
-    sims = {name: SimProcess(name, sim_args).start() for name, sim_args in SIMS.items()}
+    sims = {name: SimProcess(name, sim_args).start() for name, sim_args in FAILOVER_SIMS.items()}
     try:
         with phoenix(workdir) as backend, traced_gateway(workdir, sims, backend) as url:
-            trace_id = failover_trace(url, sims)
+            trace_id = failover_chat(url, sims)[1].split("-")[1]
             wait_until(lambda: sum(s["name"] == "sollol.attempt" for s in spans_of(backend)
                                    if s["context"]["trace_id"] == trace_id) >= 2, 60, "the trace in Phoenix")
             project = httpx.get(backend + "/v1/projects", timeout=10).json()["data"][0]["id"]

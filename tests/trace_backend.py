@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,6 +104,13 @@ def shipped_config_with(nodes: dict[str, SimProcess], port: int) -> dict:
     return doc
 
 
+def _serve_run_setup() -> None:
+    """In `serve run`, before exec: Ctrl-C's default back (a suite started in the background
+    ignores SIGINT, and `serve run` would then never stop its Ray on it), and dying with us."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    die_with_parent()
+
+
 @contextmanager
 def traced_gateway(workdir: Path, nodes: dict[str, SimProcess], backend: str) -> Iterator[str]:
     """`serve run` of the shipped config with tracing on, its spans sent to `backend`, on a Ray
@@ -118,7 +127,7 @@ def traced_gateway(workdir: Path, nodes: dict[str, SimProcess], backend: str) ->
     log_path = workdir / "gateway.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(config)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_serve_run_setup)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -140,3 +149,44 @@ def traced_gateway(workdir: Path, nodes: dict[str, SimProcess], backend: str) ->
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# Two nodes for a failover: `quick` answers far sooner, so once the router has measured both it
+# sends there first; `steady` takes what `quick` fails.
+FAILOVER_SIMS = {
+    "quick": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "800", "--prefill-tps", "8000"],
+    "steady": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "60", "--prefill-tps", "1000"]}
+
+
+def chat_body(stream: bool, tokens: int = 16) -> dict:
+    return {"model": "llama3.2", "stream": stream, "options": {"num_predict": tokens},
+            "messages": [{"role": "user", "content": "trace me"}]}
+
+
+def traceparent() -> tuple[str, str]:
+    """A client's sampled W3C traceparent, and its trace ID."""
+    trace_id = secrets.token_hex(16)
+    return f"00-{trace_id}-{secrets.token_hex(8)}-01", trace_id
+
+
+def failover_chat(url: str, sims: dict[str, SimProcess], tries: int = 5) -> tuple[httpx.Response, str]:
+    """A traced chat that went to `quick` first, which failed it (HTTP 500), and then to
+    `steady`; with its traceparent. Both nodes are measured first (chats four at a time reach
+    both), so the router prefers `quick`; a chat it sent to `steady` first is sent again."""
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(2):
+            for answer in pool.map(lambda _: httpx.post(url + "/api/chat", json=chat_body(False), timeout=60),
+                                   range(4)):
+                answer.raise_for_status()
+    sims["quick"].faults(mode="error")
+    try:
+        for _ in range(tries):
+            header, _ = traceparent()
+            answer = httpx.post(url + "/api/chat", json=chat_body(False), timeout=60,
+                                headers={"traceparent": header, "X-Request-ID": "failed-over"})
+            answer.raise_for_status()
+            if [a["node"] for a in answer.json()["_sollol_routing"]["attempts"]] == ["quick", "steady"]:
+                return answer, header
+    finally:
+        sims["quick"].faults(mode="none")
+    raise AssertionError(f"none of {tries} chats went to the failing node first")

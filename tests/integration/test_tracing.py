@@ -14,44 +14,27 @@ Runs before the shared gateway (marker `own_ray`): Serve's tracing config is set
 from __future__ import annotations
 
 import json
-import secrets
 
 import httpx
 import pytest
 
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import wait_until
-from tests.trace_backend import phoenix, spans_of, traced_gateway
+from tests.trace_backend import FAILOVER_SIMS, chat_body, failover_chat, phoenix, spans_of, traceparent, traced_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.slow]
-
-# `quick` answers far sooner, so the router sends there first once it has measured both.
-SIMS = {"quick": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "800", "--prefill-tps", "8000"],
-        "steady": ["--kind", "ollama", "--models", "llama3.2", "--decode-tps", "60", "--prefill-tps", "1000"]}
-
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
     """(gateway URL, Phoenix URL, the nodes) of a `serve run` gateway tracing to Phoenix."""
     workdir = tmp_path_factory.mktemp("tracing")
-    sims = {name: SimProcess(name, args).start() for name, args in SIMS.items()}
+    sims = {name: SimProcess(name, args).start() for name, args in FAILOVER_SIMS.items()}
     try:
         with phoenix(workdir) as backend, traced_gateway(workdir, sims, backend) as url:
             yield url, backend, sims
     finally:
         for sim in sims.values():
             sim.stop()
-
-
-def traceparent() -> tuple[str, str]:
-    """A client's sampled W3C traceparent, and its trace ID."""
-    trace_id = secrets.token_hex(16)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01", trace_id
-
-
-def chat_body(stream: bool) -> dict:
-    return {"model": "llama3.2", "stream": stream, "options": {"num_predict": 16},
-            "messages": [{"role": "user", "content": "trace me"}]}
 
 
 def trace_of(backend: str, trace_id: str, counts: dict[str, int]) -> list[dict]:
@@ -126,23 +109,16 @@ def test_a_streamed_chat_is_one_trace_from_the_proxy_to_the_node(traced):
 
 def test_a_chat_that_fails_over_shows_both_tries_in_one_trace(traced):
     url, backend, sims = traced
-    for _ in range(4):  # both nodes measured: the router then sends to `quick` first
-        assert httpx.post(url + "/api/chat", json=chat_body(stream=False), timeout=60).status_code == 200
-    sims["quick"].faults(mode="error")
-    try:
-        header, trace_id = traceparent()
-        response = httpx.post(url + "/api/chat", json=chat_body(stream=False), timeout=60,
-                              headers={"traceparent": header})
-    finally:
-        sims["quick"].faults(mode="none")
-    assert response.status_code == 200, response.text
-    tried = [a["node"] for a in response.json()["_sollol_routing"]["attempts"]]
-    assert tried == ["quick", "steady"], tried
+    response, header = failover_chat(url, sims)
+    trace_id = header.split("-")[1]
     spans = trace_of(backend, trace_id, {"sollol.decision": 2, "sollol.queue": 2, "sollol.attempt": 2})
     attempts = ours(spans, "sollol.attempt")
     assert_one_tree(spans, header.split("-")[2])
     assert [a["attributes"]["sollol.node"] for a in attempts] == ["quick", "steady"]
     assert attempts[0]["status_code"] == "ERROR" and attempts[1]["status_code"] != "ERROR"
+    assert "500" in attempts[0]["status_message"]  # what the node said
+    request_id = response.json()["_sollol_routing"]["request_id"]
+    assert request_id == "failed-over" and any(s["attributes"].get("sollol.request_id") == request_id for s in spans)
     decisions = ours(spans, "sollol.decision")
     assert [d["attributes"]["sollol.node"] for d in decisions] == ["quick", "steady"]
     assert decisions[1]["attributes"]["sollol.tried"] == ["quick"]
