@@ -400,9 +400,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def gateway_config(node_url: str, port: int, ingress_replicas: int) -> tuple[dict, list[str]]:
-    """serve_config.yaml with the one sim node, the port and the ingress replicas changed; and
-    what was changed, for the report."""
+def gateway_config(node_url: str, port: int, ingress_replicas: int,
+                   tracing_ratio: float | None = None) -> tuple[dict, list[str]]:
+    """serve_config.yaml with the one sim node, the port and the ingress replicas changed (and
+    tracing turned on at `tracing_ratio`, if given); and what was changed, for the report."""
     doc = yaml.safe_load(SERVE_CONFIG.read_text())
     args = doc["applications"][0]["args"]
     shipped = args.get("nodes", [{}])[0]
@@ -414,6 +415,9 @@ def gateway_config(node_url: str, port: int, ingress_replicas: int) -> tuple[dic
     if ingress_replicas != args.get("sizing", {}).get("ingress_replicas", 1):
         args.setdefault("sizing", {})["ingress_replicas"] = ingress_replicas
         changes.append(f"args.sizing.ingress_replicas = {ingress_replicas}")
+    if tracing_ratio is not None:
+        doc["tracing_config"].update(enabled=True, sampling_ratio=tracing_ratio)
+        changes.append(f"tracing_config.enabled = true, sampling_ratio = {tracing_ratio:g}")
     if port_open(OLLAMA_PORT):
         # Discovery would add this machine's Ollama as a second node and split the traffic.
         args.setdefault("discovery", {})["ray_nodes"] = False
@@ -421,8 +425,10 @@ def gateway_config(node_url: str, port: int, ingress_replicas: int) -> tuple[dic
     return doc, changes
 
 
-def gateway_env(mode: str, ray_cpus: int, data_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """The child's environment, and the variables set or removed, for the report."""
+def gateway_env(mode: str, ray_cpus: int, data_dir: Path,
+                traces_to: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """The child's environment (spans sent to `traces_to`, an OTLP/HTTP URL, if given), and
+    the variables set or removed, for the report."""
     dropped = sorted(k for k in os.environ if k.startswith("RAY_SERVE_") or k in (NODES_ENV, "RAY_ADDRESS",
                                                                                    "RAY_OVERRIDE_RESOURCES"))
     env = {k: v for k, v in os.environ.items() if k not in dropped}
@@ -433,6 +439,8 @@ def gateway_env(mode: str, ray_cpus: int, data_dir: Path) -> tuple[dict[str, str
     }
     if mode == "shipped":
         set_["RAY_OVERRIDE_RESOURCES"] = json.dumps({"CPU": ray_cpus})  # fast mode passes num_cpus
+    if traces_to:
+        set_["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = traces_to
     env.update(set_)
     return env, {**set_, **{k: "(removed)" for k in dropped}}
 
@@ -447,6 +455,7 @@ class Gateway:
     plan: Plan
     port: int = field(default_factory=free_port)
     attempt: int = 1
+    tracing: tuple[float, str] | None = None  # (sampling ratio, OTLP/HTTP URL the spans go to)
     proc: subprocess.Popen | None = None
     log: Path | None = None
     info: dict = field(default_factory=dict)
@@ -466,11 +475,13 @@ class Gateway:
                 "--ray-cpus", str(self.ray_cpus)]
 
     def start(self) -> "Gateway":
-        tag = f"{self.mode}-{self.ingress_replicas}-{self.attempt}"
-        doc, changes = gateway_config(self.node_url, self.port, self.ingress_replicas)
+        ratio, traces_to = self.tracing or (None, None)
+        # Each its own data dir: a gateway started later must not inherit what one learned.
+        tag = f"{self.mode}-{self.ingress_replicas}-{self.attempt}" + (f"-traced-{ratio:g}" if self.tracing else "")
+        doc, changes = gateway_config(self.node_url, self.port, self.ingress_replicas, ratio)
         config_path = self.workdir / f"serve_config.{tag}.yaml"
         config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        env, env_notes = gateway_env(self.mode, self.ray_cpus, self.workdir / f"data-{tag}")
+        env, env_notes = gateway_env(self.mode, self.ray_cpus, self.workdir / f"data-{tag}", traces_to)
         cmd = self.command(config_path)
         self.log = self.workdir / f"gateway.{tag}.log"
         started = time.monotonic()
@@ -553,11 +564,11 @@ class Gateway:
 
 @contextmanager
 def running_gateway(mode: str, ingress_replicas: int, node_url: str, workdir: Path, ray_cpus: int,
-                    plan: Plan, attempts: int = 2) -> Iterator[Gateway]:
+                    plan: Plan, attempts: int = 2, tracing: tuple[float, str] | None = None) -> Iterator[Gateway]:
     """A started gateway, stopped on the way out. A failed start is tried once more: on a
     loaded machine Ray's own start can time out ("The current node timed out during startup")."""
     for attempt in range(1, attempts + 1):
-        gateway = Gateway(mode, ingress_replicas, node_url, workdir, ray_cpus, plan, attempt=attempt)
+        gateway = Gateway(mode, ingress_replicas, node_url, workdir, ray_cpus, plan, attempt=attempt, tracing=tracing)
         try:
             gateway.start()
             break
