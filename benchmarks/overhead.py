@@ -994,13 +994,18 @@ def main() -> None:
         print(f"failed; gateway logs and configs kept in {workdir}", file=sys.stderr)
         raise
     shutil.rmtree(workdir, ignore_errors=True)
+    write_report(out, "overhead", meta, runs, markdown)
+
+
+def write_report(out: Path, name: str, meta: dict, runs: object, render: Callable[[dict], str]) -> None:
+    """`<name>.json` and `<name>.md` in `out`, the load average at the end in `meta`."""
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {"meta": meta, "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "overhead.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"written to {out}/overhead.json and overhead.md")
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(render(report))
+    print(render(report))
+    print(f"written to {out}/{name}.json and {name}.md")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from benchmarks.overhead import (  # noqa: E402
     running_gateway,
     sim_node,
     stream_row,
+    write_report,
 )
 from tests.trace_backend import phoenix  # noqa: E402
 
@@ -106,13 +107,7 @@ def main() -> None:
             print(f"== tracing {label}", flush=True)
             runs[label] = measure(ratio, backend, node, plan, workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-    meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = {"meta": meta, "runs": runs}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tracing_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "tracing_overhead.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"written to {out}/tracing_overhead.json and tracing_overhead.md")
+    write_report(out, "tracing_overhead", meta, runs, markdown)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import ctypes
 import random
 import signal
 import socket
+import subprocess
 import sys
 
 _PR_SET_PDEATHSIG = 1
@@ -56,3 +57,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:  # no room between the ranges: let the kernel choose
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, signum: int = signal.SIGTERM, wait_s: float = 10.0) -> None:
+    """Ask a child process to stop (`signum`), and kill it if it has not within `wait_s`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signum)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from sollol_serve.processes import die_with_parent, free_port
+from sollol_serve.processes import die_with_parent, free_port, stop_process
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import nodes_of, wait_until
 
@@ -70,12 +70,7 @@ def phoenix(workdir: Path) -> Iterator[str]:
             time.sleep(1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, wait_s=30)
         log.close()
 
 
@@ -142,13 +137,7 @@ def traced_gateway(workdir: Path, nodes: dict[str, SimProcess], backend: str) ->
         wait_until(ready, GATEWAY_READY_S, "the traced gateway's nodes healthy", every_s=1.0)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, signal.SIGINT, wait_s=60)  # serve run stops its Ray on Ctrl-C
 
 
 # Two nodes for a failover: `quick` answers far sooner, so once the router has measured both it

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from sollol_serve.processes import die_with_parent, free_port
+from sollol_serve.processes import die_with_parent, free_port, stop_process
 
 
 @dataclass
@@ -44,13 +44,8 @@ class SimProcess:
         raise RuntimeError(f"sim node {self.name} did not start within {timeout} s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
 
     def kill(self) -> None:
         """SIGKILL: the node dies the way a crashed machine does."""
