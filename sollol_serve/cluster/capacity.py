@@ -14,10 +14,21 @@ that doesn't tell, two facts are kept:
   slots than that. Forgotten after `CEILING_TTL_S`, so a node that was reconfigured, or that
   was busy with other clients, is explored again.
 
-The predictor believes only `proven`. One request above it at a time may go as a probe, while
-the ceiling says the node may have more: a deliberate, counted exploration. So a node never
-has more than one request stacked above what it has proved, and a node that has shown it
-queues gets none.
+The predictor believes only `proven`. Requests above it go as probes, while the ceiling says the
+node may have more: a deliberate, counted exploration that opens up as fast as the node proves
+it can take more (`probes_allowed`), like TCP's slow start:
+
+- A node that has shown it queues (`queues`) is explored one probe at a time, and not at all
+  up to its ceiling: it never gets a stack of requests waiting inside it.
+- An Ollama node (FIFO: a request beyond its slots waits for one to end) is also explored one
+  probe at a time while it has proved no more than `STEP_UP_TO` slots. Ollama runs one request at a time
+  unless `OLLAMA_NUM_PARALLEL` says more, and users who raise it mostly pick 2 or 4: on those,
+  no more than one request ever waits inside the node.
+- Past that, and from the start on an OpenAI-kind node that does not report its slots (vLLM,
+  TGI: they batch continuously), as many probes may be out as have been proved: what may be in
+  flight doubles with every round of first bytes that shows no queueing, so a burst to a wide
+  node is let through in a few prefills instead of one prefill per request. The first probe
+  that waits inside the node ends this: the node queues, and is explored one at a time after.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ WALL_QUEUED_MIN_S = 0.1
 WALL_QUEUED_SHARE = 0.25
 CEILING_TTL_S = 300.0
 MAX_SLOTS = 1024
+# A FIFO node is explored one probe at a time while it has proved no more than this many slots.
+STEP_UP_TO = 4
 
 
 # A request that ended this long after another's send, plus what that one may have waited
@@ -69,12 +82,23 @@ class Capacity:
     probes: int = 0  # explorations sent above `proven`
     probes_proved: int = 0  # of which showed a slot more
     probes_queued: int = 0  # of which waited inside the node
+    queues: bool = False  # a request sent there was seen waiting inside it
 
     def may_probe(self, now: float) -> bool:
         """Whether one request above `proven` may go to find out if the node has more."""
         if self.proven >= MAX_SLOTS:
             return False
         return self.ceiling is None or self.ceiling > self.proven + 1 or now - self.ceiling_at > CEILING_TTL_S
+
+    def probes_allowed(self, now: float, fifo: bool) -> int:
+        """How many probes may be out at once (above `proven`, not yet proved): one on a node
+        that has shown it queues, or on a FIFO node that has proved no more than `STEP_UP_TO`;
+        else as many as it has proved (doubling)."""
+        if not self.may_probe(now):
+            return 0
+        if self.queues or (fifo and self.proven <= STEP_UP_TO):
+            return 1
+        return min(self.proven, MAX_SLOTS - self.proven)
 
     def ran(self, concurrent: int) -> bool:
         """`concurrent` requests (this one included) ran at once without queueing. True if
@@ -88,15 +112,17 @@ class Capacity:
 
     def queued(self, concurrent: int, at: float) -> None:
         """A request sent when `concurrent` were in flight waited inside the node."""
+        self.queues = True
         if concurrent <= self.proven:
             # It queued where we had seen room: the node has fewer slots now (reconfigured,
             # or serving other clients too), or that wait was something else (a cold load it
             # shared). Believe less, but set no ceiling: probing finds out which.
             self.proven = max(1, concurrent - 1)
             return
-        self.ceiling = concurrent
+        if self.ceiling is None or concurrent < self.ceiling or at - self.ceiling_at > CEILING_TTL_S:
+            self.ceiling = concurrent  # several probes of one round may queue: the lowest tells
         self.ceiling_at = at
 
     def as_dict(self) -> dict:
         return {"proven": self.proven, "ceiling": self.ceiling, "probes": self.probes,
-                "probes_proved": self.probes_proved, "probes_queued": self.probes_queued}
+                "probes_proved": self.probes_proved, "probes_queued": self.probes_queued, "queues": self.queues}

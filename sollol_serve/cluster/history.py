@@ -77,7 +77,7 @@ def _ewma_data(e: Ewma) -> dict:
 
 def _capacity_data(c: Capacity) -> dict:
     return {"proven": c.proven, "ceiling": c.ceiling, "ceiling_at": c.ceiling_at, "probes": c.probes,
-            "probes_proved": c.probes_proved, "probes_queued": c.probes_queued}
+            "probes_proved": c.probes_proved, "probes_queued": c.probes_queued, "queues": c.queues}
 
 
 def rows_of(book: PerfBook) -> list[Row]:
@@ -111,6 +111,14 @@ def _count(data: dict, key: str, low: int = 0, high: float = math.inf) -> int:
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{key} is {value!r}, not a whole number in [{low}, {high}]")
+    return value
+
+
+def _flag(data: dict, key: str) -> bool:
+    """A yes/no; absent (a row written before it existed) is no."""
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} is {value!r}, not true or false")
     return value
 
 
@@ -148,7 +156,8 @@ def _capacity(data: dict, now: float) -> Capacity:
         ceiling = _count(data, "ceiling", proven + 1, MAX_SLOTS + 1)
     return Capacity(proven=proven, ceiling=ceiling, ceiling_at=_when(data, "ceiling_at", now),
                     probes=_count(data, "probes"), probes_proved=_count(data, "probes_proved"),
-                    probes_queued=_count(data, "probes_queued"))
+                    probes_queued=_count(data, "probes_queued"),
+                    queues=_flag(data, "queues"))
 
 
 def _restore(book: PerfBook, row: Row, now: float) -> None:

@@ -127,6 +127,7 @@ class RoutingCore:
         # Per node: predicted seconds of work that queued requests plan to put there, so that
         # one waiter's plan is part of the next one's prediction (filled during `plan`).
         self._planned: dict[str, list[float]] = {}
+        self.probe_round: dict[str, float] = {}  # node -> when its latest round of probes went
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -150,15 +151,25 @@ class RoutingCore:
             return view.slots
         return self.book.learned_slots(view.name)
 
-    def probing(self, node: str) -> bool:
-        """A probe is out whose answer (a proof at its first byte, or its end) is not in."""
-        return any(f.probe and not f.proved for f in self.flights.get(node, {}).values())
+    def probing(self, node: str) -> int:
+        """Probes out whose answer (a proof at its first byte, or its end) is not in."""
+        return sum(1 for f in self.flights.get(node, {}).values() if f.probe and not f.proved)
 
-    def explorable(self, s: Scored, now_wall: float) -> bool:
-        """The node is full by what it has proved, and one request more may find a slot."""
+    def explorable(self, s: Scored, now: float, now_wall: float) -> bool:
+        """The node is full by what it has proved, and one request more may find a slot: fewer
+        requests are above what it proved than its capacity allows (cluster/capacity.py), and
+        no earlier round of probes is still unproved. Probes go in rounds, sent together and
+        proved together: a new round only when the last one has proved all its slots (or
+        ended), so a round that finds the node's limit stacks its own overflow there and
+        nothing more."""
         view = s.node
-        return (not view.slots_known and view.breaker == "closed" and s.busy == s.slots
-                and not self.probing(view.name) and self.book.capacity_of(view.name).may_probe(now_wall))
+        if view.slots_known or view.breaker != "closed" or s.busy < s.slots:
+            return False
+        out = self.probing(view.name)
+        if out and self.probe_round.get(view.name) != now:
+            return False
+        allowed = self.book.capacity_of(view.name).probes_allowed(now_wall, fifo=view.kind == "ollama")
+        return s.busy - s.slots < allowed and out < allowed
 
     def running(self, view: NodeView, now: float, profile: RequestProfile | None = None) -> list[float]:
         """Predicted seconds left of each request at the node now (ours and other routers')."""
@@ -310,7 +321,7 @@ class RoutingCore:
         """A probe on a node full by what it has proved, if one may go there and (intelligent)
         it is predicted sooner than `beat_s`, the best the request has otherwise."""
         wall = self.wall()
-        options = [s for s in ranked if self.explorable(s, wall)]
+        options = [s for s in ranked if self.explorable(s, now, wall)]
         if not options:
             return None
         if beat_s is None:
@@ -325,11 +336,11 @@ class RoutingCore:
         return Grant(ranked, probe, -1, probe=True)
 
     def probe_prediction(self, s: Scored, profile: RequestProfile, priors: Priors, now: float) -> Prediction:
-        """What a probe is expected to take: even odds that the node has the slot (no wait)
-        or not, when it waits inside the node for the first request running there to end
-        (behind those, not behind the gateway's own queue): a probe on a node busy with long
-        answers must be worth its miss."""
-        hit = self.predict(s.node, profile, priors, now, slots=s.slots + 1)
+        """What a probe is expected to take: even odds that the node has a slot for it beside
+        everything in flight there, other probes too (no wait), or not, when it waits inside
+        the node for the first request running there to end (behind those, not behind the
+        gateway's own queue): a probe on a node busy with long answers must be worth its miss."""
+        hit = self.predict(s.node, profile, priors, now, slots=max(s.slots, s.busy) + 1)
         miss_wait = min(self.running(s.node, now, profile), default=0.0)
         hit.total_s = hit.total_s + (1 - PROBE_ODDS) * miss_wait
         hit.factors["probe_odds"] = PROBE_ODDS
@@ -393,6 +404,8 @@ class RoutingCore:
         if not (choice.prediction and choice.prediction.factors.get("cached_tokens")):
             self.evicting[node] += 1
         predicted = choice.prediction.total_s if choice.prediction else 0.0
+        if grant.probe and not self.probing(node):
+            self.probe_round[node] = now
         own = self.flights[node]
         self.flights[node][flight_id] = Flight(
             node, profile.model, now, now + predicted, self.busy(choice.node, profile) + 1, probe=grant.probe,

@@ -62,6 +62,7 @@ class History:
     sent: int = 0  # requests sent to the node
     proven_at: int | None = None  # requests sent when `proven` first equalled the truth
     settled_at: int | None = None  # ... when, besides, the ceiling ended the probing
+    learned_after_s: float | None = None  # time from the first send until `proven` equalled the truth
     most_above_proven: int = 0  # the most in flight above what was proven at the time
     queued_inside: int = 0  # requests that waited inside the node
     proven: list[int] = field(default_factory=list)
@@ -72,15 +73,16 @@ def profile() -> RequestProfile:
                           output_capped=True, requires_gpu=False, model="llama3.2", priority=5)
 
 
-def view(slots_known: bool = False, slots: int = 1) -> NodeView:
-    return NodeView(name="a", url="http://a:1", kind="ollama", healthy=True, models={M: M}, loaded=frozenset({M}),
+def view(slots_known: bool = False, slots: int = 1, kind: str = "ollama") -> NodeView:
+    return NodeView(name="a", url="http://a:1", kind=kind, healthy=True, models={M: M}, loaded=frozenset({M}),
                     slots=slots, slots_known=slots_known, in_flight_elsewhere=0)
 
 
-def drive(node: FifoNode, requests: int, demand: int, core: RoutingCore | None = None) -> tuple[History, RoutingCore]:
+def drive(node: FifoNode, requests: int, demand: int, core: RoutingCore | None = None,
+          kind: str = "ollama") -> tuple[History, RoutingCore]:
     """Send `requests` in all, keeping up to `demand` of them wanting a slot at once."""
     core = core or RoutingCore(RoutingConfig(strategy="intelligent"))
-    core.snapshot = {"a": view()}
+    core.snapshot = {"a": view(kind=kind)}
     clock = [1000.0]
     core.wall = lambda: clock[0]
     events: list = []
@@ -120,32 +122,79 @@ def drive(node: FifoNode, requests: int, demand: int, core: RoutingCore | None =
         history.proven.append(capacity.proven)
         if capacity.proven == node.slots and history.proven_at is None:
             history.proven_at = history.sent
+        if capacity.proven == node.slots and history.learned_after_s is None:
+            history.learned_after_s = clock[0] - 1000.0
         settled = capacity.proven == node.slots and not capacity.may_probe(clock[0])
         if settled and history.settled_at is None:
             history.settled_at = history.sent
     return history, core
 
 
-@pytest.mark.parametrize(("slots", "settled_after"), [(1, 2), (2, 4), (4, 8), (64, 128)])
-def test_capacity_learned_from_a_burst_never_more_than_one_above_proven(slots, settled_after):
+@pytest.mark.parametrize(("slots", "settled_after"), [(1, 2), (2, 4), (4, 8)])
+def test_a_node_that_queues_learned_from_a_burst_with_one_request_ever_waiting_inside(slots, settled_after):
+    # Ollama's usual settings (OLLAMA_NUM_PARALLEL 1, else mostly 2 or 4), asked for twice what
+    # they hold: explored one probe at a time.
     node = FifoNode(slots)
     history, core = drive(node, requests=3 * slots + 6, demand=2 * slots + 4)
     capacity = core.book.capacity_of("a")
     # Proven = true once the node has been sent as many requests as it has slots (a 1-slot
-    # node: from the start; each probe
-    # is proved by its first byte while the earlier ones still run); settled (no more probes)
-    # when the one probe above the truth ends, having queued: by then the first `slots`
-    # requests have ended (4 s each) and as many more were sent at once, without probing.
+    # node: from the start; each probe is proved by its first byte while the earlier ones
+    # still run, one prefill apart); settled (no more probes) when the one probe above the
+    # truth ends, having queued: by then the first `slots` requests have ended (4 s each) and
+    # as many more were sent at once, without probing.
     assert history.proven_at == (0 if slots == 1 else slots) and history.settled_at == settled_after
+    assert history.learned_after_s == pytest.approx(0.05 * (slots - 1)) if slots > 1 else True
     assert capacity.proven == slots and history.proven[-1] == slots
     # ... never more than one request above what was proven at the time ...
     assert history.most_above_proven == 1
     # ... and the one probe above the truth is the only request that ever queued in the node:
     # it set the ceiling, and nothing else was stacked there.
     assert node.most_queued == 1 and history.queued_inside == 1
-    assert capacity.ceiling == slots + 1 and not capacity.may_probe(1000.0 + 60)
+    assert capacity.ceiling == slots + 1 and capacity.queues and not capacity.may_probe(1000.0 + 60)
     assert capacity.probes_queued == 1
     assert capacity.probes == capacity.probes_proved + capacity.probes_queued == slots
+
+
+@pytest.mark.parametrize(("slots", "rounds"), [(64, 8), (128, 9)])
+def test_a_wide_node_opens_up_by_doubling_and_nothing_waits_inside_it(slots, rounds):
+    # As many requests as it has slots, all wanting to go at once. One probe at a time up to
+    # 5 in flight (prefills at 0.05, 0.10, 0.15 s prove 2, 3, 4; the fourth, 0.20 s, proves 5);
+    # then each round of first bytes doubles what is out: 10, 20, 40, 80 (64 wanted), so 64
+    # are proven at 0.40 s and 128 at 0.45 s. One probe at a time would take 63 and 127 prefills.
+    node = FifoNode(slots)
+    history, core = drive(node, requests=slots, demand=slots)
+    assert history.learned_after_s == pytest.approx(0.05 * rounds)
+    assert history.proven_at == slots
+    assert history.queued_inside == 0 and node.most_queued == 0
+    capacity = core.book.capacity_of("a")
+    assert capacity.proven == slots and not capacity.queues and capacity.probes_queued == 0
+
+
+def test_a_wide_fifo_node_that_queues_is_stacked_once_then_explored_one_at_a_time():
+    # 48 slots, asked for 100 at once: rounds prove 5, 10, 20, 40, and the round that doubles
+    # 40 sends 40 more: 48 run, 32 wait inside the node (the price of opening up without
+    # knowing the slots; a FIFO node of up to 4 slots never pays it). The first of them to
+    # end having queued marks the node: no more than one probe at a time there after.
+    node = FifoNode(48)
+    history, core = drive(node, requests=300, demand=100)
+    capacity = core.book.capacity_of("a")
+    assert history.learned_after_s == pytest.approx(0.40)
+    assert capacity.queues and capacity.proven == 48 and capacity.ceiling == 49
+    assert history.most_above_proven == 40  # the one stack: the round above 40 ...
+    # ... whose overflow is every request that ever waited inside the node, in one go: no
+    # round went while it was unproved, and none after it (the ceiling is the truth + 1).
+    assert node.most_queued == history.queued_inside == 32
+    assert capacity.as_dict() | {"queues": True} == {"proven": 48, "ceiling": 49, "probes": 79,
+                                                     "probes_proved": 47, "probes_queued": 32, "queues": True}
+
+
+def test_an_openai_kind_node_that_does_not_report_its_slots_starts_wide():
+    # vLLM or TGI (they batch continuously; no FIFO slots): doubling from the first probe.
+    # 64 wanted at once: 2, 4, 8, 16, 32, 64 proven a prefill apart.
+    node = FifoNode(64)
+    history, _ = drive(node, requests=64, demand=64, kind="openai")
+    assert history.learned_after_s == pytest.approx(0.05 * 6)
+    assert history.queued_inside == 0
 
 
 def test_one_slot_node_keeps_one_in_flight_after_its_probe_queued():
@@ -155,12 +204,13 @@ def test_one_slot_node_keeps_one_in_flight_after_its_probe_queued():
     # the router held the rest itself, one at a time (the old "+1" kept two there forever).
     assert history.queued_inside == 1
     assert core.book.capacity_of("a").as_dict() == {"proven": 1, "ceiling": 2, "probes": 1, "probes_proved": 0,
-                                                    "probes_queued": 1}
+                                                    "probes_queued": 1, "queues": True}
 
 
 def test_wide_node_gets_a_burst_without_waiting_for_completions():
-    # 32 requests at once to a 128-slot node: all sent within 32 first bytes (prefill 0.05 s
-    # each), long before the first one ends at 4 s.
+    # 32 requests at once to a 128-slot node: all sent within 6 first bytes (prefill 0.05 s
+    # each: 2, 3, 4, 5 in flight one probe at a time, then 10, 20, 32), long before the first
+    # one ends at 4 s.
     node = FifoNode(128, prefill_s=0.05, service_s=4.0)
     core = RoutingCore(RoutingConfig(strategy="intelligent"))
     core.snapshot = {"a": view()}
@@ -178,8 +228,9 @@ def test_wide_node_gets_a_burst_without_waiting_for_completions():
         assert kind == "first"  # nothing ended before all 32 were sent
         clock[0] = when
         core.began(fid, "a", node.running_with(fid))
-    assert sent_at[-1] == pytest.approx(30 * 0.05)
-    assert core.book.learned_slots("a") == 31  # the 32nd is the open probe
+    assert sent_at[-1] == pytest.approx(6 * 0.05)
+    assert sorted(set(sent_at)) == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30])
+    assert core.book.learned_slots("a") == 20  # the last 12 are probes still open
 
 
 def test_configured_slots_are_never_probed_past():

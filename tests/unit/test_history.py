@@ -74,7 +74,8 @@ def test_rows_name_what_they_hold():
     assert model["max_ok_concurrency"] == 3
     assert json.loads(rows[("output", M, "generation")].data) == {"mean": 120.0, "var": 400.0, "n": 3, "at": 0.0}
     assert json.loads(rows[("capacity", "a", "")].data) == {
-        "proven": 3, "ceiling": 5, "ceiling_at": T0 - 10, "probes": 4, "probes_proved": 2, "probes_queued": 1}
+        "proven": 3, "ceiling": 5, "ceiling_at": T0 - 10, "probes": 4, "probes_proved": 2, "probes_queued": 1,
+        "queues": False}
 
 
 def test_round_trip_restores_every_figure():
