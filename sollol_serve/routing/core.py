@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sollol_serve.analysis.profile import RequestProfile
@@ -128,6 +129,8 @@ class RoutingCore:
         # one waiter's plan is part of the next one's prediction (filled during `plan`).
         self._planned: dict[str, list[float]] = {}
         self.probe_round: dict[str, float] = {}  # node -> when its latest round of probes went
+        self._picture: object = None  # what nodes can serve what, as last adopted
+        self._picture_changed = False
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -156,20 +159,22 @@ class RoutingCore:
         return sum(1 for f in self.flights.get(node, {}).values() if f.probe and not f.proved)
 
     def explorable(self, s: Scored, now: float, now_wall: float) -> bool:
+        return self.may_explore(s.node, s.busy, s.slots, now, now_wall)
+
+    def may_explore(self, view: NodeView, busy: int, slots: int, now: float, now_wall: float) -> bool:
         """The node is full by what it has proved, and one request more may find a slot: fewer
         requests are above what it proved than its capacity allows (cluster/capacity.py), and
         no earlier round of probes is still unproved. Probes go in rounds, sent together and
         proved together: a new round only when the last one has proved all its slots (or
         ended), so a round that finds the node's limit stacks its own overflow there and
         nothing more."""
-        view = s.node
-        if view.slots_known or view.breaker != "closed" or s.busy < s.slots:
+        if view.slots_known or view.breaker != "closed" or busy < slots:
             return False
         out = self.probing(view.name)
         if out and self.probe_round.get(view.name) != now:
             return False
         allowed = self.book.capacity_of(view.name).probes_allowed(now_wall, fifo=view.kind == "ollama")
-        return s.busy - s.slots < allowed and out < allowed
+        return busy - slots < allowed and out < allowed
 
     def running(self, view: NodeView, now: float, profile: RequestProfile | None = None) -> list[float]:
         """Predicted seconds left of each request at the node now (ours and other routers')."""
@@ -366,14 +371,20 @@ class RoutingCore:
         choice = next((s for s in ranked if s.free), None)
         return self.start(Grant(ranked, choice, -1), profile, now) if choice else None
 
-    def plan(self, requests: list[tuple[RequestProfile, set[str], float]],
+    def plan(self, requests: Iterable[tuple[RequestProfile, set[str], float]],
              now: float) -> list[Grant | GatewayError | None]:
         """Decide for queued requests (profile, nodes to avoid, priority with aging), given
         most urgent first: a Grant (slot reserved), an error, or None (keep waiting). A
         request that keeps waiting books its predicted work on the node it waits for, so the
-        ones behind it see the longer wait there and may take another node instead."""
+        ones behind it see the longer wait there and may take another node instead. Stops,
+        without drawing the next request, once no node has room (a free slot, or a probe it
+        may take): nobody further back could be granted one, so the queue's length costs
+        nothing. Decisions come for the requests drawn."""
         decisions: list[Grant | GatewayError | None] = []
         self._planned = {}
+        wall = self.wall()
+        if not self.has_room(now, wall):
+            return decisions
         try:
             for profile, exclude, priority in requests:
                 try:
@@ -387,9 +398,26 @@ class RoutingCore:
                     booked = best.prediction.total_s if best.prediction else 0.0
                     self._planned.setdefault(best.node.name, []).append(booked)
                 decisions.append(self.start(grant, profile, now))
+                if not self.has_room(now, wall):
+                    break
         finally:
             self._planned = {}
         return decisions
+
+    def has_room(self, now: float, now_wall: float) -> bool:
+        """Some routable node has a free slot, or may take a probe."""
+        for view in self.snapshot.values():
+            if not view.routable:
+                continue
+            busy, slots = self.busy(view), self.slots(view)
+            if busy < slots or self.may_explore(view, busy, slots, now, now_wall):
+                return True
+        return False
+
+    def take_picture_change(self) -> bool:
+        """Whether the nodes that can serve, or what they serve, changed since last asked."""
+        changed, self._picture_changed = self._picture_changed, False
+        return changed
 
     # -- flights -----------------------------------------------------------------------
     def start(self, grant: Grant | None, profile: RequestProfile, now: float, remeasure: bool = False) -> Grant | None:
@@ -502,6 +530,9 @@ class RoutingCore:
         """Take the state actor's view; it already includes what this router sent."""
         self.snapshot = snapshot
         self.book = book
+        picture = {name: (view.routable, view.breaker, frozenset(view.models)) for name, view in snapshot.items()}
+        if picture != self._picture:
+            self._picture, self._picture_changed = picture, True
         for view in snapshot.values():
             if view.kind == "ollama" and view.probed_at:
                 self.residency.of(view.name).poll(view.loaded, view.probed_at)

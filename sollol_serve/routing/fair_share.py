@@ -18,8 +18,9 @@ urgent waiter (priority with aging) names the band, and the share decides within
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 OUTPUT_WEIGHT = 2.0  # a generated token costs the node about two prompt tokens' time (VTC's weights)
 MAX_IDLE_APPLICATIONS = 1024  # counters of applications with nothing waiting kept at most
@@ -27,6 +28,24 @@ MAX_IDLE_APPLICATIONS = 1024  # counters of applications with nothing waiting ke
 
 def request_cost(tokens_in: int, tokens_out: int) -> float:
     return tokens_in + OUTPUT_WEIGHT * tokens_out
+
+
+class Queued(Protocol):
+    """What fair share needs of a waiting request."""
+
+    @property
+    def app(self) -> str: ...
+    @property
+    def share(self) -> float: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def cost(self) -> float: ...
+
+
+Q = TypeVar("Q", bound=Queued)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,31 +85,39 @@ class FairShare:
             self.counters[app] += (used - charged) / share
 
     def order(self, waiting: list[Waiting]) -> list[Waiting]:
-        """The order to serve `waiting` in: the band of the most urgent, then the application
-        furthest behind, counting each as served in turn. At equal counters (a joiner is lifted
-        to the lowest) the one with fewer requests waiting goes first: the lighter user is not
-        made to wait behind a backlog it is level with. Then arrival."""
-        queues: dict[tuple[int, str], deque[Waiting]] = {}
+        """The whole order to serve `waiting` in (see `serve`)."""
+        lines: dict[tuple[int, str], list[Waiting]] = {}
+        backlog: dict[str, int] = {}
         for w in sorted(waiting, key=lambda w: w.seq):
-            queues.setdefault((w.priority, w.app), deque()).append(w)
-        virtual = {app: self.counter(app) for _, app in queues}
-        backlog = {app: 0 for app in virtual}
-        for w in waiting:
-            backlog[w.app] += 1
-        out: list[Waiting] = []
-        while queues:
-            heads = [q[0] for q in queues.values()]  # each queue's oldest is its most urgent
-            band = max(heads, key=lambda w: (w.urgency, -w.seq)).priority
-            pick = min((w for w in heads if w.priority == band),
-                       key=lambda w: (virtual[w.app], backlog[w.app], w.seq))
-            out.append(pick)
+            lines.setdefault((w.priority, w.app), []).append(w)
+            backlog[w.app] = backlog.get(w.app, 0) + 1
+        return list(self.serve({key: iter(line) for key, line in lines.items()}, backlog, lambda w: w.urgency))
+
+    def serve(self, lines: dict[tuple[int, str], Iterator[Q]], backlog: dict[str, int],
+              urgency: Callable[[Q], float]) -> Iterator[Q]:
+        """The order to serve waiting requests in, lazily: each next costs O(lines), whatever
+        the number waiting. `lines`: each (priority, application)'s requests in arrival order
+        (its first is its most urgent); `backlog`: requests waiting per application. The band
+        of the most urgent first, then the application furthest behind, counting each as
+        served in turn. At equal counters (a joiner is lifted to the lowest) the one with fewer
+        requests waiting goes first: the lighter user is not made to wait behind a backlog it
+        is level with. Then arrival."""
+        heads = {key: first for key, line in lines.items() if (first := next(line, None)) is not None}
+        virtual = {app: self.counter(app) for _, app in heads}
+        backlog = dict(backlog)
+        while heads:
+            band = max(heads.values(), key=lambda w: (urgency(w), -w.seq)).priority
+            key = min((k for k, w in heads.items() if w.priority == band),
+                      key=lambda k: (virtual[k[1]], backlog.get(k[1], 0), heads[k].seq))
+            pick = heads[key]
+            yield pick
             virtual[pick.app] += pick.cost / pick.share
-            backlog[pick.app] -= 1
-            queue = queues[(pick.priority, pick.app)]
-            queue.popleft()
-            if not queue:
-                del queues[(pick.priority, pick.app)]
-        return out
+            backlog[pick.app] = backlog.get(pick.app, 0) - 1
+            following = next(lines[key], None)
+            if following is None:
+                del heads[key]
+            else:
+                heads[key] = following
 
     def _forget_idle(self, waiting: set[str]) -> None:
         """Drop the lowest counters of applications with nothing waiting past a bound: a

@@ -12,15 +12,43 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sollol_serve.analysis.profile import RequestProfile
-from sollol_serve.protocol import NoNodeAvailable, QueueFull
+from sollol_serve.protocol import GatewayError, NoNodeAvailable, QueueFull
 from sollol_serve.observability.applications import MAX_APPLICATIONS, OTHER
 from sollol_serve.routing.admission import Waiter, WaitStats
 from sollol_serve.routing.core import Grant, RoutingCore
-from sollol_serve.routing.fair_share import FairShare, Waiting, queue_bound, request_cost
+from sollol_serve.routing.fair_share import FairShare, queue_bound, request_cost
+
+
+@dataclass(slots=True)
+class InLine:
+    """A waiter as fair share sees it (fair_share.Queued)."""
+
+    waiter: Waiter[Asking]
+
+    @property
+    def app(self) -> str:
+        return self.waiter.item.profile.app
+
+    @property
+    def share(self) -> float:
+        return self.waiter.item.profile.share
+
+    @property
+    def priority(self) -> int:
+        return self.waiter.priority
+
+    @property
+    def seq(self) -> int:
+        return self.waiter.seq
+
+    @property
+    def cost(self) -> float:
+        profile = self.waiter.item.profile
+        return request_cost(profile.tokens_in, profile.tokens_out_est)
 
 
 @dataclass(slots=True)
@@ -47,7 +75,7 @@ class Admissions:
 
     async def admit(self, profile: RequestProfile, exclude: set[str], counted: bool = True) -> tuple[Grant, float]:
         """A reserved slot and the seconds waited for it in the queue. `counted`: a first try,
-        charged to its application."""
+        charged to its application. Raises at once if no node can take the request."""
         now = self.clock()
         if not len(self.queue):  # nobody waiting: no one to overtake
             self.fair.joined(profile.app, set())
@@ -56,6 +84,8 @@ class Admissions:
                 self._waited(profile.app, 0.0)
                 self._charge(grant, profile, counted)
                 return grant, 0.0
+        else:
+            self.core.rank(profile, exclude, now)  # queued only if some node could serve it
         asking = Asking(profile, exclude, asyncio.get_running_loop().create_future(), counted)
         waiter = self._enqueue(asking, now)
         self.pump()
@@ -72,13 +102,11 @@ class Admissions:
 
     def _enqueue(self, asking: Asking, now: float) -> Waiter[Asking]:
         """Into the queue, within its application's part of it (else 429 for that one alone)."""
+        app = asking.profile.app
         if not self.fair_on:
-            return self.queue.push(asking, asking.profile.priority, now, self.core.retry_after_s())
-        app, queued, shares = asking.profile.app, {}, {}
-        for waiter in self.queue:
-            other = waiter.item.profile
-            queued[other.app] = queued.get(other.app, 0) + 1
-            shares[other.app] = other.share
+            return self.queue.push(asking, asking.profile.priority, now, self.core.retry_after_s(), group=app)
+        queued = self.queue.counts()
+        shares = {group: waiter.item.profile.share for (_, group), waiter in self.queue.fronts().items()}
         bound = queue_bound(app, asking.profile.share, queued, shares, self.queue.max_size)
         retry_s = self.core.retry_after_s()
         if queued.get(app, 0) >= bound:
@@ -88,7 +116,7 @@ class Admissions:
                             f"waiting, its part of the queue; retry in {retry_s} s", retry_after_s=retry_s)
         if app not in queued:
             self.fair.joined(app, set(queued))
-        return self.queue.push(asking, asking.profile.priority, now, retry_s, bounded=False)
+        return self.queue.push(asking, asking.profile.priority, now, retry_s, bounded=False, group=app)
 
     def _waited(self, app: str, waited_s: float) -> None:
         if app not in self.waited and len(self.waited) >= MAX_APPLICATIONS:
@@ -98,9 +126,7 @@ class Admissions:
     def by_application(self, share_of: Callable[[str], float]) -> dict[str, dict]:
         """Per application: its share, requests waiting now, refused over its part of the
         queue, and the waits of its served requests."""
-        waiting: dict[str, int] = {}
-        for waiter in self.queue:
-            waiting[waiter.item.profile.app] = waiting.get(waiter.item.profile.app, 0) + 1
+        waiting = self.queue.counts()
         apps = sorted(set(self.waited) | set(self.refused) | set(waiting))[:MAX_APPLICATIONS]
         return {app: {"share": share_of(app), "waiting": waiting.get(app, 0), "refused": self.refused.get(app, 0),
                       **self.waited.get(app, WaitStats()).as_dict()} for app in apps}
@@ -125,37 +151,61 @@ class Admissions:
             self.queue.remove(waiter, self.clock(), served=False)
 
     def pump(self) -> None:
-        """Hand free slots to waiters, most urgent first (with aging)."""
+        """Hand free slots to waiters in serving order (fair_share.py within the most urgent
+        band), as far as the core finds room: what it costs grows with the slots handed out,
+        not with the length of the queue. When the nodes changed, every waiter that no node
+        can serve now is told so."""
         if not len(self.queue):
             return
         now = self.clock()
-        waiters = []
-        for waiter in self.queue:
-            if waiter.item.granted.done():  # its caller gave up
-                self.queue.remove(waiter, now, served=False)
-            else:
-                waiters.append(waiter)
-        waiters = self._fair_order(waiters, now)
+        if self.core.take_picture_change():
+            self._refuse_unservable(now)
+        seen: list[Waiter[Asking]] = []
+        gone: list[Waiter[Asking]] = []
         aging_s = self.queue.aging_s
-        asked = [(w.item.profile, w.item.exclude, w.effective_priority(now, aging_s)) for w in waiters]
-        for waiter, decision in zip(waiters, self.core.plan(asked, now)):
-            if decision is None:
-                continue
-            self.queue.remove(waiter, now, served=isinstance(decision, Grant))
-            if isinstance(decision, Grant):
-                self._waited(waiter.item.profile.app, now - waiter.enqueued_at)
-                self._charge(decision, waiter.item.profile, waiter.item.counted)
-                waiter.item.granted.set_result(decision)
-            else:
-                waiter.item.granted.set_exception(decision)
 
-    def _fair_order(self, waiters: list[Waiter[Asking]], now: float) -> list[Waiter[Asking]]:
+        def asked() -> Iterator[tuple[RequestProfile, set[str], float]]:
+            for waiter in self._serving_order(now):
+                if waiter.item.granted.done():  # its caller gave up
+                    gone.append(waiter)
+                    continue
+                seen.append(waiter)
+                yield waiter.item.profile, waiter.item.exclude, waiter.effective_priority(now, aging_s)
+
+        decisions = self.core.plan(asked(), now)
+        for waiter in gone:
+            self.queue.remove(waiter, now, served=False)
+        for waiter, decision in zip(seen, decisions):
+            if decision is not None:
+                self._settle(waiter, decision, now)
+
+    def _settle(self, waiter: Waiter[Asking], decision: Grant | GatewayError, now: float) -> None:
+        self.queue.remove(waiter, now, served=isinstance(decision, Grant))
+        if isinstance(decision, Grant):
+            self._waited(waiter.item.profile.app, now - waiter.enqueued_at)
+            self._charge(decision, waiter.item.profile, waiter.item.counted)
+            waiter.item.granted.set_result(decision)
+        else:
+            waiter.item.granted.set_exception(decision)
+
+    def _refuse_unservable(self, now: float) -> None:
+        """Every waiter no node can take now (its model gone, its nodes down) gets its error."""
+        for waiter in self.queue:
+            try:
+                self.core.rank(waiter.item.profile, waiter.item.exclude, now)
+            except GatewayError as exc:
+                if waiter.item.granted.done():
+                    self.queue.remove(waiter, now, served=False)
+                else:
+                    self._settle(waiter, exc, now)
+
+    def _serving_order(self, now: float) -> Iterator[Waiter[Asking]]:
         if not self.fair_on:  # most urgent first (with aging), then by arrival: the queue's own order
-            return self.queue.ordered(now)
-        by_seq = {w.seq: w for w in waiters}
-        seen = [Waiting(w.item.profile.app, w.item.profile.share, w.priority, w.effective_priority(now, self.queue.aging_s),
-                        w.seq, request_cost(w.item.profile.tokens_in, w.item.profile.tokens_out_est)) for w in waiters]
-        return [by_seq[w.seq] for w in self.fair.order(seen)]
+            return iter(self.queue.ordered(now))
+        lines = {key: (InLine(w) for w in line) for key, line in self.queue.lines().items()}
+        aging_s = self.queue.aging_s
+        return (entry.waiter for entry in self.fair.serve(
+            lines, self.queue.counts(), lambda entry: entry.waiter.effective_priority(now, aging_s)))
 
     def finished(self, profile: RequestProfile, charged: float, prompt_tokens: int, completion_tokens: int) -> None:
         """A charged request ended: count what it used instead of what was predicted."""

@@ -117,21 +117,6 @@ def test_wait_stats_empty_as_dict():
     assert WaitStats().as_dict() == {"count": 0, "mean_ms": 0.0, "max_ms": 0.0, "recent_ms": 0.0}
 
 
-def test_count_ahead():
-    q = PriorityQueue(max_size=10, aging_s=10.0)
-    q.push("p3", 3, now=0.0)
-    q.push("p5", 5, now=0.0)
-    q.push("p8", 8, now=0.0)
-    assert q.count_ahead(5, now=0.0) == 2  # p5 (equal priority, earlier) and p8
-    assert q.count_ahead(9, now=0.0) == 0
-    assert q.count_ahead(1, now=0.0) == 3
-    # At 20 s p3 has aged to 5, p5 to 7, p8 to 10.
-    assert q.count_ahead(5, now=20.0) == 3
-    assert q.count_ahead(8, now=20.0) == 1
-    assert q.count_ahead(10, now=20.0) == 1
-    assert PriorityQueue(max_size=1, aging_s=1.0).count_ahead(1, now=0.0) == 0
-
-
 @pytest.mark.parametrize(
     ("queued", "mean_service_s", "total_slots", "seconds"),
     [

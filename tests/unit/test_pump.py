@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sollol_serve.protocol import NoNodeAvailable, QueueFull
+from sollol_serve.protocol import ModelNotFound, NoNodeAvailable, QueueFull
 from sollol_serve.routing.pump import Admissions
 from tests.unit.test_core import core_with, nv, prof
 
@@ -205,3 +205,79 @@ def test_with_fair_share_off_the_queue_serves_by_arrival_with_one_bound_for_all(
         return done
 
     assert asyncio.run(go()) == [True, False]
+
+
+class Counted:
+    """Counts the core's rankings (each looks at every node for one request)."""
+
+    def __init__(self, core):
+        self.calls, self._rank = 0, core.rank
+        core.rank = self
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self._rank(*args)
+
+
+@pytest.mark.parametrize("waiting", [10, 1_000, 10_000])
+def test_the_queue_costs_the_same_per_admission_and_per_freed_slot_however_long_it_is(waiting):
+    # Two slots, both held; `waiting` requests of three applications queued behind. Joining
+    # the queue ranks the newcomer once (can any node take it?) and draws nobody (no room);
+    # a freed slot draws the one waiter it goes to, and stops there.
+    async def go():
+        adm, clock = admissions(slots=2)
+        adm.queue.max_size = 2 * waiting
+        held = [(await adm.admit(app_prof("a"), set()))[0] for _ in range(2)]
+        apps = ("a", "b", "c")
+        queued = [asyncio.ensure_future(adm.admit(app_prof(apps[i % 3]), set())) for i in range(waiting)]
+        await asyncio.sleep(0)
+        assert len(adm.queue) == waiting
+        ranks = Counted(adm.core)
+        newcomer = asyncio.ensure_future(adm.admit(app_prof("d"), set()))
+        await asyncio.sleep(0)
+        per_admission = ranks.calls
+        ranks.calls = 0
+        adm.core.finish(held[0].flight_id, "a", clock.now)
+        adm.pump()
+        per_freed_slot = ranks.calls
+        granted, _ = await asyncio.wait(queued + [newcomer], timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
+        granted = [(f is newcomer, f.result()[0].choice.node.name) for f in granted]
+        for f in queued + [newcomer]:
+            f.cancel()
+        await asyncio.sleep(0)
+        return per_admission, per_freed_slot, granted
+
+    per_admission, per_freed_slot, granted = asyncio.run(go())
+    assert (per_admission, per_freed_slot) == (1, 1)
+    # "d" joined last and is lifted to the lowest counter among those waiting: tied with "b"
+    # and "c" (none served yet), and with one waiting against their thousands it goes first.
+    assert granted == [(True, "a")]
+
+
+def test_a_waiter_no_node_can_serve_any_more_is_told_so_when_the_nodes_change():
+    async def go():
+        adm, clock = admissions(slots=1)
+        adm.core.snapshot["b"] = nv("b", models=["phi3:mini"])
+        adm.core.adopt(dict(adm.core.snapshot), adm.core.book)
+        adm.core.take_picture_change()
+        await adm.admit(prof(), set())
+        await adm.admit(prof(model="phi3:mini"), set())
+        llama = asyncio.ensure_future(adm.admit(prof(), set()))
+        phi = asyncio.ensure_future(adm.admit(prof(model="phi3:mini"), set()))
+        await asyncio.sleep(0)
+        adm.pump()
+        assert not phi.done()  # b is busy, not gone: it waits
+        snapshot = dict(adm.core.snapshot)
+        del snapshot["b"]  # b left the cluster with the only phi3
+        adm.core.adopt(snapshot, adm.core.book)
+        adm.pump()
+        await asyncio.sleep(0)
+        with pytest.raises(ModelNotFound):
+            await asyncio.wait_for(phi, 1)
+        assert not llama.done() and len(adm.queue) == 1  # the other waits on
+        # and a newcomer for a model no node has is refused at once, not queued
+        with pytest.raises(ModelNotFound):
+            await adm.admit(prof(model="phi3:mini"), set())
+        llama.cancel()
+
+    asyncio.run(go())
