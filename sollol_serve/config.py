@@ -85,9 +85,13 @@ class NodeConfig(_Strict):
         return self
 
 
+IDLE_SYNC_FACTOR = 5  # an idle router syncs with the shared state this many times less often
+
+
 class RoutingConfig(_Strict):
     strategy: Strategy = "intelligent"
-    # How often each router replica refreshes its snapshot of the shared node state.
+    # How often each router replica refreshes its snapshot of the shared node state (an idle
+    # one `IDLE_SYNC_FACTOR` times less often: `longest_sync_s`).
     snapshot_interval_s: float = Field(default=0.5, gt=0, le=60)
     # The priority queue that holds requests while every eligible node is full.
     queue_max: int = Field(default=1000, ge=0)
@@ -123,6 +127,11 @@ class RoutingConfig(_Strict):
     # The nodes' own default keep_alive (OLLAMA_KEEP_ALIVE; Ollama's is 5 min): the least a
     # steered request gets, and how long a model the gateway sent nothing for stays loaded.
     node_keep_alive_s: float = Field(default=300.0, gt=0)
+
+    @property
+    def longest_sync_s(self) -> float:
+        """The longest a router replica goes without adopting the shared state (idle)."""
+        return self.snapshot_interval_s * IDLE_SYNC_FACTOR
 
 
 class HealthConfig(_Strict):

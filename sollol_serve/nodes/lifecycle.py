@@ -39,9 +39,10 @@ async def remove_node_now(state: ActorHandle, name: str, config: GatewayConfig) 
 
 async def remove_node_unrouted(state: ActorHandle, name: str, config: GatewayConfig) -> None:
     """Remove the node from the shared state, give every router two syncs to stop sending to
-    it (its server still answers what they sent meanwhile), then stop its runtime worker."""
+    it (its server still answers what they sent meanwhile; an idle router syncs less often),
+    then stop its runtime worker."""
     await state.remove.remote(name)
-    await asyncio.sleep(2 * config.routing.snapshot_interval_s)
+    await asyncio.sleep(2 * config.routing.longest_sync_s)
     await _kill_runtime_worker(name, config)
 
 

@@ -140,7 +140,9 @@ class Router:
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need
         await self._sync()
-        self._refresher = run_every(self.config.routing.snapshot_interval_s, self._refresh, "node state sync")
+        self._idle = False  # the state sync is backed off: nothing was going on at the last one
+        self._work_came = asyncio.Event()  # wakes a backed-off sync
+        self._refresher = run_every(self._sync_interval_s, self._refresh, "node state sync", wake=self._work_came)
         self.metrics_book = metrics_actor(self.config.state_actor_name)
         self._sampler = run_every(SAMPLE_S, self._sample, "cluster sample")
         self._reclaimer = run_every(HOLDERS_CHECK_S, self._reclaim_dead_holders, "ticket holders check")
@@ -188,10 +190,20 @@ class Router:
         self.incarnation = incarnation
         await self._adopt(views, book)
 
+    def _sync_interval_s(self) -> float:
+        """Every `snapshot_interval_s` while this router has work (in flight, queued, or
+        learned and not yet sent); `longest_sync_s` while it has none: an
+        idle gateway's CPU is mostly these loops. The next request is routed on a picture at
+        most that old (as fresh as the workers' health probes make it anyway), and its flight is
+        reported at once: the first work after a quiet spell wakes the sync."""
+        routing = self.config.routing
+        self._idle = not (self.core.pending or len(self.admissions.queue) or any(self.core.flights.values()))
+        return routing.longest_sync_s if self._idle else routing.snapshot_interval_s
+
     async def _state_sync(self, pending: list[Observation]) -> tuple[dict[str, NodeView], object, str]:
         return await asyncio.wait_for(
             self.state.sync.remote(self.router_id, self.core.in_flight_counts(), pending,
-                                   self.config.routing.snapshot_interval_s), STATE_CALL_S)
+                                   self._sync_interval_s()), STATE_CALL_S)
 
     async def _rebuild_state(self, incarnation: str) -> None:
         """Hand a restarted state actor what this router held (the learned book, newer than
@@ -262,6 +274,9 @@ class Router:
         """A slot on the best node not yet tried: at once, or from the priority queue if
         `wait` (else None when none is free now). For a model served by a shard group the
         group is started if needed and every other node ruled out."""
+        if self._idle:
+            self._idle = False
+            self._work_came.set()
         exclude = set(tried) | await self._shard_only(profile)
         if last_error is not None and not candidates(self.core.snapshot, profile.model, exclude):
             raise NoNodeAvailable(f"every node that has '{profile.model}' failed or is unavailable; "
@@ -454,7 +469,7 @@ class Router:
     async def sync_now(self) -> None:
         """Adopt the shared state now, not at the next refresh: a model just pulled, copied or
         deleted (its node's worker has reported it) routes at once. Other router replicas
-        adopt it at their next refresh (`snapshot_interval_s`)."""
+        adopt it at their next refresh (`snapshot_interval_s`, five times that if idle)."""
         await self._sync()
 
     # -- cluster views used by the ingress ---------------------------------------------

@@ -187,6 +187,7 @@ class SimEngine:
         self.waiting = 0
         self.served = 0
         self.received = 0  # work requests that arrived (chat, generate, embed), served or not
+        self.queued = 0  # of which waited for a slot (sent while every slot was busy)
         self.embedded: Counter[str] = Counter()  # every text an embed request carried
         self.prefix_hits = 0  # requests whose prompt started with what their slot cached
         self.cached_tokens = 0  # prompt tokens those hits did not evaluate
@@ -283,6 +284,7 @@ class SimEngine:
         waiter = _Waiter(model, prompt, asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
         self.waiting += 1
+        self.queued += 1
         try:
             return await waiter.admitted
         except asyncio.CancelledError:

@@ -2,8 +2,8 @@
 
 It is a simulator for demos, tests and benchmarks and says so on `/` and `/api/version`.
 Faults are injected at run time with `POST /_sim/faults {"mode": "error"|"hang"|"slow"|"none", ...}`;
-`GET /_sim/state` shows slots in use, queue length, requests received and served, and how
-many reused a slot's cached prompt prefix (`prefix_hits`, `cached_tokens` skipped);
+`GET /_sim/state` shows slots in use, queue length, requests received, queued (waited for a
+slot) and served, and how many reused a slot's cached prompt prefix (`prefix_hits`, `cached_tokens` skipped);
 `GET /_sim/inputs` counts the texts embedded (with `--record-inputs`). An Ollama-flavoured
 node also manages models (`models_api`: pull, delete, copy, create, push, blobs).
 """
@@ -64,6 +64,7 @@ def build_sim_app(config: SimNodeConfig, pull_s: float = DEFAULT_PULL_S) -> Star
                 "waiting": engine.waiting,
                 "served": engine.served,
                 "received": engine.received,
+                "queued": engine.queued,
                 "prefix_hits": engine.prefix_hits,
                 "cached_tokens": engine.cached_tokens,
                 "loaded": sorted(engine.loaded_models()),

@@ -306,7 +306,7 @@ def test_ollama_sim_queue_bound_503():
     assert third.status_code == 503
     assert "maximum pending requests exceeded" in third.json()["error"]
     assert second.status_code == 200 and second.json()["eval_count"] == 20
-    assert (state["active"], state["waiting"], state["served"]) == (0, 0, 2)
+    assert (state["active"], state["waiting"], state["served"], state["queued"]) == (0, 0, 2, 1)
 
 
 def test_ollama_sim_error_fault_then_recovery():
