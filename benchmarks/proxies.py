@@ -1,7 +1,7 @@
 """The gateway beside what users would put in front of their node instead, in one run: LiteLLM's
 proxy and nginx `least_conn`, each against the node directly.
 
-    python benchmarks/proxies.py [--quick] [--out benchmarks/results]
+    python benchmarks/proxies.py [--quick] [--rounds 2] [--out benchmarks/results]
 
 One simulated node that never queues (overhead.py's NODE_ARGS: 128 slots, fixed short answers).
 In front of it, each started fresh:
@@ -11,11 +11,13 @@ In front of it, each started fresh:
 - LiteLLM's proxy (`litellm_proxy.py`: pinned, its own venv, a master key, one worker);
 - nginx `least_conn` (`nginx.py`): it forwards bytes, the floor of what a proxy adds.
 
-Measured, each contender right after the node directly, on the same machine state:
+Each contender is measured right after the node directly, on the same machine state; the three
+go one after the other, and the whole again (`--rounds`): on a shared machine the spread between
+rounds says how far to trust a difference. Measured:
 
-1. **Cold start**: before any other traffic, 32 streamed chats (150 tokens) sent at once: the
-   added time to first chunk, and how many requests the node itself made wait for a slot (its
-   `/_sim/state` `queued`).
+1. **Cold start**: the first chat through it (timed), then 32 streamed chats (150 tokens) sent
+   at once: the added time to first chunk, and how many requests the node itself made wait
+   for a slot (its `/_sim/state` `queued`).
 2. **Added latency**: non-streamed 8-token chats, closed loop at concurrency 1, 8 and 32; p50
    and p99 minus the node's own. The gateway and LiteLLM are spoken to in the OpenAI API
    (`/v1/chat/completions`, translated to the node's Ollama API: the same work for both);
@@ -145,13 +147,24 @@ async def burst(url: str, call: Callable) -> Outcome:
         return await closed_loop(client, url, call, BURST, BURST, 120.0)
 
 
+async def one(url: str, call: Callable) -> Outcome:
+    async with session(1) as client:
+        return await closed_loop(client, url, call, 1, 1, 60.0)
+
+
 def cold_burst(node_url: str, contender: Contender) -> dict:
+    """The first traffic but one: a single chat first (it opens connections and warms code
+    paths, which costs a fresh Python proxy a second or more, and proves no more than one
+    slot), then the burst: what is left is learning the node's capacity."""
+    asyncio.run(one(node_url, chat))
+    first = asyncio.run(one(contender.url, contender.chat))
     direct = asyncio.run(burst(node_url, stream))
     before = node_queued(node_url)
     via = asyncio.run(burst(contender.url, contender.stream))
     queued = node_queued(node_url) - before
     d, g = summarize([s.first_s for s in direct.samples]), summarize([s.first_s for s in via.samples])
-    row = {"contender": contender.name, "direct_first_chunk": d, "first_chunk": g,
+    row = {"contender": contender.name, "first_chat_ms": summarize(first.samples)["p50_ms"],
+           "direct_first_chunk": d, "first_chunk": g,
            "added_first_chunk_p50_ms": added(g, d, "p50_ms"), "added_first_chunk_p99_ms": added(g, d, "p99_ms"),
            "queued_inside_node": queued, "errors": dict(via.errors)}
     print(json.dumps(row), flush=True)
@@ -186,6 +199,7 @@ def cell(node_url: str, node_pid: int, contender: Contender, concurrency: int, p
     row = {"contender": contender.name, "concurrency": concurrency, "direct": d, "via": g,
            "added_p50_ms": added(g, d, "p50_ms"), "added_p99_ms": added(g, d, "p99_ms"),
            "cpu_ms_per_request": cpu["gateway_ms"], "cpu_ms_per_request_less_idle": net,
+           "cpu_by_process_ms": {name: v["ms"] for name, v in cpu["by_process_ms"].items() if v["ms"] >= 0.1},
            "errors": {"direct": dict(direct.errors), "via": dict(via.errors)}}
     print(json.dumps(row), flush=True)
     return row
@@ -247,7 +261,8 @@ def markdown(report: dict) -> str:
         row(f"CPU ms per request, concurrency {c} (less idle)",
             lambda r, i=i: f"{r['cells'][i]['cpu_ms_per_request']} ({r['cells'][i]['cpu_ms_per_request_less_idle']})")
     row("CPU while idle, ms/s", lambda r: r["idle"]["gateway_ms"])
-    row(f"cold start, {BURST} streams at once: added first chunk p50 ms",
+    row("cold start: the first chat through it, ms", lambda r: r["cold_burst"]["first_chat_ms"])
+    row(f"then {BURST} streams at once: added first chunk p50 ms",
         lambda r: r["cold_burst"]["added_first_chunk_p50_ms"])
     row("... p99 ms", lambda r: r["cold_burst"]["added_first_chunk_p99_ms"])
     row("... requests that waited inside the node", lambda r: r["cold_burst"]["queued_inside_node"])
@@ -263,6 +278,8 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="the three, one after the other, this many times (the machine's noise shows)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
@@ -272,10 +289,12 @@ def main() -> None:
             "loadavg_start": [round(x, 2) for x in os.getloadavg()], "litellm": LITELLM_VERSION}
     runs: dict[str, dict] = {}
     with sim_node() as node, tempfile.TemporaryDirectory(prefix="proxies-") as tmp:
-        for start in (lambda: gateway(node, Path(tmp)), lambda: litellm(node), lambda: nginx(node)):
-            with start() as contender:
-                print(f"== {contender.name}", flush=True)
-                runs[contender.name] = measure(contender, node, plan)
+        for round_ in range(1, args.rounds + 1):
+            for start in (lambda: gateway(node, Path(tmp)), lambda: litellm(node), lambda: nginx(node)):
+                with start() as contender:
+                    name = f"{contender.name}, round {round_}"
+                    print(f"== {name}", flush=True)
+                    runs[name] = measure(contender, node, plan)
     write_report(out, "proxies", meta, runs, markdown)
 
 
