@@ -85,13 +85,13 @@ class NodeConfig(_Strict):
         return self
 
 
-IDLE_SYNC_FACTOR = 5  # an idle router syncs with the shared state this many times less often
+IDLE_SYNC_S = 2.5  # an idle router syncs with the shared state this often (or as configured, if longer)
 
 
 class RoutingConfig(_Strict):
     strategy: Strategy = "intelligent"
     # How often each router replica refreshes its snapshot of the shared node state (an idle
-    # one `IDLE_SYNC_FACTOR` times less often: `longest_sync_s`).
+    # one less often: `longest_sync_s`).
     snapshot_interval_s: float = Field(default=0.5, gt=0, le=60)
     # The priority queue that holds requests while every eligible node is full.
     queue_max: int = Field(default=1000, ge=0)
@@ -131,7 +131,7 @@ class RoutingConfig(_Strict):
     @property
     def longest_sync_s(self) -> float:
         """The longest a router replica goes without adopting the shared state (idle)."""
-        return self.snapshot_interval_s * IDLE_SYNC_FACTOR
+        return max(self.snapshot_interval_s, IDLE_SYNC_S)
 
 
 class HealthConfig(_Strict):

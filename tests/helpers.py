@@ -52,11 +52,21 @@ def deploy_app(root_url: str, name: str, config) -> str:
     url = f"{root_url}/{name}"
     names = {n.name for n in config.nodes}
 
+    last: list[str] = [""]
+
     def healthy() -> bool:  # every configured node listed (a router's first view may be empty) and healthy
-        nodes = nodes_of(url)
+        response = httpx.get(url + "/api/nodes", timeout=10)
+        if response.status_code != 200:  # a router still starting on a loaded machine: ask again
+            last[0] = f"{response.status_code} {response.text[:300]}"
+            return False
+        nodes = {n["name"]: n for n in response.json()["nodes"]}
+        last[0] = str({n: v["healthy"] for n, v in nodes.items()})
         return names <= nodes.keys() and all(n["healthy"] for n in nodes.values())
 
-    wait_until(healthy, 30, f"{name} app's nodes healthy")
+    try:
+        wait_until(healthy, 30, f"{name} app's nodes healthy")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (last answer: {last[0]})") from None
     return url
 
 

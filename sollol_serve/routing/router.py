@@ -135,6 +135,8 @@ class Router:
         self.incarnation: str | None = None  # the node state actor's, as of the last sync
         self.deaths = RestartLog()  # of the gateway's processes this router saw die
         self.state_reachable = True  # the last sync got an answer
+        self._synced_at = float("-inf")  # monotonic time of the last adopted state
+        self._resync = asyncio.Lock()
         self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s, fair=self.config.routing.fair_share)
         self.discovery = await asyncio.to_thread(start_discovery, self.config)  # one per gateway
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
@@ -189,6 +191,7 @@ class Router:
             self.deaths.note("node state actor", time.time())
         self.incarnation = incarnation
         await self._adopt(views, book)
+        self._synced_at = time.monotonic()
 
     def _sync_interval_s(self) -> float:
         """Every `snapshot_interval_s` while this router has work (in flight, queued, or
@@ -269,6 +272,25 @@ class Router:
             self._release(flight_id, view.name, ok, usage)
 
     # -- the request path: tickets out, outcomes back ----------------------------------
+    async def _admit(self, profile: RequestProfile, exclude: set[str], counted: bool) -> tuple[Grant, float]:
+        """Admission; a request no node can serve by a picture older than one sync (an idle
+        router syncs less often) is asked again on a fresh one: the node may be back."""
+        try:
+            return await self.admissions.admit(profile, exclude, counted=counted)
+        except (ModelNotFound, NoNodeAvailable) as unservable:
+            if self._fresh():
+                raise
+            async with self._resync:  # one sync for a crowd of such requests (a client may send many)
+                try:
+                    if not self._fresh():
+                        await self._sync()
+                except Exception:  # the state actor is away: the answer stands on the picture there is
+                    raise unservable from None
+        return await self.admissions.admit(profile, exclude, counted=counted)
+
+    def _fresh(self) -> bool:
+        return time.monotonic() - self._synced_at <= self.config.routing.snapshot_interval_s
+
     async def decide(self, profile: RequestProfile, tried: frozenset[str], last_error: str | None,
                      wait: bool, holder: str | None = None) -> Ticket | None:
         """A slot on the best node not yet tried: at once, or from the priority queue if
@@ -285,7 +307,7 @@ class Router:
             self.core.residency.demand.note(normalize_model(profile.model), self.core.wall())
             self._consider_warming(profile, exclude)
         if wait:
-            grant, queued_s = await self.admissions.admit(profile, exclude, counted=not tried)
+            grant, queued_s = await self._admit(profile, exclude, counted=not tried)
         else:
             grant, queued_s = self.core.grant_now(profile, exclude, time.monotonic()), 0.0
             if grant is None:
@@ -469,7 +491,7 @@ class Router:
     async def sync_now(self) -> None:
         """Adopt the shared state now, not at the next refresh: a model just pulled, copied or
         deleted (its node's worker has reported it) routes at once. Other router replicas
-        adopt it at their next refresh (`snapshot_interval_s`, five times that if idle)."""
+        adopt it at their next refresh (`snapshot_interval_s`, `longest_sync_s` if idle)."""
         await self._sync()
 
     # -- cluster views used by the ingress ---------------------------------------------
