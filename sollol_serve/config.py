@@ -85,7 +85,10 @@ class NodeConfig(_Strict):
         return self
 
 
-IDLE_SYNC_S = 2.5  # an idle router syncs with the shared state this often (or as configured, if longer)
+# An idle router syncs with the shared state this many times less often, and at most this
+# often, but never less often than configured.
+IDLE_SYNC_FACTOR = 5
+IDLE_SYNC_S = 2.5
 
 
 class RoutingConfig(_Strict):
@@ -131,7 +134,7 @@ class RoutingConfig(_Strict):
     @property
     def longest_sync_s(self) -> float:
         """The longest a router replica goes without adopting the shared state (idle)."""
-        return max(self.snapshot_interval_s, IDLE_SYNC_S)
+        return max(self.snapshot_interval_s, min(self.snapshot_interval_s * IDLE_SYNC_FACTOR, IDLE_SYNC_S))
 
 
 class HealthConfig(_Strict):

@@ -526,16 +526,19 @@ class RoutingCore:
         pending, self.pending = self.pending, []
         return pending
 
-    def adopt(self, snapshot: dict[str, NodeView], book: PerfBook) -> None:
-        """Take the state actor's view; it already includes what this router sent."""
+    def adopt(self, snapshot: dict[str, NodeView], book: PerfBook) -> bool:
+        """Take the state actor's view; it already includes what this router sent. True if
+        what nodes can serve what changed."""
         self.snapshot = snapshot
         self.book = book
         picture = {name: (view.routable, view.breaker, frozenset(view.models)) for name, view in snapshot.items()}
-        if picture != self._picture:
+        changed = picture != self._picture
+        if changed:
             self._picture, self._picture_changed = picture, True
         for view in snapshot.values():
             if view.kind == "ollama" and view.probed_at:
                 self.residency.of(view.name).poll(view.loaded, view.probed_at)
+        return changed
 
     def retry_after_s(self) -> int:
         nodes = [v for v in self.snapshot.values() if v.healthy]

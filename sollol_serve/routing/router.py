@@ -136,6 +136,7 @@ class Router:
         self.deaths = RestartLog()  # of the gateway's processes this router saw die
         self.state_reachable = True  # the last sync got an answer
         self._synced_at = float("-inf")  # monotonic time of the last adopted state
+        self._settling = True  # the last sync changed what nodes can serve what: no backing off yet
         self._resync = asyncio.Lock()
         self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s, fair=self.config.routing.fair_share)
         self.discovery = await asyncio.to_thread(start_discovery, self.config)  # one per gateway
@@ -195,12 +196,14 @@ class Router:
 
     def _sync_interval_s(self) -> float:
         """Every `snapshot_interval_s` while this router has work (in flight, queued, or
-        learned and not yet sent); `longest_sync_s` while it has none: an
+        learned and not yet sent) or its last sync changed what nodes serve (a gateway
+        starting, a node going or coming back); `longest_sync_s` while it has none: an
         idle gateway's CPU is mostly these loops. The next request is routed on a picture at
         most that old (as fresh as the workers' health probes make it anyway), and its flight is
         reported at once: the first work after a quiet spell wakes the sync."""
         routing = self.config.routing
-        self._idle = not (self.core.pending or len(self.admissions.queue) or any(self.core.flights.values()))
+        self._idle = not (self._settling or self.core.pending or len(self.admissions.queue)
+                          or any(self.core.flights.values()))
         return routing.longest_sync_s if self._idle else routing.snapshot_interval_s
 
     async def _state_sync(self, pending: list[Observation]) -> tuple[dict[str, NodeView], object, str]:
@@ -234,7 +237,7 @@ class Router:
                 self._registrations[name] = snapshot[name].registration
         snapshot = {n: v for n, v in snapshot.items() if n in links}
         self.lost_workers.mark(snapshot)
-        self.core.adopt(snapshot, book)
+        self._settling = self.core.adopt(snapshot, book)
 
     def _release(self, flight_id: int, node: str, ok: bool | None, usage: Usage | None) -> None:
         """Free the slot; learn from the outcome unless there is none (the client left)."""

@@ -179,6 +179,7 @@ def test_load_config_defaults_with_empty_environ():
     assert config.routing.snapshot_interval_s == 0.5
     assert config.routing.longest_sync_s == 2.5  # an idle router syncs less often ...
     assert RoutingConfig(snapshot_interval_s=10).longest_sync_s == 10  # ... never less than configured
+    assert RoutingConfig(snapshot_interval_s=0.2).longest_sync_s == 1.0  # and five times at most
     assert config.health.probe_interval_s == 5.0
     assert config.timeouts.connect_s == 3.0
     assert config.max_body_bytes == 32 * 1024 * 1024

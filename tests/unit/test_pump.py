@@ -258,7 +258,8 @@ def test_a_waiter_no_node_can_serve_any_more_is_told_so_when_the_nodes_change():
     async def go():
         adm, clock = admissions(slots=1)
         adm.core.snapshot["b"] = nv("b", models=["phi3:mini"])
-        adm.core.adopt(dict(adm.core.snapshot), adm.core.book)
+        assert adm.core.adopt(dict(adm.core.snapshot), adm.core.book)  # a changed picture says so ...
+        assert not adm.core.adopt(dict(adm.core.snapshot), adm.core.book)  # ... the same one does not
         adm.core.take_picture_change()
         await adm.admit(prof(), set())
         await adm.admit(prof(model="phi3:mini"), set())
