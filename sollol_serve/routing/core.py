@@ -158,9 +158,6 @@ class RoutingCore:
         """Probes out whose answer (a proof at its first byte, or its end) is not in."""
         return sum(1 for f in self.flights.get(node, {}).values() if f.probe and not f.proved)
 
-    def explorable(self, s: Scored, now: float, now_wall: float) -> bool:
-        return self.may_explore(s.node, s.busy, s.slots, now, now_wall)
-
     def may_explore(self, view: NodeView, busy: int, slots: int, now: float, now_wall: float) -> bool:
         """The node is full by what it has proved, and one request more may find a slot: fewer
         requests are above what it proved than its capacity allows (cluster/capacity.py), and
@@ -326,7 +323,7 @@ class RoutingCore:
         """A probe on a node full by what it has proved, if one may go there and (intelligent)
         it is predicted sooner than `beat_s`, the best the request has otherwise."""
         wall = self.wall()
-        options = [s for s in ranked if self.explorable(s, now, wall)]
+        options = [s for s in ranked if self.may_explore(s.node, s.busy, s.slots, now, wall)]
         if not options:
             return None
         if beat_s is None:

@@ -137,13 +137,13 @@ class Router:
         self.state_reachable = True  # the last sync got an answer
         self._synced_at = float("-inf")  # monotonic time of the last adopted state
         self._settling = True  # the last sync changed what nodes can serve what: no backing off yet
+        self._idle = False  # the state sync is backed off: nothing was going on at the last one
         self._resync = asyncio.Lock()
         self.admissions = Admissions(self.core, self.config.routing.queue_timeout_s, fair=self.config.routing.fair_share)
         self.discovery = await asyncio.to_thread(start_discovery, self.config)  # one per gateway
         self.shard_models = {normalize_model(m) for m in self.config.shard.models}
         self.shard_coordinator = None  # created on first need
         await self._sync()
-        self._idle = False  # the state sync is backed off: nothing was going on at the last one
         self._work_came = asyncio.Event()  # wakes a backed-off sync
         self._refresher = run_every(self._sync_interval_s, self._refresh, "node state sync", wake=self._work_came)
         self.metrics_book = metrics_actor(self.config.state_actor_name)
