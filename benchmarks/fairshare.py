@@ -10,7 +10,9 @@ and `chat-c` send one each every 2.5 s (Poisson), all at the same priority, told
 - `shipped`: the gateway as shipped (fair share between applications);
 - `fair share off`: the same with `routing.fair_share: false` (the queue by arrival, as
   before): the flood's throughput with the old queue;
-- `nginx least_conn`.
+- `nginx least_conn`;
+- the bounds of `fair_bound.py` (`(model)` rows): an ideal fair scheduler on the same arrivals,
+  with no gateway and no overhead: what the goals leave the gateway.
 
 Per application: latency, 429s, completions/s. Jain's fairness index per `WINDOW_S` window over
 the applications that sent in it: each one's served tokens (prompt + 2 x output, of requests
@@ -25,6 +27,7 @@ import random
 import statistics
 
 from contenders import NGINX_LC, SHIPPED, Cluster, Contender, delta, serving
+from fair_bound import rows as model_rows
 from loadgen import percentile, replay, rounded
 from workload import WORDS, Job, NodeSpec, arrivals, capacity_rps
 
@@ -111,6 +114,7 @@ def per_app(jobs: list[Job], results: list[dict]) -> dict[str, dict]:
     rows = {}
     for app in sorted({j.app for j in jobs}):
         mine = [r for j, r in zip(jobs, results) if j.app == app]
+        ok = sorted((r["latency_s"], r.get("node")) for r in mine if r["ok"])
         done = [j.at + r["latency_s"] for j, r in zip(jobs, results) if j.app == app and r["ok"]]
         nodes = {r.get("node") for r in mine if r["ok"] and r.get("node")}
         lat = [r["latency_s"] for r in mine if r["ok"]] + [r["censored_s"] for r in mine if r.get("status") == "unfinished"]
@@ -120,7 +124,9 @@ def per_app(jobs: list[Job], results: list[dict]) -> dict[str, dict]:
                      "mean_s": rounded(statistics.fmean(lat)) if lat else None,
                      "p50_s": rounded(percentile(lat, 50)), "p95_s": rounded(percentile(lat, 95)),
                      "completions_per_s": rounded(len(done) / max(done)) if done else None,
-                     "by_node": {n: sum(r.get("node") == n for r in mine if r["ok"]) for n in sorted(nodes)}}
+                     "by_node": {n: sum(r.get("node") == n for r in mine if r["ok"]) for n in sorted(nodes)},
+                     # the slowest answers and where they ran: what a p95 of a few dozen is made of
+                     "slowest": [[rounded(lat), node] for lat, node in ok[-3:]]}
     return rows
 
 
@@ -146,7 +152,7 @@ def fairshare(bench) -> dict:
     jobs = make_jobs(MEASURE_SEED, DURATION_S, flood=True)
     modest = [j for j in jobs if j.app != FLOOD]
     warmup = make_jobs(WARMUP_SEED, WARMUP_S, flood=False)
-    rows = {}
+    rows = model_rows(NODES, jobs, FLOOD, sum(OUTPUT_TOKENS) / 2, per_app, fairness)
     with Cluster(NODES) as cluster:
         rows[ALONE.name] = run_one(bench, cluster, ALONE, warmup, modest)
         for contender in (SHIPPED, FAIR_OFF, NGINX_LC, *bench.extra):

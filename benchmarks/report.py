@@ -234,6 +234,11 @@ def _fairshare_table(run: dict) -> list[str]:
                          f"{_cell(a['completions_per_s'])} | {_nodes(a.get('by_node'))} |")
     lines += ["", "Jain's index per 60 s window: " + "; ".join(
         f"{name} {r['jain_by_window']}" for name, r in run["contenders"].items()) + ".", ""]
+    shipped = run["contenders"].get(SHIPPED, {}).get("apps", {})
+    slowest = {app: a["slowest"] for app, a in shipped.items() if app != "flood" and a.get("slowest")}
+    if slowest:
+        lines += ["Each modest application's three slowest answers as shipped (seconds, node): " + "; ".join(
+            f"{app} " + ", ".join(f"{lat} {node}" for lat, node in worst) for app, worst in slowest.items()) + ".", ""]
     return lines
 
 
