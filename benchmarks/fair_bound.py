@@ -15,8 +15,9 @@ longer wait, as the gateway's own plan does. Run on the benchmark's own seeded a
 - `ideal fair (model)`: beside the flood, work-conserving;
 - `ideal fair, a fast slot held back (model)`: the flood never takes the fastest node's last
   free slot, which waits for a modest request (not work-conserving: what it costs the flood);
-- `..., lengths unknown (model)`: the scheduler chooses as the gateway must, expecting every
-  answer to be of the mean length (the requests still take their true time).
+- `..., lengths unknown (model)`: the scheduler expects every answer to be of the mean length
+  (the requests still take their true time), as a gateway must when requests set no limit; the
+  benchmark's requests set `num_predict`, so the gateway knows their lengths as the first rows do.
 """
 
 from __future__ import annotations
