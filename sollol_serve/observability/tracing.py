@@ -3,8 +3,8 @@
 Serve traces its proxy, each replica's handling of a call and each handle call between them,
 once its `tracing_config` is enabled (serve_config.yaml); a client's W3C `traceparent`
 continues its trace. Ours say what the gateway did inside: the admission, the cache lookup,
-the routing decision and the time queued for it, and every try on a node (its hedges too),
-with what the node reported. A node is sent the trace's `traceparent`, so a llama-server or
+the routing decision and the time queued for it, a shard group's start, and every try on a
+node (its hedges too), with what the node reported. A node is sent the trace's `traceparent`, so a llama-server or
 vLLM that traces joins the trace.
 
 With tracing off no provider is set and every span here is OpenTelemetry's no-op one.
@@ -88,6 +88,16 @@ def attempt_attributes(usage: Usage | None) -> dict:
         "tokens_in": usage.prompt_tokens, "tokens_out": usage.completion_tokens, "ttfb_s": usage.ttfb_s,
         "node_load_s": usage.load_s, "node_queued_s": usage.queued_s, "node_prefill_s": usage.prefill_s,
         "node_decode_s": usage.decode_s, "node_running": usage.running, "total_s": usage.total_s,
+    })
+
+
+def shard_start_attributes(group: dict) -> dict:
+    """What a shard group's start tells (the coordinator's view of the group): its state, the
+    model's layers and size, its rpc-servers, its last start's seconds and restarts."""
+    return _clean({
+        "shard_state": group.get("state"), "layers": group.get("layers"), "size_mb": group.get("size_mb"),
+        "backends": len(group.get("backends") or ()), "start_s": group.get("start_s"),
+        "restarts": group.get("restarts"),
     })
 
 

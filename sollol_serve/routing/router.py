@@ -58,6 +58,7 @@ from sollol_serve.routing.keep_alive import keep_alive_s, session_s
 from sollol_serve.routing.links import ActorLink, WorkerRegistry
 from sollol_serve.routing.lost_workers import LostWorkers
 from sollol_serve.routing.placement import Warm, pin_target, warm_ahead
+from sollol_serve.routing.shard_start import await_shard_group
 from sollol_serve.routing.policy import (
     candidates,
     model_known,
@@ -428,12 +429,11 @@ class Router:
         name = shard_node_name(profile.model)
         view = self.core.snapshot.get(name)
         if view is None or not view.healthy:
-            await self._shards().ensure.remote(profile.model)
-            deadline = time.monotonic() + shard.start_timeout_s
-            while not (self.core.snapshot.get(name) and self.core.snapshot[name].healthy):
-                if time.monotonic() > deadline:
-                    raise NoNodeAvailable(f"shard group '{name}' started but is not reachable")
-                await asyncio.sleep(self.config.routing.snapshot_interval_s)
+            def reachable() -> bool:
+                return (found := self.core.snapshot.get(name)) is not None and found.healthy
+
+            await await_shard_group(profile.model, name, self._shards().ensure.remote, reachable,
+                                    shard.start_timeout_s, self.config.routing.snapshot_interval_s)
         return {n for n, v in self.core.snapshot.items() if n != name and v.has_model(profile.model)}
 
     def _shards(self):

@@ -1,6 +1,7 @@
 """The gateway's spans, recorded by OpenTelemetry's own SDK in memory: a request's decisions,
 time queued and tries on nodes (a failover, a hedge, a stream), with their attributes; a node
-is sent the trace's `traceparent`; nothing is recorded or sent with tracing off."""
+is sent the trace's `traceparent`; nothing is recorded or sent with tracing off; a shard
+group's start is a span of the request that waits for it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from opentelemetry.util._once import Once
 from sollol_serve.config import TimeoutConfig
 from sollol_serve.nodes.http import NodeHTTP
 from sollol_serve.observability.tracing import decision_attributes, span, trace_headers
-from sollol_serve.protocol import FirstByte, NodeError, Ticket
+from sollol_serve.protocol import FirstByte, NodeError, NoNodeAvailable, Ticket
+from sollol_serve.routing.shard_start import await_shard_group
 from tests.unit.test_dispatch import PROFILE, REQ, USAGE, FakeLink, FakeRouter, FakeWorkers, dispatcher
 
 
@@ -166,3 +168,50 @@ def test_a_node_is_sent_the_traces_traceparent_on_calls_and_streams(spans):
 
 def test_an_untraced_call_sends_the_node_no_traceparent():
     assert _headers_a_node_receives(traced=False) == [None, None]
+
+
+GROUP = {"model": "big:latest", "node": "shard-big", "state": "running", "layers": 32, "size_mb": 4100,
+         "backends": [{"address": "127.0.0.1:50052"}, {"address": "127.0.0.1:50053"}], "start_s": 7.5,
+         "restarts": 0}
+
+
+def test_a_shard_groups_start_is_a_span_saying_what_started_and_lasting_until_the_router_sees_it(spans):
+    polls = []
+
+    async def ensure(model: str) -> dict:
+        assert model == "big"
+        return GROUP
+
+    def reachable() -> bool:  # this router's picture has the node healthy at its third look
+        polls.append(1)
+        return len(polls) >= 3
+
+    _request(lambda: await_shard_group("big", "shard-big", ensure, reachable, timeout_s=5.0, interval_s=0.01))
+    (root,) = by_name(spans, "request")
+    (started,) = by_name(spans, "sollol.shard_start")
+    assert started.parent.span_id == root.context.span_id and started.status.status_code == StatusCode.UNSET
+    assert dict(started.attributes) == {
+        "sollol.model": "big", "sollol.node": "shard-big", "sollol.shard_state": "running", "sollol.layers": 32,
+        "sollol.size_mb": 4100, "sollol.backends": 2, "sollol.start_s": 7.5, "sollol.restarts": 0}
+    assert len(polls) == 3 and started.end_time - started.start_time >= 20_000_000  # two waits of 10 ms
+
+
+def test_a_shard_group_that_cannot_start_ends_its_span_as_failed_with_the_coordinators_reason(spans):
+    async def ensure(model: str) -> dict:
+        raise NoNodeAvailable("shard group for 'big' could not start: no rpc-server host")
+
+    with pytest.raises(NoNodeAvailable, match="no rpc-server host"):
+        _request(lambda: await_shard_group("big", "shard-big", ensure, lambda: True, timeout_s=5.0, interval_s=0.01))
+    (started,) = by_name(spans, "sollol.shard_start")
+    assert started.status.status_code == StatusCode.ERROR and "no rpc-server host" in started.status.description
+    assert "sollol.shard_state" not in started.attributes
+
+
+def test_a_started_group_this_router_never_sees_is_a_503_after_the_start_timeout(spans):
+    async def ensure(model: str) -> dict:
+        return GROUP
+
+    with pytest.raises(NoNodeAvailable, match="started but is not reachable"):
+        _request(lambda: await_shard_group("big", "shard-big", ensure, lambda: False, timeout_s=0.05, interval_s=0.01))
+    (started,) = by_name(spans, "sollol.shard_start")
+    assert started.status.status_code == StatusCode.ERROR and started.attributes["sollol.layers"] == 32
