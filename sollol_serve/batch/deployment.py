@@ -61,8 +61,10 @@ class BatchJobs:
             op, body = "chat", {**inputs[0], "model": model, "stream": False}
         profile = await self.analyzer.profile.remote("ollama", op, body, priority)
         profile.app, profile.share = owner, self.config.security.share_of(owner)
-        # A cancelled job cancels this call, and with it the node's work. Each chunk is a trace
-        # of its own (sampled as a request is), its decisions and tries beneath.
+        # A cancelled job cancels this call, and with it the node's work. A chunk's span, with
+        # its decisions and tries beneath, is in the trace of the submit that made the job (the
+        # runner's task carries its context); a job resumed after a restart has none, and each
+        # of its chunks is a trace of its own, sampled as a request is.
         with span("sollol.batch_chunk", request_id=request_id, kind=kind, model=model, app=owner,
                   items=len(inputs), priority=priority):
             routed = await self.dispatch.call(profile, NodeRequest(api="ollama", op=op, body=body, stream=False,

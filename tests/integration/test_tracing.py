@@ -6,7 +6,8 @@ A streamed chat and a chat that fails over (its first node answers 500s) each ca
 sampled `traceparent` (the shipped sampling ratio, 0.01, would trace few on its own): each is
 one trace continuing the client's: the HTTP request's span holds the Ingress's, which holds
 the gateway's admission, decisions (with the Router's handling of each beneath), queue waits
-and tries on nodes (with the node's worker's handling beneath), with their attributes.
+and tries on nodes (with the node's worker's handling beneath), with their attributes. A batch
+job submitted with one has its chunks in that trace, each with its decision and try.
 
 Runs before the shared gateway (marker `own_ray`): Serve's tracing config is set once per Serve.
 """
@@ -18,6 +19,7 @@ import json
 import httpx
 import pytest
 
+from sollol_serve.batch.runner import chunk_request_id
 from sollol_serve.sim.process import SimProcess
 from tests.helpers import wait_until
 from tests.trace_backend import FAILOVER_SIMS, chat_body, failover_chat, phoenix, spans_of, traceparent, traced_gateway
@@ -122,3 +124,30 @@ def test_a_chat_that_fails_over_shows_both_tries_in_one_trace(traced):
     decisions = ours(spans, "sollol.decision")
     assert [d["attributes"]["sollol.node"] for d in decisions] == ["quick", "steady"]
     assert decisions[1]["attributes"]["sollol.tried"] == ["quick"]
+
+
+def test_a_traced_batch_jobs_chunks_are_in_its_submits_trace_each_with_its_decision_and_try(traced):
+    """A chunk runs after the submit has been answered, in the runner's task, which carries the
+    submit's trace: a client that traces its submit sees every item's way to a node."""
+    url, backend, _ = traced
+    header, trace_id = traceparent()
+    requests = [{"messages": [{"role": "user", "content": f"item {i}"}], "options": {"num_predict": 4}}
+                for i in range(2)]
+    submitted = httpx.post(url + "/api/batch/chat", json={"model": "llama3.2", "requests": requests},
+                           headers={"traceparent": header}, timeout=60)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    wait_until(lambda: httpx.get(f"{url}/api/batch/jobs/{job_id}", timeout=30).json()["state"] == "completed",
+               120, f"batch job {job_id} completed")
+    spans = trace_of(backend, trace_id, {"sollol.batch_chunk": 2, "sollol.decision": 2, "sollol.attempt": 2})
+    by_id = assert_one_tree(spans, header.split("-")[2])
+    chunks = ours(spans, "sollol.batch_chunk")
+    assert sorted(c["attributes"]["sollol.request_id"] for c in chunks) == sorted(
+        chunk_request_id(job_id, i) for i in range(2))
+    for chunk in chunks:
+        a = chunk["attributes"]
+        assert (a["sollol.kind"], a["sollol.items"], a["sollol.model"]) == ("chat", 1, "llama3.2")
+        assert chunk["status_code"] != "ERROR"
+    for name in ("sollol.decision", "sollol.attempt"):
+        beneath = [next((c for c in chunks if c in ancestors(s, by_id)), None) for s in ours(spans, name)]
+        assert None not in beneath and len(set(id(c) for c in beneath)) == 2  # one of each under each chunk
