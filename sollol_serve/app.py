@@ -1,7 +1,7 @@
 """`build_app(args)`: the Serve application that `serve_config.yaml` imports.
 
 Ingress (asks the Router, state in a named actor, for a ticket) -> the ticket's OllamaWorker,
-one per node; BatchJobs runs batch jobs the same way, profiled by the Analyzer.
+one per node; BatchJobs runs batch jobs the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 from ray.serve.schema import LoggingConfig
 
-from sollol_serve.analysis.deployment import Analyzer
 from sollol_serve.api.ingress import Ingress
 from sollol_serve.batch.deployment import BatchJobs
 from sollol_serve.config import GatewayConfig, LoggingSettings, load_config
@@ -61,10 +60,7 @@ def build_gateway(config: GatewayConfig) -> Application:
         # a try's outcome goes back to the replica that holds its slot
         request_router_config=RequestRouterConfig(request_router_class=OwnerFirstRequestRouter),
     ).bind(dumped, workers)
-    analyzer = Analyzer.options(
-        num_replicas=sizing.analyzer_replicas, max_ongoing_requests=sizing.max_ongoing_requests, logging_config=hop,
-    ).bind(dumped)
-    batch = BatchJobs.options(logging_config=edge).bind(analyzer, router, workers, dumped)
+    batch = BatchJobs.options(logging_config=edge).bind(router, workers, dumped)
     return Ingress.options(
         num_replicas=sizing.ingress_replicas, max_ongoing_requests=sizing.max_ongoing_requests,
         health_check_period_s=HEALTH_CHECK_PERIOD_S, logging_config=edge,

@@ -211,7 +211,7 @@ class LoggingSettings(_Strict):
 
     encoding: Literal["TEXT", "JSON"] = "TEXT"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # An access line per call on every internal hop (Router, Analyzer, node workers), not just
+    # An access line per call on every internal hop (Router, node workers), not just
     # the Ingress: a request's whole way in the logs, at some CPU per request on each hop.
     every_hop: bool = False
 
@@ -333,7 +333,6 @@ class DeploymentSizing(_Strict):
     max_ongoing_requests: int = Field(default=512, ge=1)
     ingress_replicas: int = Field(default=1, ge=1)
     router_replicas: int = Field(default=1, ge=1)
-    analyzer_replicas: int = Field(default=1, ge=1)
 
 
 class BatchConfig(_Strict):

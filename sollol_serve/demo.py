@@ -47,7 +47,7 @@ QUIET_RAY_ENV = {
     # the task will be retried" at every stop: a retry in progress, not a failure.
     "RAY_enable_output_error_log_if_still_retry": "0",
     # The raylet warns once its Python workers reach 4x its startup concurrency (num_cpus by
-    # default): Serve's actors and the gateway's (router, analyzer, one worker per node...) are
+    # default): Serve's actors and the gateway's (router, batch jobs, one worker per node...) are
     # more than 8 on 2 CPUs, as designed. 8: up to 8 workers start at once, warned at 32.
     "RAY_worker_maximum_startup_concurrency": "8",
 }

@@ -1,6 +1,6 @@
 """Request profiling: what a request is, how big, how urgent.
 
-Pure functions over the parsed request body; the Analyzer deployment wraps them.
+Pure functions over the parsed request body, for the Ingress (live requests) and BatchJobs (batch items).
 """
 
 from __future__ import annotations

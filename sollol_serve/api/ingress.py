@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 
-from sollol_serve.analysis.deployment import OutputLengths
+from sollol_serve.analysis.output_lengths import OutputLengths
 from sollol_serve.api.auth import Authenticator, check_bind, is_loopback
 from sollol_serve.api.origin import machine_names
 from sollol_serve.api.http import app

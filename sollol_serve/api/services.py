@@ -14,7 +14,7 @@ from ray import serve
 from ray.actor import ActorHandle
 from ray.serve.handle import DeploymentHandle
 
-from sollol_serve.analysis.deployment import OutputLengths
+from sollol_serve.analysis.output_lengths import OutputLengths
 from sollol_serve.api.actor_calls import survive
 from sollol_serve.api.auth import SESSION_COOKIE, Authenticator, Principal, Unauthorized
 from sollol_serve.api.body import json_object

@@ -1,6 +1,6 @@
 """The BatchJobs deployment: one replica, on the head node, that owns the jobs file.
 
-Jobs go through the same Analyzer and Router as live requests, at low priority, so they
+Jobs are profiled as live requests are and go through the same Router, at low priority, so they
 fill the cluster's spare slots and yield to interactive traffic. On start the replica resumes
 every job that had not finished (a gateway restart, or Serve replacing a dead replica).
 """
@@ -15,6 +15,8 @@ from pathlib import Path
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from sollol_serve.analysis.output_lengths import OutputLengths
+from sollol_serve.analysis.profile import profile_request
 from sollol_serve.batch.jobs import RESULTS_PAGE_MAX, job_status, results_page
 from sollol_serve.batch.runner import BatchRunner
 from sollol_serve.batch.store import UNFINISHED, JobStore
@@ -37,10 +39,9 @@ def jobs_file(config: GatewayConfig) -> Path:
                   # The jobs file lives on the head node's disk, which outlives the other hosts.
                   ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}})
 class BatchJobs:
-    async def __init__(self, analyzer: DeploymentHandle, router: DeploymentHandle,
-                       workers: dict[str, DeploymentHandle], config: dict):
-        self.analyzer = analyzer
+    async def __init__(self, router: DeploymentHandle, workers: dict[str, DeploymentHandle], config: dict):
         self.config = GatewayConfig.model_validate(config)
+        self.lengths = OutputLengths(self.config, background=False)  # asked only while jobs run
         self.dispatch = Dispatcher(ServeRouterLink(router, this_replica()), WorkerRegistry(workers, self.config.state_actor_name),
                                    self.config.failover)
         self.store = await JobStore.open(jobs_file(self.config))
@@ -59,7 +60,7 @@ class BatchJobs:
             op, body = "embed", {**settings, "model": model, "input": inputs}
         else:
             op, body = "chat", {**inputs[0], "model": model, "stream": False}
-        profile = await self.analyzer.profile.remote("ollama", op, body, priority)
+        profile = profile_request("ollama", op, body, priority, await self.lengths.fresh())
         profile.app, profile.share = owner, self.config.security.share_of(owner)
         # A cancelled job cancels this call, and with it the node's work. A chunk's span, with
         # its decisions and tries beneath, is in the trace of the submit that made the job (the

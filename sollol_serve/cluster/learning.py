@@ -3,7 +3,7 @@
 Per node x model: prefill and decode tokens/s, cold-load seconds, success rate, each an
 exponentially decayed mean with variance whose memory also fades with time (an estimate not
 sampled for a while gives way to the next sample, and to the cluster prior when predicting).
-Per model x task: how many tokens answers run to (the analyzer's estimate when the client sets
+Per model x task: how many tokens answers run to (the request profile's estimate when the client sets
 no limit). Per node: its parallel capacity (`capacity.Capacity`). Plain data, mergeable: each
 router replica learns locally at once and the shared state actor merges everybody's
 observations, replaying them with their own timestamps.

@@ -45,7 +45,7 @@ def test_build_app_makes_the_graph_with_env_nodes(monkeypatch):
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
     monkeypatch.setenv("SOLLOL_NODES", "gpu-1=http://10.0.0.2:11434, http://10.0.0.3:8080")
     names = _deployment_names(build_app(args))
-    assert names == {"Ingress", "Analyzer", "Router", "BatchJobs", worker_deployment_name("local"),
+    assert names == {"Ingress", "Router", "BatchJobs", worker_deployment_name("local"),
                      worker_deployment_name("gpu-1"), worker_deployment_name("10.0.0.3-8080")}
 
 
