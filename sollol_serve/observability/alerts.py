@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sollol_serve.config import AlertsConfig
-from sollol_serve.protocol import NodeStatus, QueueStatus
+from sollol_serve.protocol import NOT_PROBED, NodeStatus, QueueStatus
 
 Kind = Literal["node_down", "no_healthy_node", "breaker_open", "low_success_rate", "high_latency", "queue_wait",
                "shard_group_failed", "process_restarting"]
@@ -98,6 +98,12 @@ class Reading:
     message: str = ""
 
 
+def _unprobed(node: NodeStatus) -> bool:
+    """Not probed yet (a gateway starting, a node just added): neither up nor down, so no alert
+    opens for it, nor for the cluster while one may be up; one that is open stays open."""
+    return not node.healthy and node.error == NOT_PROBED
+
+
 def _pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
@@ -134,7 +140,7 @@ class AlertTracker:
     def _node_readings(self, nodes: list[NodeStatus]) -> Iterable[Reading]:
         c = self.config
         for node in nodes:
-            yield Reading("node_down", node.name, firing=not node.healthy, clear=node.healthy,
+            yield Reading("node_down", node.name, firing=not node.healthy and not _unprobed(node), clear=node.healthy,
                           message=f"Node {node.name} does not answer its health check"
                                   + (f": {node.error}" if node.error else ""))
             # Half-open opens it too: a breaker is open for seconds, and a sample may come only
@@ -170,7 +176,9 @@ class AlertTracker:
 
     def _cluster_reading(self, nodes: list[NodeStatus]) -> Reading:
         healthy = sum(1 for n in nodes if n.healthy)
-        return Reading("no_healthy_node", CLUSTER, firing=healthy == 0, clear=healthy > 0, value=float(healthy),
+        undecided = any(_unprobed(n) for n in nodes)  # one of those may well be up
+        return Reading("no_healthy_node", CLUSTER, firing=healthy == 0 and not undecided, clear=healthy > 0,
+                       value=float(healthy),
                        threshold=1.0, message=f"No healthy node: none of the {len(nodes)} known answers its health "
                                               "check, so every request fails")
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.browser.conftest import CHROMIUM
-from tests.helpers import wait_until
+from tests.helpers import bound_s, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -117,7 +117,7 @@ def test_dashboard_renders_nodes_and_decisions_without_console_errors(traffic):
 def test_every_chart_draws_the_last_hour_with_axes_and_legends(traffic, open_dashboard):
     dashboard = open_dashboard(traffic.url)
     page = dashboard.page
-    page.wait_for_function("Object.values(window.sollolDashboard.charts).every(c => c.u)", timeout=20_000)
+    page.wait_for_function("Object.values(window.sollolDashboard.charts).every(c => c.u)", timeout=bound_s(20) * 1000)
     charts = page.evaluate(CHARTS_JS)
     assert set(charts) == {"load", "tokens", "latency", "queue", "residency", "accuracy"}
     for name, chart in charts.items():
@@ -153,7 +153,7 @@ def test_every_chart_draws_the_last_hour_with_axes_and_legends(traffic, open_das
 def test_nothing_is_wider_than_the_window(traffic, open_dashboard, width):
     dashboard = open_dashboard(traffic.url, width=width, height=900)
     page = dashboard.page
-    page.wait_for_function("Object.values(window.sollolDashboard.charts).every(c => c.u)", timeout=20_000)
+    page.wait_for_function("Object.values(window.sollolDashboard.charts).every(c => c.u)", timeout=bound_s(20) * 1000)
     page.wait_for_timeout(500)  # the charts' ResizeObserver has run
     scroll, inner = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert scroll <= inner, (width, scroll, inner)

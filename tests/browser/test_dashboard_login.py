@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from tests.conftest import ADMIN, USER
+from tests.helpers import bound_s
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -36,7 +37,8 @@ def test_login_then_the_live_dashboard_on_a_session_cookie(secure):
             page.fill("#key", ADMIN)
             page.click("button[type=submit]")
             page.wait_for_url(secure + "/dashboard")
-            page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length > 0", timeout=20_000)
+            page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length > 0",
+                                   timeout=bound_s(20) * 1000)
             assert page.inner_text("#nodes tbody tr td") == "fast"
             assert errors == [], errors
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN, PAIR, USER
-from tests.helpers import FAST_HEALTH, nodes_of, side_app, wait_until
+from tests.helpers import FAST_HEALTH, bound_s, nodes_of, side_app, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -37,7 +37,7 @@ def test_applications_panel_lists_two_applications_by_their_keys(secure, open_da
     page = dashboard.page
     page.wait_for_function("""() => { const names = [...document.querySelectorAll('#applications tbody tr td:first-child')]
                                         .map(td => td.textContent); return names.includes('app') && names.includes('pair'); }""",
-                           timeout=20_000)
+                           timeout=bound_s(20) * 1000)
     rows = {row[0]: row for row in page.evaluate(ROWS_JS, "applications")}
     api = counted()
     for name, (_, count) in sent.items():
@@ -89,7 +89,7 @@ def test_an_alert_appears_while_a_breaker_is_open_and_ends_when_it_closes(alerti
         for i in range(8):  # retried on a2: every request is answered
             assert _chat(alerting.url, i).status_code == 200
         wait_until(lambda: nodes_of(alerting.url)["a1"]["breaker"] == "open", 10, "a1's breaker open after 500s")
-        page.wait_for_selector(f"{BREAKER_ALERT}[data-state=active]", timeout=20_000)
+        page.wait_for_selector(f"{BREAKER_ALERT}[data-state=active]", timeout=bound_s(20) * 1000)
         active = page.inner_text(f"{BREAKER_ALERT}[data-state=active]")
         assert "since" in active and "a1" in active, active
     finally:
@@ -97,7 +97,7 @@ def test_an_alert_appears_while_a_breaker_is_open_and_ends_when_it_closes(alerti
     wait_until(lambda: nodes_of(alerting.url)["a1"]["breaker"] == "half_open", 15, "a1's breaker half-open")
     wait_until(lambda: _chat(alerting.url, 100).status_code == 200
                and nodes_of(alerting.url)["a1"]["breaker"] == "closed", 15, "a1's breaker closed by a trial request")
-    page.wait_for_selector(f"{BREAKER_ALERT}[data-state=ended]", timeout=30_000)
+    page.wait_for_selector(f"{BREAKER_ALERT}[data-state=ended]", timeout=bound_s(30) * 1000)
     assert page.locator(f"{BREAKER_ALERT}[data-state=active]").count() == 0
     ended = page.inner_text(f"{BREAKER_ALERT}[data-state=ended]")
     assert "ended" in ended and "started" in ended, ended

@@ -11,7 +11,7 @@ import pytest
 
 from sollol_serve.demo import MODELS
 from sollol_serve.names import normalize_model
-from tests.helpers import nodes_of, side_app, wait_until
+from tests.helpers import bound_s, nodes_of, side_app, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -60,7 +60,8 @@ def test_residency_chart_shows_each_nodes_models_over_time(residency, open_dashb
     dashboard = open_dashboard(residency.url)
     page = dashboard.page
     page.wait_for_function(f"""() => {{ const c = window.sollolDashboard.charts.residency;
-                                        return c.u && c.u.series.length > {len(expected)}; }}""", timeout=20_000)
+                                        return c.u && c.u.series.length > {len(expected)}; }}""",
+                           timeout=bound_s(20) * 1000)
     chart = page.evaluate(RESIDENCY_JS)
     assert chart["lanes"] == ["gpu-1", "gpu-2"] and chart["axisLabels"] == ["node"], chart
     assert set(chart["bands"]) == expected and all(chart["bands"].values()), (chart, seen)
@@ -70,7 +71,7 @@ def test_residency_chart_shows_each_nodes_models_over_time(residency, open_dashb
     over = page.locator("#chart-residency .u-over")  # scrolled into view, then hovered at its right edge
     box = over.bounding_box()
     over.hover(position={"x": box["width"] - 2, "y": box["height"] / 2})
-    page.wait_for_function(f"() => Object.values(({HOVERED_JS})()).includes('loaded')", timeout=5_000)
+    page.wait_for_function(f"() => Object.values(({HOVERED_JS})()).includes('loaded')", timeout=bound_s(5) * 1000)
     hovered = page.evaluate(HOVERED_JS)
     loaded_now = {f"{node} · {model}" for node, models in now.items() for model in models}
     assert loaded_now and {band for band, value in hovered.items() if value == "loaded"} >= loaded_now, (hovered, now)

@@ -45,7 +45,6 @@ async def _chats(url: str, model: str, n: int, pause_s: float) -> list[httpx.Res
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-@pytest.mark.timeout(900)  # four raylets on two cores: minutes when the machine is busy
 def test_workers_follow_their_hosts_and_ray_nodes_join_and_leave():
     sims: list[SimProcess] = []
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})

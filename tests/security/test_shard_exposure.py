@@ -23,6 +23,7 @@ from sollol_serve.config import GatewayConfig
 from sollol_serve.processes import free_port
 from sollol_serve.shard.build import cache_dir, ensure_binaries
 from sollol_serve.shard.tiny_model import write_ollama_store, write_tiny_llama
+from tests.helpers import bound_s
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.llamacpp]
 
@@ -50,13 +51,13 @@ def exposed(tmp_path_factory):
             "discovery": {"ray_nodes": False},
             "batch": {"data_dir": str(data)},
             "shard": {"models": [MODEL], "ollama_models_dir": str(store), "backends": 2, "ctx_size": 256,
-                      "parallel": 1, "start_timeout_s": 120, "idle_stop_s": 600},
+                      "parallel": 1, "start_timeout_s": bound_s(120), "idle_stop_s": 600},
         })
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         serve.run(build_gateway(config), name="sollol", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        r = httpx.post(url + "/api/chat", timeout=180, json={  # starts the group
+        r = httpx.post(url + "/api/chat", timeout=bound_s(180), json={  # starts the group
             "model": MODEL, "stream": False, "messages": [{"role": "user", "content": CANARY}],
             "options": {"num_predict": 8}})
         assert r.status_code == 200, r.text
@@ -72,7 +73,7 @@ def exposed(tmp_path_factory):
 def test_chat_through_the_gateway_works(exposed):
     url, _, group = exposed
     assert group["state"] == "running"
-    r = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+    r = httpx.post(url + "/v1/chat/completions", timeout=bound_s(120), json={
         "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] >= 1

@@ -26,7 +26,7 @@ from sollol_serve.config import GatewayConfig
 from sollol_serve.processes import free_port
 from sollol_serve.shard.build import cache_dir, ensure_binaries
 from sollol_serve.shard.tiny_model import write_ollama_store, write_tiny_llama
-from tests.helpers import wait_until
+from tests.helpers import bound_s, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_ray, pytest.mark.llamacpp]
 
@@ -56,7 +56,7 @@ def shard_gateway(tmp_path_factory):
             "health": {"probe_interval_s": 1.0, "probe_min_s": 0.5, "probe_max_s": 2.0},
             "discovery": {"ray_nodes": False},
             "shard": {"models": [MODEL], "ollama_models_dir": str(store), "backends": 2, "ctx_size": 256,
-                      "parallel": 1, "restart_backoff_s": 0.5, "start_timeout_s": 120, "idle_stop_s": 15},
+                      "parallel": 1, "restart_backoff_s": 0.5, "start_timeout_s": bound_s(120), "idle_stop_s": 15},
         })
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
@@ -70,14 +70,14 @@ def shard_gateway(tmp_path_factory):
 
 def test_chat_through_a_shard_group_over_two_rpc_servers(shard_gateway):
     url = shard_gateway
-    r = httpx.post(url + "/api/chat", timeout=180, json={  # the first request starts the group
+    r = httpx.post(url + "/api/chat", timeout=bound_s(180), json={  # the first request starts the group
         "model": MODEL, "stream": False, "messages": [{"role": "user", "content": "hello"}],
         "options": {"num_predict": 8}})
     assert r.status_code == 200, r.text
     assert r.json()["_sollol_routing"]["node"] == NODE and r.headers["x-sollol-node"] == NODE
     assert r.json()["eval_count"] >= 1
 
-    client = ollama.Client(host=url, timeout=180)
+    client = ollama.Client(host=url, timeout=bound_s(180))
     answer = client.chat(model=MODEL, messages=[{"role": "user", "content": "again"}], options={"num_predict": 8})
     assert answer.done and answer.eval_count >= 1
 
@@ -105,7 +105,7 @@ def test_killed_rpc_server_restarts_the_group_and_the_next_request_succeeds(shar
     os.kill(before["backends"][0]["pid"], signal.SIGKILL)
     wait_until(lambda: _group(url).get("restarts", 0) >= 1 and _group(url)["state"] == "running", 120,
                 "the group restarted")
-    client = ollama.Client(host=url, timeout=180)
+    client = ollama.Client(host=url, timeout=bound_s(180))
 
     def answered() -> bool:
         try:
@@ -124,7 +124,7 @@ def test_admin_stops_and_starts_a_group(shard_gateway):
     assert stopped.status_code == 200 and stopped.json()["shard"]["state"] == "stopped"
     wait_until(lambda: NODE not in {n["name"] for n in httpx.get(url + "/api/nodes", timeout=10).json()["nodes"]},
                15, "the stopped group's node leaves")
-    started = httpx.post(url + f"/api/shards/{MODEL}/start", timeout=180)
+    started = httpx.post(url + f"/api/shards/{MODEL}/start", timeout=bound_s(180))
     assert started.status_code == 200 and started.json()["shard"]["state"] == "running", started.text
     assert started.json()["shard"]["start_s"] > 0
     assert httpx.post(url + "/api/shards/no-such-model/stop", timeout=30).status_code == 404
@@ -133,7 +133,7 @@ def test_admin_stops_and_starts_a_group(shard_gateway):
 def test_idle_group_stops_and_the_next_request_starts_it_again(shard_gateway):
     url = shard_gateway
     wait_until(lambda: _group(url).get("state") == "stopped", 60, "the idle group stopped (idle_stop_s 15)")
-    r = httpx.post(url + "/api/generate", timeout=180, json={
+    r = httpx.post(url + "/api/generate", timeout=bound_s(180), json={
         "model": MODEL, "prompt": "wake up", "stream": False, "options": {"num_predict": 3}})
     assert r.status_code == 200 and r.json()["_sollol_routing"]["node"] == NODE, r.text
     assert _group(url)["state"] == "running"

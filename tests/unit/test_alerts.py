@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sollol_serve.config import AlertsConfig, GatewayConfig
 from sollol_serve.observability.alerts import AlertTracker, NodeOutcome, outcomes_of
-from sollol_serve.protocol import NodeStatus, QueueStatus
+from sollol_serve.protocol import NOT_PROBED, NodeStatus, QueueStatus
 
 CONFIG = AlertsConfig(window_s=60, success_rate_below=0.9, min_requests=10, latency_ratio_above=3.0,
                       min_latency_samples=5, min_latency_excess_s=1.0, queue_wait_above_s=10.0, hysteresis=0.2,
@@ -214,3 +214,16 @@ def test_a_gateway_process_that_keeps_dying_raises_an_alert_naming_it():
     t.observe(701, [_node("a")], QUIET, [], deaths)  # 100.0 left the window
     t.observe(731, [_node("a")], QUIET, [], deaths)
     assert ("process_restarting", "node state actor") not in _active(t)
+
+
+def test_a_node_not_probed_yet_is_neither_up_nor_down_until_its_first_probe():
+    """A gateway starting (or a node just added): no node_down, and no no_healthy_node while a
+    node that may be up has not been probed; its first probe decides."""
+    t = AlertTracker(CONFIG)
+    unprobed = NodeStatus(name="a", healthy=False, slots=1, in_flight=0, error=NOT_PROBED)
+    t.observe(0, [unprobed, _node("b", healthy=False)], QUIET, [])
+    assert set(_active(t)) == {("node_down", "b")}  # b was probed and is down; a is not known yet
+    t.observe(5, [_node("a", healthy=False), _node("b", healthy=False)], QUIET, [])
+    assert set(_active(t)) == {("node_down", "a"), ("node_down", "b"), ("no_healthy_node", "cluster")}
+    t.observe(10, [unprobed, _node("b", healthy=False)], QUIET, [])  # re-added: what is open stays open
+    assert set(_active(t)) == {("node_down", "a"), ("node_down", "b"), ("no_healthy_node", "cluster")}
